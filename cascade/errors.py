@@ -1,0 +1,63 @@
+"""The exceptions cascade raises.
+
+Every error the library raises on purpose derives from :class:`CascadeError`, so a caller can
+catch one type. Each message says what went wrong, where, and what is allowed::
+
+    CascadeError
+     ├── PolicyError            a policy file or object is invalid (file, line, key, what is allowed)
+     ├── ResourceNotFoundError  a shipped model, policy or migration cannot be found
+     ├── ScorerError            the confidence model cannot be loaded or run
+     │    ├── ModelIntegrityError   the model file does not match its manifest's sha256
+     │    └── RuntimeMissingError   onnxruntime is not installed
+     └── RoutingError           a request cannot be routed (empty messages, unknown workload, …)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class CascadeError(Exception):
+    """Root of every error cascade raises on purpose."""
+
+
+class ResourceNotFoundError(CascadeError):
+    """A shipped resource (model, policy, migration) is missing."""
+
+
+class ScorerError(CascadeError):
+    """The confidence model cannot be loaded or run."""
+
+
+class ModelIntegrityError(ScorerError):
+    """The model file's sha256 differs from the one its manifest records."""
+
+
+class RuntimeMissingError(ScorerError):
+    """Neither onnxruntime nor onnxruntime-gpu is installed."""
+
+
+class RoutingError(CascadeError):
+    """A request cannot be routed as given."""
+
+
+@dataclass(frozen=True)
+class PolicyProblem:
+    """One thing wrong with a policy: where it is and what is allowed."""
+
+    source: str
+    line: int | None
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line is not None else self.source
+        return f"{where}: {self.location}: {self.message}" if self.location else f"{where}: {self.message}"
+
+
+class PolicyError(CascadeError):
+    """A policy failed validation; ``problems`` lists every problem found, in file order."""
+
+    def __init__(self, problems: list[PolicyProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
