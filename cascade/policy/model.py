@@ -1,0 +1,295 @@
+"""The policy's shape: pydantic models that reject unknown keys.
+
+Field docstrings become the descriptions in the generated JSON Schema (``policies/
+policy.schema.json``), which editors show while a policy is being written, and in
+``policies/REFERENCE.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    model_validator,
+)
+
+TierName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=9)]
+
+CHECKS = ("length", "empty", "refusal", "invalid_json", "invalid_tool_call", "low_logprob")
+Check = Literal["length", "empty", "refusal", "invalid_json", "invalid_tool_call", "low_logprob"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class TokenPrice(_Strict):
+    """Pay-per-token pricing (API tiers, or self-hosted with an explicit rate)."""
+
+    input_usd_per_mtok: Money
+    """US dollars per million input (prompt) tokens."""
+    output_usd_per_mtok: Money
+    """US dollars per million output (completion) tokens."""
+    cached_input_usd_per_mtok: Money | None = None
+    """US dollars per million input tokens served from the provider's prefix cache; defaults to the
+    input price."""
+
+
+class GpuPrice(_Strict):
+    """Self-hosted pricing from the GPU's rent and the tier's measured throughput."""
+
+    gpu_usd_per_hour: Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=6)]
+    """What the GPU(s) serving this tier cost per hour, in US dollars."""
+    tokens_per_second: Annotated[float, Field(gt=0)]
+    """Measured aggregate decode throughput (output tokens per second at the serving batch size)."""
+    prefill_tokens_per_second: Annotated[float, Field(gt=0)] | None = None
+    """Measured prompt-processing throughput; defaults to 10x the decode throughput. Prompt
+    tokens served from the engine's prefix cache cost nothing."""
+
+
+def _price_style(value: Any) -> str:
+    # Choose the price model from the keys given, so a typo is reported against the style the
+    # author meant rather than against both.
+    keys = value.keys() if isinstance(value, dict) else vars(value).keys()
+    return "GpuPrice" if {"gpu_usd_per_hour", "tokens_per_second"} & set(keys) else "TokenPrice"
+
+
+Price = Annotated[
+    Annotated[TokenPrice, Tag("TokenPrice")] | Annotated[GpuPrice, Tag("GpuPrice")],
+    Discriminator(_price_style),
+]
+
+
+class Tier(_Strict):
+    """One place a request can go: a model at an endpoint, with a price and a capacity."""
+
+    name: TierName
+    """Short name used in decisions, headers, reports and probes (lowercase, digits, ``_.-``)."""
+    model: str = Field(min_length=1)
+    """Model name sent to the endpoint (self_hosted) or litellm model string (api), e.g.
+    ``anthropic/claude-sonnet-4-5``."""
+    kind: Literal["self_hosted", "api"]
+    """``self_hosted``: an OpenAI-compatible server you run (vLLM, SGLang, …); ``api``: a provider
+    reached through litellm."""
+    endpoint: str | None = Field(default=None, pattern=r"^https?://")
+    """Base URL of the OpenAI-compatible API (``http://host:port/v1``). Required for self_hosted; for
+    api tiers it overrides the provider's URL."""
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Name of the environment variable holding the API key (never the key itself)."""
+    price: Price | None = None
+    """Token prices or GPU rent + throughput. Required for self_hosted tiers; api tiers without it
+    are priced from litellm's offline price map when called."""
+    max_concurrency: int = Field(default=64, ge=1)
+    """Requests this tier serves at once; beyond it the tier is saturated and requests spill."""
+    overflow: TierName | None = None
+    """Tier that takes this tier's requests when it is saturated or failing (usually an API)."""
+    threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Route here when the scorer's confidence is at least this (0 = take everything that reaches
+    it). Thresholds must not increase from one tier to the next."""
+    description: str = ""
+    """Free text for humans."""
+
+    @model_validator(mode="after")
+    def _self_hosted_needs_endpoint_and_price(self) -> Tier:
+        if self.kind == "self_hosted" and self.endpoint is None:
+            raise ValueError("a self_hosted tier needs an endpoint (http://host:port/v1)")
+        if self.kind == "self_hosted" and self.price is None:
+            raise ValueError("a self_hosted tier needs a price (gpu_usd_per_hour + tokens_per_second)")
+        return self
+
+
+class Workload(_Strict):
+    """A class of traffic (interactive, batch, …) and the tiers it may use."""
+
+    tiers: list[TierName] | None = None
+    """Tiers this workload may use, a subset of the policy's tiers (default: all)."""
+    spill: bool = True
+    """May a saturated tier's requests go to its overflow tier? When false they queue instead."""
+    expected_output_tokens: int = Field(default=256, ge=1)
+    """Output tokens assumed for a cost estimate when the request sets no max_tokens."""
+    description: str = ""
+    """Free text for humans."""
+
+
+class Escalation(_Strict):
+    """Checks on a cheaper tier's answer that send the request to the next tier."""
+
+    checks: list[Check] = Field(default_factory=lambda: ["length", "empty", "invalid_json"])
+    """Which checks run: length (cut by max_tokens), empty, refusal, invalid_json (when
+    response_format asks for JSON), invalid_tool_call, low_logprob."""
+    min_mean_logprob: float = Field(default=-1.5, le=0)
+    """For low_logprob: escalate when the answer's mean token logprob is below this."""
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    """Most tier calls one request may make (first call, escalations and spills together)."""
+    streaming: Literal["buffer", "passthrough"] = "buffer"
+    """buffer: verify a streamed answer before its first byte reaches the client; passthrough:
+    stream at once (no escalation after the first byte)."""
+
+
+class PromptSettings(_Strict):
+    """How the prompt step treats requests."""
+
+    move_volatile: bool = True
+    """Move volatile lines (timestamps, dates, ids, per-user greetings) out of the system prompt to
+    the start of the last user message, so the stable prefix stays cacheable."""
+    log_prompts: bool = False
+    """Log prompt text. Off by default: prompts are often personal data."""
+
+
+class ScorerSettings(_Strict):
+    """Which confidence model scores requests, and where."""
+
+    model: str = "tfidf-lr-v1"
+    """A model shipped in router_models/ (by name) or a path to a model folder."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: the GPU when onnxruntime-gpu can use one, else the CPU."""
+
+
+class Probe(_Strict):
+    """An example request and the tier it must route to; checked by ``cascade policy check``."""
+
+    prompt: str | None = None
+    """The user's text (give this or messages)."""
+    messages: list[dict[str, Any]] | None = None
+    """OpenAI-style chat messages (give this or prompt)."""
+    expect: TierName
+    """The tier this request must route to."""
+    workload: str | None = None
+    """Workload class to route it as (default: the policy's default_workload)."""
+    name: str | None = None
+    """A label for reports (default: the start of the prompt)."""
+
+    @model_validator(mode="after")
+    def _one_input(self) -> Probe:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+
+class CrossFieldError(ValueError):
+    """Problems that span fields, each with the path it concerns (used for file:line reports)."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{_dotted(loc)}: {msg}" for loc, msg in problems))
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+class Policy(_Strict):
+    """A routing policy: tiers cheapest first, workloads, escalation rules and probes."""
+
+    version: Literal[1] = 1
+    """Policy file format version."""
+    name: TierName
+    """The policy's name: clients select it with the model name ``cascade/<name>``."""
+    description: str = ""
+    """Free text for humans."""
+    tiers: list[Tier] = Field(min_length=1)
+    """The tiers, cheapest first. A request goes to the first whose threshold its confidence clears."""
+    workloads: dict[str, Workload] = Field(default_factory=lambda: {"interactive": Workload()})
+    """Workload classes by name."""
+    default_workload: str = "interactive"
+    """Workload used when a request names none."""
+    escalation: Escalation = Field(default_factory=Escalation)
+    """When a cheaper tier's answer is rejected and the next tier asked."""
+    prompt: PromptSettings = Field(default_factory=PromptSettings)
+    """Prompt handling."""
+    scorer: ScorerSettings = Field(default_factory=ScorerSettings)
+    """The confidence model."""
+    probes: list[Probe] = Field(default_factory=list)
+    """Example requests with the tier each must route to."""
+
+    _source: str = PrivateAttr(default="<policy>")
+    _fingerprint: str = PrivateAttr(default="")
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Content hash of the validated policy: comments and formatting do not change it.
+        self._fingerprint = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+    @property
+    def fingerprint(self) -> str:
+        """A short content hash that identifies this version of the policy in the ledger."""
+        return self._fingerprint
+
+    @property
+    def source(self) -> str:
+        """Where the policy came from (a file path, or ``<policy>`` when built in code)."""
+        return self._source
+
+    def tier(self, name: str) -> Tier:
+        """The tier called ``name`` (KeyError if there is none)."""
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        raise KeyError(name)
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Policy:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        names = [t.name for t in self.tiers]
+        allowed = ", ".join(names)
+        seen: set[str] = set()
+        for i, tier in enumerate(self.tiers):
+            if tier.name in seen:
+                problems.append((("tiers", i, "name"), f"duplicate tier name {tier.name!r}"))
+            seen.add(tier.name)
+            if tier.overflow is not None and tier.overflow not in names:
+                problems.append(
+                    (("tiers", i, "overflow"), f"unknown tier {tier.overflow!r}; allowed: {allowed}")
+                )
+            elif tier.overflow == tier.name:
+                problems.append((("tiers", i, "overflow"), "a tier cannot overflow to itself"))
+            if i and tier.threshold > self.tiers[i - 1].threshold:
+                problems.append(
+                    (
+                        ("tiers", i, "threshold"),
+                        f"{tier.threshold} is above the previous tier's {self.tiers[i - 1].threshold};"
+                        " tiers are listed cheapest first and thresholds must not increase",
+                    )
+                )
+        for key, workload in self.workloads.items():
+            for j, name in enumerate(workload.tiers or []):
+                if name not in names:
+                    problems.append(
+                        (("workloads", key, "tiers", j), f"unknown tier {name!r}; allowed: {allowed}")
+                    )
+            if workload.tiers == []:
+                problems.append((("workloads", key, "tiers"), "a workload needs at least one tier"))
+        if self.default_workload not in self.workloads:
+            problems.append(
+                (
+                    ("default_workload",),
+                    f"unknown workload {self.default_workload!r} (the default is 'interactive'); "
+                    f"allowed: {', '.join(self.workloads)}",
+                )
+            )
+        for k, probe in enumerate(self.probes):
+            if probe.expect not in names:
+                problems.append(
+                    (("probes", k, "expect"), f"unknown tier {probe.expect!r}; allowed: {allowed}")
+                )
+            if probe.workload is not None and probe.workload not in self.workloads:
+                problems.append(
+                    (
+                        ("probes", k, "workload"),
+                        f"unknown workload {probe.workload!r}; allowed: {', '.join(self.workloads)}",
+                    )
+                )
+        if problems:
+            raise CrossFieldError(problems)
+        return self
