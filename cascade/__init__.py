@@ -12,22 +12,46 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from cascade.capacity import InFlightCounter
+    from cascade.decision import Decision
     from cascade.errors import CascadeError, PolicyError, RoutingError, ScorerError
+    from cascade.policy import Policy, load_policy
+    from cascade.prompt import PreparedPrompt, prepare_prompt
+    from cascade.routing import Planner, route
+    from cascade.scoring import OnnxScorer
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "CascadeError": "cascade.errors",
+    "Decision": "cascade.decision",
+    "InFlightCounter": "cascade.capacity",
+    "OnnxScorer": "cascade.scoring",
+    "Planner": "cascade.routing",
+    "Policy": "cascade.policy",
     "PolicyError": "cascade.errors",
+    "PreparedPrompt": "cascade.prompt",
     "RoutingError": "cascade.errors",
     "ScorerError": "cascade.errors",
+    "load_policy": "cascade.policy",
+    "prepare_prompt": "cascade.prompt",
+    "route": "cascade.routing",
 }
 
 __all__ = [
     "CascadeError",
+    "Decision",
+    "InFlightCounter",
+    "OnnxScorer",
+    "Planner",
+    "Policy",
     "PolicyError",
+    "PreparedPrompt",
     "RoutingError",
     "ScorerError",
     "__version__",
+    "load_policy",
+    "prepare_prompt",
+    "route",
 ]
 
 

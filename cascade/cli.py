@@ -119,7 +119,8 @@ def _route(ns: argparse.Namespace) -> int:
         (
             "est. cost",
             ("unknown (priced at call time)" if cost is None else f"${cost:.8f}")
-            + f"  ({decision.prompt_tokens} prompt + {decision.expected_output_tokens} output tokens)",
+            + f"  ({decision.prompt_tokens} prompt"
+            + f" + {decision.expected_output_tokens} output tokens)",
         ),
         ("prefix", f"{decision.prefix_hash}  ({decision.prefix_tokens} stable tokens)"),
         ("moved", moved),
@@ -160,8 +161,10 @@ def _policy_check(ns: argparse.Namespace) -> int:
         results = run_probes(planner)
         bad = [r for r in results if not r.passed]
         status = "FAIL" if bad else "ok  "
-        print(f"{status} {path}: policy {planner.policy.name!r}, {len(planner.policy.tiers)} tiers, "
-              f"{len(results) - len(bad)}/{len(results)} probes pass")
+        print(
+            f"{status} {path}: policy {planner.policy.name!r}, {len(planner.policy.tiers)} tiers, "
+            f"{len(results) - len(bad)}/{len(results)} probes pass"
+        )
         for r in results:
             mark = "ok  " if r.passed else "FAIL"
             detail = f"-> {r.actual}" if r.passed else f"expected {r.expected}, got {r.actual}"

@@ -4,12 +4,14 @@ Every error the library raises on purpose derives from :class:`CascadeError`, so
 catch one type. Each message says what went wrong, where, and what is allowed::
 
     CascadeError
-     ├── PolicyError            a policy file or object is invalid (file, line, key, what is allowed)
+     ├── PolicyError            a policy is invalid (file, line, key, what is allowed)
      ├── ResourceNotFoundError  a shipped model, policy or migration cannot be found
      ├── ScorerError            the confidence model cannot be loaded or run
      │    ├── ModelIntegrityError   the model file does not match its manifest's sha256
      │    └── RuntimeMissingError   onnxruntime is not installed
-     └── RoutingError           a request cannot be routed (empty messages, unknown workload, …)
+     ├── RoutingError           a request cannot be routed (empty messages, unknown workload, …)
+     ├── LabeledDataError       a labeled-traffic file is unreadable or has an invalid row
+     └── TrainingError          a router model cannot be trained or exported as asked
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ class RoutingError(CascadeError):
     """A request cannot be routed as given."""
 
 
+class LabeledDataError(CascadeError):
+    """A labeled-traffic file is missing, unreadable or has an invalid row (file:line, field)."""
+
+
+class TrainingError(CascadeError):
+    """The model cannot be trained or exported as asked."""
+
+
 @dataclass(frozen=True)
 class PolicyProblem:
     """One thing wrong with a policy: where it is and what is allowed."""
@@ -52,7 +62,11 @@ class PolicyProblem:
 
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line is not None else self.source
-        return f"{where}: {self.location}: {self.message}" if self.location else f"{where}: {self.message}"
+        return (
+            f"{where}: {self.location}: {self.message}"
+            if self.location
+            else f"{where}: {self.message}"
+        )
 
 
 class PolicyError(CascadeError):

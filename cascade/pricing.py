@@ -2,7 +2,7 @@
 
 API tiers: the policy's $/M-token prices (or, later, litellm's offline price map). Self-hosted
 tiers: GPU time. A decode step serves a whole batch, so ``$/output token = GPU $/hour ÷
-(measured tokens/s × 3600)``; prompt tokens cost GPU time at the prefill throughput, and prompt
+(measured tokens/s * 3600)``; prompt tokens cost GPU time at the prefill throughput, and prompt
 tokens the engine found in its prefix cache cost nothing.
 """
 
@@ -29,15 +29,19 @@ class Rates:
     output: Decimal
 
     def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Decimal:
-        """Dollars for one call; ``cached_tokens`` are the part of ``prompt_tokens`` served from cache."""
+        """Dollars for one call; ``cached_tokens`` of ``prompt_tokens`` hit the cache."""
         if not 0 <= cached_tokens <= prompt_tokens:
             raise ValueError(f"cached_tokens={cached_tokens} must be within 0..{prompt_tokens}")
         uncached = prompt_tokens - cached_tokens
-        return uncached * self.input + cached_tokens * self.cached_input + completion_tokens * self.output
+        return (
+            uncached * self.input
+            + cached_tokens * self.cached_input
+            + completion_tokens * self.output
+        )
 
 
 def tier_rates(tier: Tier) -> Rates | None:
-    """The tier's per-token rates, or None when the policy gives no price (an API tier priced later)."""
+    """The tier's per-token rates; None when the policy has no price (priced later, by litellm)."""
     price = tier.price
     if isinstance(price, TokenPrice):
         cached = price.cached_input_usd_per_mtok
@@ -54,5 +58,7 @@ def tier_rates(tier: Tier) -> Rates | None:
             if price.prefill_tokens_per_second is not None
             else decode * _DEFAULT_PREFILL_SPEEDUP
         )
-        return Rates(input=per_second / prefill, cached_input=Decimal(0), output=per_second / decode)
+        return Rates(
+            input=per_second / prefill, cached_input=Decimal(0), output=per_second / decode
+        )
     return None

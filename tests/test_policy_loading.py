@@ -113,7 +113,10 @@ def test_duplicate_keys_are_errors() -> None:
     ("text", "expected"),
     [
         ("", "policies/x.yaml:1: a policy is a mapping of keys (name, tiers, …); got empty"),
-        ("- a\n- b\n", "policies/x.yaml:1: a policy is a mapping of keys (name, tiers, …); got a list"),
+        (
+            "- a\n- b\n",
+            "policies/x.yaml:1: a policy is a mapping of keys (name, tiers, …); got a list",
+        ),
         ("name: x\ntiers: [\n", "policies/x.yaml:3: not valid YAML: expected the node content"),
     ],
 )
@@ -138,7 +141,9 @@ def test_missing_policy_file_says_what_exists(tmp_path: Path) -> None:
 def test_fingerprint_ignores_formatting_but_not_content() -> None:
     """The policy version hash survives comments and reformatting, and changes with content."""
     base = parse_policy(TWO_TIERS)
-    reformatted = parse_policy("# a comment\n" + TWO_TIERS.replace("{gpu_usd_per_hour: 2.0", "{gpu_usd_per_hour: 2.00"))
+    reformatted = parse_policy(
+        "# a comment\n" + TWO_TIERS.replace("{gpu_usd_per_hour: 2.0", "{gpu_usd_per_hour: 2.00")
+    )
     changed = parse_policy(TWO_TIERS.replace("threshold: 0.7", "threshold: 0.6"))
     assert base.fingerprint == reformatted.fingerprint
     assert base.fingerprint != changed.fingerprint

@@ -30,7 +30,10 @@ def test_cached_price_defaults_to_input_price() -> None:
 
 def test_gpu_time_pricing_matches_the_serving_economics() -> None:
     """A 1.5B tier at $2.5/hour and 32,000 tok/s costs about $0.022 per million output tokens."""
-    text = TWO_TIERS.replace("gpu_usd_per_hour: 2.0, tokens_per_second: 1000", "gpu_usd_per_hour: 2.5, tokens_per_second: 32000")
+    text = TWO_TIERS.replace(
+        "gpu_usd_per_hour: 2.0, tokens_per_second: 1000",
+        "gpu_usd_per_hour: 2.5, tokens_per_second: 32000",
+    )
     rates = tier_rates(parse_policy(text).tier("small"))
     assert rates is not None
     per_million = rates.output * 1_000_000
@@ -51,7 +54,8 @@ def test_gpu_tier_cost_is_gpu_seconds_used() -> None:
 def test_api_tier_without_price_has_no_rates() -> None:
     """An API tier without a price is priced later (litellm's map), not guessed here."""
     text = TWO_TIERS.replace(
-        "    price: {input_usd_per_mtok: 2.5, cached_input_usd_per_mtok: 1.25, output_usd_per_mtok: 10}\n",
+        "    price: {input_usd_per_mtok: 2.5, cached_input_usd_per_mtok: 1.25,"
+        " output_usd_per_mtok: 10}\n",
         "",
     )
     assert tier_rates(parse_policy(text).tier("big")) is None
@@ -60,5 +64,5 @@ def test_api_tier_without_price_has_no_rates() -> None:
 def test_cached_tokens_cannot_exceed_prompt_tokens() -> None:
     """Usage that claims more cached than prompt tokens is rejected, not priced negative."""
     rates = Rates(input=Decimal(1), cached_input=Decimal(0), output=Decimal(1))
-    with pytest.raises(ValueError, match="cached_tokens=5 must be within 0..4"):
+    with pytest.raises(ValueError, match=r"cached_tokens=5 must be within 0\.\.4"):
         rates.cost(prompt_tokens=4, completion_tokens=0, cached_tokens=5)

@@ -29,7 +29,9 @@ def load_policy(name_or_path: str | Path) -> Policy:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError([PolicyProblem(str(path), None, "", f"cannot read the file: {exc}")]) from exc
+        raise PolicyError(
+            [PolicyProblem(str(path), None, "", f"cannot read the file: {exc}")]
+        ) from exc
     return parse_policy(text, source=str(path))
 
 
@@ -46,7 +48,11 @@ def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise PolicyError(
-            [PolicyProblem(source, 1, "", f"a policy is a mapping of keys (name, tiers, …); got {kind}")]
+            [
+                PolicyProblem(
+                    source, 1, "", f"a policy is a mapping of keys (name, tiers, …); got {kind}"
+                )
+            ]
         )
     lines: dict[Loc, int] = {}
     duplicates: list[PolicyProblem] = []
@@ -65,7 +71,7 @@ def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
 
 
 def policy_json_schema() -> dict[str, Any]:
-    """The JSON Schema of policy files, for editors (committed as ``policies/policy.schema.json``)."""
+    """The JSON Schema of policy files, for editors (``policies/policy.schema.json``)."""
     schema = Policy.model_json_schema()
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -81,8 +81,8 @@ class Tier(_Strict):
     """``self_hosted``: an OpenAI-compatible server you run (vLLM, SGLang, …); ``api``: a provider
     reached through litellm."""
     endpoint: str | None = Field(default=None, pattern=r"^https?://")
-    """Base URL of the OpenAI-compatible API (``http://host:port/v1``). Required for self_hosted; for
-    api tiers it overrides the provider's URL."""
+    """Base URL of the OpenAI-compatible API (``http://host:port/v1``). Required for self_hosted;
+    for api tiers it overrides the provider's URL."""
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     """Name of the environment variable holding the API key (never the key itself)."""
     price: Price | None = None
@@ -103,7 +103,9 @@ class Tier(_Strict):
         if self.kind == "self_hosted" and self.endpoint is None:
             raise ValueError("a self_hosted tier needs an endpoint (http://host:port/v1)")
         if self.kind == "self_hosted" and self.price is None:
-            raise ValueError("a self_hosted tier needs a price (gpu_usd_per_hour + tokens_per_second)")
+            raise ValueError(
+                "a self_hosted tier needs a price (gpu_usd_per_hour + tokens_per_second)"
+            )
         return self
 
 
@@ -120,10 +122,13 @@ class Workload(_Strict):
     """Free text for humans."""
 
 
+_DEFAULT_CHECKS: tuple[Check, ...] = ("length", "empty", "invalid_json")
+
+
 class Escalation(_Strict):
     """Checks on a cheaper tier's answer that send the request to the next tier."""
 
-    checks: list[Check] = Field(default_factory=lambda: ["length", "empty", "invalid_json"])
+    checks: list[Check] = Field(default_factory=lambda: list(_DEFAULT_CHECKS))
     """Which checks run: length (cut by max_tokens), empty, refusal, invalid_json (when
     response_format asks for JSON), invalid_tool_call, low_logprob."""
     min_mean_logprob: float = Field(default=-1.5, le=0)
@@ -175,10 +180,13 @@ class Probe(_Strict):
         return self
 
 
+Problem = tuple[tuple[str | int, ...], str]
+
+
 class CrossFieldError(ValueError):
     """Problems that span fields, each with the path it concerns (used for file:line reports)."""
 
-    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+    def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("; ".join(f"{_dotted(loc)}: {msg}" for loc, msg in problems))
 
@@ -200,7 +208,7 @@ class Policy(_Strict):
     description: str = ""
     """Free text for humans."""
     tiers: list[Tier] = Field(min_length=1)
-    """The tiers, cheapest first. A request goes to the first whose threshold its confidence clears."""
+    """The tiers, cheapest first: a request goes to the first whose threshold it clears."""
     workloads: dict[str, Workload] = Field(default_factory=lambda: {"interactive": Workload()})
     """Workload classes by name."""
     default_workload: str = "interactive"
@@ -240,56 +248,60 @@ class Policy(_Strict):
 
     @model_validator(mode="after")
     def _cross_check(self) -> Policy:
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+        problems = [*self._tier_problems(), *self._workload_problems(), *self._probe_problems()]
+        if problems:
+            raise CrossFieldError(problems)
+        return self
+
+    def _tier_problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         names = [t.name for t in self.tiers]
-        allowed = ", ".join(names)
         seen: set[str] = set()
         for i, tier in enumerate(self.tiers):
             if tier.name in seen:
                 problems.append((("tiers", i, "name"), f"duplicate tier name {tier.name!r}"))
             seen.add(tier.name)
             if tier.overflow is not None and tier.overflow not in names:
-                problems.append(
-                    (("tiers", i, "overflow"), f"unknown tier {tier.overflow!r}; allowed: {allowed}")
-                )
+                problems.append((("tiers", i, "overflow"), self._unknown_tier(tier.overflow)))
             elif tier.overflow == tier.name:
                 problems.append((("tiers", i, "overflow"), "a tier cannot overflow to itself"))
-            if i and tier.threshold > self.tiers[i - 1].threshold:
+            previous = self.tiers[i - 1].threshold if i else 1.0
+            if tier.threshold > previous:
                 problems.append(
                     (
                         ("tiers", i, "threshold"),
-                        f"{tier.threshold} is above the previous tier's {self.tiers[i - 1].threshold};"
-                        " tiers are listed cheapest first and thresholds must not increase",
+                        f"{tier.threshold} is above the previous tier's {previous}; tiers are"
+                        " listed cheapest first and thresholds must not increase",
                     )
                 )
+        return problems
+
+    def _workload_problems(self) -> list[Problem]:
+        names = {t.name for t in self.tiers}
+        problems: list[Problem] = []
         for key, workload in self.workloads.items():
             for j, name in enumerate(workload.tiers or []):
                 if name not in names:
-                    problems.append(
-                        (("workloads", key, "tiers", j), f"unknown tier {name!r}; allowed: {allowed}")
-                    )
+                    problems.append((("workloads", key, "tiers", j), self._unknown_tier(name)))
             if workload.tiers == []:
                 problems.append((("workloads", key, "tiers"), "a workload needs at least one tier"))
         if self.default_workload not in self.workloads:
-            problems.append(
-                (
-                    ("default_workload",),
-                    f"unknown workload {self.default_workload!r} (the default is 'interactive'); "
-                    f"allowed: {', '.join(self.workloads)}",
-                )
-            )
+            message = self._unknown_workload(self.default_workload)
+            problems.append((("default_workload",), f"{message} (the default is 'interactive')"))
+        return problems
+
+    def _probe_problems(self) -> list[Problem]:
+        names = {t.name for t in self.tiers}
+        problems: list[Problem] = []
         for k, probe in enumerate(self.probes):
             if probe.expect not in names:
-                problems.append(
-                    (("probes", k, "expect"), f"unknown tier {probe.expect!r}; allowed: {allowed}")
-                )
+                problems.append((("probes", k, "expect"), self._unknown_tier(probe.expect)))
             if probe.workload is not None and probe.workload not in self.workloads:
-                problems.append(
-                    (
-                        ("probes", k, "workload"),
-                        f"unknown workload {probe.workload!r}; allowed: {', '.join(self.workloads)}",
-                    )
-                )
-        if problems:
-            raise CrossFieldError(problems)
-        return self
+                problems.append((("probes", k, "workload"), self._unknown_workload(probe.workload)))
+        return problems
+
+    def _unknown_tier(self, name: str) -> str:
+        return f"unknown tier {name!r}; allowed: {', '.join(t.name for t in self.tiers)}"
+
+    def _unknown_workload(self, name: str) -> str:
+        return f"unknown workload {name!r}; allowed: {', '.join(self.workloads)}"

@@ -1,0 +1,153 @@
+"""The ``decide`` step: from a confidence to a tier, with the reason in words.
+
+Pure: no I/O, no clock. Given the policy, the scorer's confidence, the prepared prompt and a view
+of each tier's load, it picks the cheapest tier that
+
+1. the request's workload class allows,
+2. whose threshold the confidence clears (the last allowed tier takes whatever reaches it), and
+3. that has capacity; a saturated tier sends the request to its overflow target, else to the next
+   stronger allowed tier with room, else the request queues on the tier it was given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from typing import Any
+
+from cascade.capacity import CapacityView
+from cascade.errors import RoutingError
+from cascade.policy.model import Policy, Tier
+from cascade.pricing import tier_rates
+from cascade.prompt import MovedSpan, PreparedPrompt
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a request goes and why, decided before any model runs."""
+
+    tier: str
+    """The chosen tier's name."""
+    model: str
+    """The model (or litellm model string) the tier is called with."""
+    kind: str
+    """``self_hosted`` or ``api``."""
+    confidence: float
+    """The scorer's estimate, 0..1, that the cheaper tier's answer will be good enough."""
+    reason: str
+    """Why this tier, in words."""
+    workload: str
+    policy: str
+    policy_version: str
+    messages: tuple[dict[str, Any], ...]
+    """The cache-friendly messages to send (stable prefix first)."""
+    tools: tuple[dict[str, Any], ...] | None
+    prefix_hash: str
+    prefix_tokens: int
+    prompt_tokens: int
+    expected_output_tokens: int
+    estimated_cost_usd: Decimal | None
+    """Estimated cost of the call on the chosen tier (None when the tier has no price yet)."""
+    moved: tuple[MovedSpan, ...]
+    """Volatile lines moved out of the stable prefix (empty when nothing moved)."""
+    spilled_from: str | None = None
+    """The tier the confidence chose, when it was saturated and the request went elsewhere."""
+    queued: bool = False
+    """Every allowed tier is saturated: the request waits for the chosen tier."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (the money as a string, to keep it exact)."""
+        out = asdict(self)
+        cost = self.estimated_cost_usd
+        out["estimated_cost_usd"] = None if cost is None else str(cost)
+        return out
+
+
+def decide(
+    policy: Policy,
+    confidence: float,
+    prompt: PreparedPrompt,
+    *,
+    capacity: CapacityView,
+    workload: str | None = None,
+    max_tokens: int | None = None,
+) -> Decision:
+    """Pick the tier for one request (see the module docstring for the rule)."""
+    workload_name = policy.default_workload if workload is None else workload
+    if workload_name not in policy.workloads:
+        allowed = ", ".join(policy.workloads)
+        raise RoutingError(
+            f"unknown workload {workload_name!r} for policy {policy.name!r}; allowed: {allowed}"
+        )
+    settings = policy.workloads[workload_name]
+    allowed_names = settings.tiers
+    tiers = [t for t in policy.tiers if allowed_names is None or t.name in allowed_names]
+
+    chosen, reason = _by_confidence(tiers, confidence)
+    target, note, queued = _with_capacity(chosen, tiers, policy, capacity, spill=settings.spill)
+    if note:
+        reason = f"{reason}; {note}"
+    if allowed_names is not None:
+        reason = f"{reason} (workload {workload_name} allows {', '.join(t.name for t in tiers)})"
+
+    output_tokens = max_tokens if max_tokens is not None else settings.expected_output_tokens
+    rates = tier_rates(target)
+    cost = None if rates is None else rates.cost(prompt.prompt_tokens, output_tokens)
+    return Decision(
+        tier=target.name,
+        model=target.model,
+        kind=target.kind,
+        confidence=confidence,
+        reason=reason,
+        workload=workload_name,
+        policy=policy.name,
+        policy_version=policy.fingerprint,
+        messages=prompt.messages,
+        tools=prompt.tools,
+        prefix_hash=prompt.prefix_hash,
+        prefix_tokens=prompt.prefix_tokens,
+        prompt_tokens=prompt.prompt_tokens,
+        expected_output_tokens=output_tokens,
+        estimated_cost_usd=cost,
+        moved=prompt.volatile if prompt.moved else (),
+        spilled_from=chosen.name if target is not chosen else None,
+        queued=queued,
+    )
+
+
+def _by_confidence(tiers: list[Tier], confidence: float) -> tuple[Tier, str]:
+    passed: list[str] = []
+    for tier in tiers:
+        if confidence >= tier.threshold:
+            head = f"confidence {confidence:.3f}"
+            if not passed:
+                return tier, f"{head} clears {tier.name}'s threshold {tier.threshold:.2f}"
+            below = " and ".join(passed)
+            return tier, f"{head} is below {below}; {tier.name} ({tier.threshold:.2f}) takes it"
+        passed.append(f"{tier.name}'s threshold {tier.threshold:.2f}")
+    last = tiers[-1]
+    return last, (
+        f"confidence {confidence:.3f} is below every threshold; "
+        f"{last.name} is the strongest tier allowed"
+    )
+
+
+def _with_capacity(
+    chosen: Tier, tiers: list[Tier], policy: Policy, capacity: CapacityView, *, spill: bool
+) -> tuple[Tier, str, bool]:
+    """The tier to use given load, a note on what changed, and whether the request queues."""
+    busy = capacity.in_flight(chosen.name)
+    if busy < chosen.max_concurrency:
+        return chosen, "", False
+    full = f"{chosen.name} is saturated ({busy}/{chosen.max_concurrency} in flight)"
+    if not spill:
+        return chosen, f"{full}; this workload does not spill, so it queues", True
+    allowed = {t.name for t in tiers}
+    if chosen.overflow is not None and chosen.overflow in allowed:
+        overflow = policy.tier(chosen.overflow)
+        if capacity.in_flight(overflow.name) < overflow.max_concurrency:
+            return overflow, f"{full}; spilled to its overflow {overflow.name}", False
+    for stronger in tiers[tiers.index(chosen) + 1 :]:
+        if capacity.in_flight(stronger.name) < stronger.max_concurrency:
+            return stronger, f"{full}; moved up to {stronger.name}, the next tier with room", False
+    return chosen, f"{full}; every allowed tier is saturated, so it queues", True

@@ -1,0 +1,233 @@
+"""A router model's manifest: ``router_models/<name>/manifest.json``, parsed and checked.
+
+The manifest says what the model file is (sha256, opset), what it expects (input name, shape and
+the preprocessing function, with its feature version), what it outputs, what it was trained on,
+how its thresholds translate into traffic kept on the cheap tier, and what was measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from cascade.errors import ScorerError
+from cascade.features import FEATURE_VERSION
+
+FORMAT_VERSION = 1
+PREPROCESSING = "cascade.features.normalize"
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """The model's input tensor: raw prompts after ``preprocessing``, one per row."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+    preprocessing: str
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """The probability tensor and the column holding P(the weak tier suffices)."""
+
+    name: str
+    column: int
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One labeled-traffic file the model was trained on."""
+
+    file: str
+    rows: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class CalibrationPoint:
+    """Share of training prompts whose confidence is >= ``threshold`` (kept on the cheap tier)."""
+
+    threshold: float
+    cheap_share: float
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Measured quality: AUROC of the confidence against the label, and label base rates."""
+
+    holdout_tasks: tuple[str, ...]
+    holdout_rows: int
+    holdout_auroc: float | None
+    dev_files: tuple[str, ...]
+    dev_rows: int
+    dev_auroc: float | None
+    base_rate_train: float
+    base_rate_holdout: float | None
+    base_rate_dev: float | None
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Largest |ONNX - scikit-learn| confidence over ``texts`` messy prompts at export time."""
+
+    max_abs_diff: float
+    texts: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A model folder's ``manifest.json``: what the file is, how to feed it, how good it is."""
+
+    name: str
+    format_version: int
+    file: str
+    sha256: str
+    opset: int
+    feature_version: str
+    input: ModelInput
+    output: ModelOutput
+    label: str
+    training_data: tuple[DataFile, ...]
+    calibration: tuple[CalibrationPoint, ...]
+    metrics: Metrics
+    parity: Parity
+    created_by: str
+    toolchain: dict[str, str]
+
+    def to_json(self) -> str:
+        """The manifest as written to ``manifest.json`` (stable key order, trailing newline)."""
+        return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+
+def load_manifest(directory: Path) -> Manifest:
+    """Read and check ``directory/manifest.json``; a :class:`ScorerError` names any bad field."""
+    path = directory / "manifest.json"
+    try:
+        raw: object = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScorerError(
+            f"{path}: missing; a model folder holds model.onnx and manifest.json"
+        ) from None
+    except (OSError, UnicodeError, json.JSONDecodeError) as exc:
+        raise ScorerError(
+            f"{path}: not readable JSON ({exc}); restore or retrain the model"
+        ) from exc
+    return _parse_manifest(_Fields(raw, str(path), ""))
+
+
+class _Fields:
+    """Typed access to one JSON object; failures name the file and the dotted field path."""
+
+    def __init__(self, value: object, source: str, path: str) -> None:
+        self.source, self.path = source, path
+        if not isinstance(value, dict):
+            self.fail(path or "manifest", f"expected an object, got {type(value).__name__}")
+        self.value: dict[str, Any] = value
+
+    def fail(self, field: str, problem: str) -> NoReturn:
+        raise ScorerError(
+            f"{self.source}: field {field!r}: {problem}; retrain or reinstall the model"
+        )
+
+    def get(self, key: str, kind: type | tuple[type, ...]) -> Any:
+        field = f"{self.path}.{key}".lstrip(".")
+        if key not in self.value:
+            self.fail(field, "missing")
+        value = self.value[key]
+        # bool passes isinstance(_, int) but is never a valid count, index or rate here
+        if isinstance(value, bool) or not isinstance(value, kind):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            wanted = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
+            self.fail(field, f"expected {wanted}, got {json.dumps(value)[:60]}")
+        return value
+
+    def text(self, key: str) -> str:
+        return str(self.get(key, str))
+
+    def integer(self, key: str) -> int:
+        return int(self.get(key, int))
+
+    def number(self, key: str) -> float:
+        return float(self.get(key, (int, float)))
+
+    def optional_number(self, key: str) -> float | None:
+        value = self.get(key, (int, float, type(None)))
+        return None if value is None else float(value)
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        values = self.get(key, list)
+        if not all(isinstance(v, str) for v in values):
+            self.fail(f"{self.path}.{key}".lstrip("."), "expected a list of strings")
+        return tuple(values)
+
+    def child(self, key: str) -> _Fields:
+        return _Fields(self.get(key, dict), self.source, f"{self.path}.{key}".lstrip("."))
+
+    def children(self, key: str) -> list[_Fields]:
+        field = f"{self.path}.{key}".lstrip(".")
+        return [_Fields(v, self.source, f"{field}[{i}]") for i, v in enumerate(self.get(key, list))]
+
+
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", type(None): "null"}
+
+
+def _parse_manifest(m: _Fields) -> Manifest:
+    if (version := m.integer("format_version")) != FORMAT_VERSION:
+        m.fail("format_version", f"this cascade reads version {FORMAT_VERSION}, got {version}")
+    if (feature_version := m.text("feature_version")) != FEATURE_VERSION:
+        m.fail(
+            "feature_version",
+            f"the model needs features {feature_version!r}, "
+            f"this cascade computes {FEATURE_VERSION!r}",
+        )
+    if Path(file := m.text("file")).name != file or file in {"", ".", ".."}:
+        m.fail("file", f"must name a file inside the model folder, got {file!r}")
+    inp, out, metrics, parity = (
+        m.child("input"),
+        m.child("output"),
+        m.child("metrics"),
+        m.child("parity"),
+    )
+    if (dtype := inp.text("dtype")) != "string":
+        inp.fail("input.dtype", f"only 'string' is supported, got {dtype!r}")
+    if (shape := tuple(inp.get("shape", list))) != (None, 1):
+        inp.fail("input.shape", f"expected [null, 1], got {list(shape)}")
+    if (preprocessing := inp.text("preprocessing")) != PREPROCESSING:
+        inp.fail("input.preprocessing", f"only {PREPROCESSING!r} is known, got {preprocessing!r}")
+    return Manifest(
+        name=m.text("name"),
+        format_version=version,
+        file=file,
+        sha256=m.text("sha256").lower(),
+        opset=m.integer("opset"),
+        feature_version=feature_version,
+        input=ModelInput(inp.text("name"), dtype, shape, preprocessing),
+        output=ModelOutput(out.text("name"), out.integer("column")),
+        label=m.text("label"),
+        training_data=tuple(
+            DataFile(d.text("file"), d.integer("rows"), d.text("sha256"))
+            for d in m.children("training_data")
+        ),
+        calibration=tuple(
+            CalibrationPoint(c.number("threshold"), c.number("cheap_share"))
+            for c in m.children("calibration")
+        ),
+        metrics=Metrics(
+            holdout_tasks=metrics.texts("holdout_tasks"),
+            holdout_rows=metrics.integer("holdout_rows"),
+            holdout_auroc=metrics.optional_number("holdout_auroc"),
+            dev_files=metrics.texts("dev_files"),
+            dev_rows=metrics.integer("dev_rows"),
+            dev_auroc=metrics.optional_number("dev_auroc"),
+            base_rate_train=metrics.number("base_rate_train"),
+            base_rate_holdout=metrics.optional_number("base_rate_holdout"),
+            base_rate_dev=metrics.optional_number("base_rate_dev"),
+        ),
+        parity=Parity(parity.number("max_abs_diff"), parity.integer("texts")),
+        created_by=m.text("created_by"),
+        toolchain={k: str(v) for k, v in m.get("toolchain", dict).items()},
+    )

@@ -1,0 +1,130 @@
+"""Routing before any model runs: prompt → score → decide.
+
+:class:`Planner` chains the three steps for one policy; :func:`route` is the convenience entry
+point that keeps one planner per policy and scorer model, built on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cascade.capacity import CapacityView, InFlightCounter
+from cascade.decision import Decision, decide
+from cascade.policy.loading import load_policy
+from cascade.policy.model import Policy
+from cascade.prompt import Message, prepare_prompt
+from cascade.resources import policy_path
+from cascade.scoring import OnnxScorer, Scorer
+
+Messages = str | Sequence[Message]
+Tools = Sequence[Mapping[str, Any]] | None
+
+
+def as_messages(messages: Messages) -> Sequence[Message]:
+    """Accept a bare prompt string as one user message."""
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    return messages
+
+
+class Planner:
+    """Decides where requests go under one policy: pure CPU, no network."""
+
+    def __init__(
+        self, policy: Policy, scorer: Scorer | None = None, capacity: CapacityView | None = None
+    ) -> None:
+        self.policy = policy
+        self.scorer: Scorer = (
+            scorer
+            if scorer is not None
+            else OnnxScorer(policy.scorer.model, device=policy.scorer.device)
+        )
+        self.capacity: CapacityView = capacity if capacity is not None else InFlightCounter()
+
+    def plan(
+        self,
+        messages: Messages,
+        *,
+        tools: Tools = None,
+        workload: str | None = None,
+        max_tokens: int | None = None,
+        capacity: CapacityView | None = None,
+    ) -> Decision:
+        """Prepare the prompt, score it and decide its tier."""
+        prompt = prepare_prompt(
+            as_messages(messages), tools, move_volatile=self.policy.prompt.move_volatile
+        )
+        confidence = self.scorer.score(prompt.scoring_text)
+        return decide(
+            self.policy,
+            confidence,
+            prompt,
+            capacity=self.capacity if capacity is None else capacity,
+            workload=workload,
+            max_tokens=max_tokens,
+        )
+
+
+class _PlannerCache:
+    """One planner per policy file (reloaded when the file changes) and one scorer per model."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_file: dict[Path, tuple[float, Planner]] = {}
+        self._scorers: dict[tuple[str, str], Scorer] = {}
+
+    def for_policy(self, policy: Policy | str | Path | None) -> Planner:
+        if isinstance(policy, Policy):
+            return Planner(policy, self._scorer(policy))
+        path = policy_path("default" if policy is None else policy).resolve()
+        mtime = os.stat(path).st_mtime
+        with self._lock:
+            cached = self._by_file.get(path)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        loaded = load_policy(path)
+        planner = Planner(loaded, self._scorer(loaded))
+        with self._lock:
+            self._by_file[path] = (mtime, planner)
+        return planner
+
+    def _scorer(self, policy: Policy) -> Scorer:
+        key = (policy.scorer.model, policy.scorer.device)
+        with self._lock:
+            scorer = self._scorers.get(key)
+        if scorer is None:
+            scorer = OnnxScorer(policy.scorer.model, device=policy.scorer.device)
+            with self._lock:
+                self._scorers.setdefault(key, scorer)
+        return scorer
+
+
+_cache = _PlannerCache()
+
+
+def route(
+    messages: Messages,
+    *,
+    policy: Policy | str | Path | None = None,
+    tools: Tools = None,
+    workload: str | None = None,
+    max_tokens: int | None = None,
+    capacity: CapacityView | None = None,
+) -> Decision:
+    """Decide which tier should answer a chat request, before any model runs.
+
+    ``messages`` are OpenAI-style chat messages (or a bare prompt string). ``policy`` is a
+    :class:`~cascade.policy.Policy`, a policy file, or the name of a shipped policy (default:
+    ``default``). Pure CPU and no network: the policy and the scorer are loaded once and reused,
+    and a changed policy file is picked up on the next call. ``capacity`` reports calls in flight
+    per tier (default: none). Returns the tier, model, confidence, reason, cache-friendly messages
+    and estimated cost.
+    """
+    planner = _cache.for_policy(policy)
+    return planner.plan(
+        messages, tools=tools, workload=workload, max_tokens=max_tokens, capacity=capacity
+    )

@@ -1,0 +1,90 @@
+"""Labeled traffic: prompts with the real outcome of a weak and a strong tier on each.
+
+The format of ``../shared/data`` (JSONL, one object per line: ``id``, ``task``, ``prompt``,
+``weak_score``, ``strong_score``, ``weak_cost_usd``, ``strong_cost_usd``); ``cascade train`` reads
+it, and the ledger will export the project's own traffic in it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cascade.errors import LabeledDataError
+
+__all__ = ["LabeledExample", "load_labeled"]
+
+
+@dataclass(frozen=True)
+class LabeledExample:
+    """One prompt with the real outcome of the weak and the strong tier on it."""
+
+    id: str
+    task: str
+    prompt: str
+    weak_score: float
+    strong_score: float
+    weak_cost_usd: float
+    strong_cost_usd: float
+
+    @property
+    def weak_suffices(self) -> bool:
+        """The label: the weak tier's answer is at least as good as the strong tier's."""
+        return self.weak_score >= self.strong_score
+
+
+def load_labeled(paths: Sequence[Path]) -> list[LabeledExample]:
+    """Read labeled-traffic JSONL files in order; blank lines are skipped.
+
+    Raises :class:`LabeledDataError` naming ``file:line`` and the field for any invalid row.
+    """
+    examples: list[LabeledExample] = []
+    for path in paths:
+        try:
+            # split on "\n" only: str.splitlines() also splits on U+2028, \x0c and others that
+            # JSON strings may hold raw
+            lines = Path(path).read_text(encoding="utf-8").split("\n")
+        except (OSError, UnicodeError) as exc:
+            raise LabeledDataError(f"{path}: cannot read labeled traffic: {exc}") from exc
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                examples.append(_parse_row(line, f"{path}:{number}"))
+    if not examples:
+        raise LabeledDataError(f"no labeled rows in {', '.join(map(str, paths)) or '(no files)'}")
+    return examples
+
+
+def _parse_row(line: str, where: str) -> LabeledExample:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise LabeledDataError(f"{where}: not valid JSON: {exc.msg}") from None
+    if not isinstance(row, dict):
+        raise LabeledDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+
+    def field(name: str, kind: type, low: float = -math.inf, high: float = math.inf) -> Any:
+        if name not in row:
+            raise LabeledDataError(f"{where}: field {name!r}: missing")
+        value = row[name]
+        numeric = kind is float and isinstance(value, int | float) and not isinstance(value, bool)
+        if not (numeric and low <= value <= high) and not (kind is str and isinstance(value, str)):
+            bounds = f"in [{low}, {high}]" if high < math.inf else f">= {low}"
+            allowed = f"a number {bounds}" if kind is float else "a string"
+            raise LabeledDataError(
+                f"{where}: field {name!r}: expected {allowed}, got {value!r:.60}"
+            )
+        return float(value) if kind is float else value
+
+    return LabeledExample(
+        id=field("id", str),
+        task=field("task", str),
+        prompt=field("prompt", str),
+        weak_score=field("weak_score", float, 0.0, 1.0),
+        strong_score=field("strong_score", float, 0.0, 1.0),
+        weak_cost_usd=field("weak_cost_usd", float, 0.0),
+        strong_cost_usd=field("strong_cost_usd", float, 0.0),
+    )
