@@ -10,13 +10,13 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cascade.capacity import CapacityView, InFlightCounter
 from cascade.decision import Decision, decide
 from cascade.policy.loading import load_policy
 from cascade.policy.model import Policy
-from cascade.prompt import Message, prepare_prompt
+from cascade.prompt import Message, PreparedPrompt, prepare_prompt
 from cascade.resources import policy_path
 from cascade.scoring import OnnxScorer, Scorer
 
@@ -31,8 +31,21 @@ def as_messages(messages: Messages) -> Sequence[Message]:
     return messages
 
 
+class AsyncScorer(Protocol):
+    """Scores one prompt for an async caller (a :class:`~cascade.batching.MicroBatcher`)."""
+
+    async def score(self, text: str) -> float:
+        """Confidence for one prompt."""
+        ...
+
+
 class Planner:
-    """Decides where requests go under one policy: pure CPU, no network."""
+    """Decides where requests go under one policy: pure CPU, no network.
+
+    :meth:`plan` scores inline; :meth:`aplan` is for event loops, and scores through an async
+    scorer such as a :class:`~cascade.batching.MicroBatcher` so that concurrent requests share
+    one model call and the loop is not blocked.
+    """
 
     def __init__(
         self, policy: Policy, scorer: Scorer | None = None, capacity: CapacityView | None = None
@@ -55,10 +68,37 @@ class Planner:
         capacity: CapacityView | None = None,
     ) -> Decision:
         """Prepare the prompt, score it and decide its tier."""
-        prompt = prepare_prompt(
-            as_messages(messages), tools, move_volatile=self.policy.prompt.move_volatile
-        )
+        prompt = self._prepare(messages, tools)
         confidence = self.scorer.score(prompt.scoring_text)
+        return self._decide(prompt, confidence, workload, max_tokens, capacity)
+
+    async def aplan(
+        self,
+        messages: Messages,
+        scorer: AsyncScorer,
+        *,
+        tools: Tools = None,
+        workload: str | None = None,
+        max_tokens: int | None = None,
+        capacity: CapacityView | None = None,
+    ) -> Decision:
+        """:meth:`plan` for async callers: the score comes from ``scorer`` (e.g. a MicroBatcher)."""
+        prompt = self._prepare(messages, tools)
+        confidence = await scorer.score(prompt.scoring_text)
+        return self._decide(prompt, confidence, workload, max_tokens, capacity)
+
+    def _prepare(self, messages: Messages, tools: Tools) -> PreparedPrompt:
+        move = self.policy.prompt.move_volatile
+        return prepare_prompt(as_messages(messages), tools, move_volatile=move)
+
+    def _decide(
+        self,
+        prompt: PreparedPrompt,
+        confidence: float,
+        workload: str | None,
+        max_tokens: int | None,
+        capacity: CapacityView | None,
+    ) -> Decision:
         return decide(
             self.policy,
             confidence,

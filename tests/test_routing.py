@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 
 import cascade
+from cascade.batching import MicroBatcher
 from cascade.capacity import StaticCapacity
 from cascade.errors import RoutingError
-from cascade.policy import parse_policy
+from cascade.policy import load_policy, parse_policy
 from cascade.routing import Planner
 from tests.conftest import TWO_TIERS
 
@@ -106,3 +108,19 @@ def test_route_rejects_empty_messages() -> None:
     """An empty message list is a clear error."""
     with pytest.raises(RoutingError, match="messages"):
         cascade.route([])
+
+
+async def _plan_concurrently(planner: Planner, prompts: list[str]) -> list[float]:
+    async with MicroBatcher(planner.scorer, max_wait_ms=5) as batcher:
+        decisions = await asyncio.gather(*(planner.aplan(p, batcher) for p in prompts))
+        assert batcher.batches_run < len(prompts)
+    return [d.confidence for d in decisions]
+
+
+def test_async_planning_batches_concurrent_requests() -> None:
+    """Concurrent aplan calls share scorer batches and decide exactly as plan does one by one."""
+    planner = Planner(load_policy("default"))
+    prompts = [f"Question {i}: what is {i} plus {i}?" for i in range(24)]
+    concurrent = asyncio.run(_plan_concurrently(planner, prompts))
+    sequential = [planner.plan(p).confidence for p in prompts]
+    assert concurrent == pytest.approx(sequential, abs=1e-6)

@@ -1,0 +1,57 @@
+"""The ``cascade`` command line.
+
+Every command turns a :class:`~cascade.errors.CascadeError` into a one-paragraph message on stderr
+and exit status 2 — never a traceback. ``cascade policy check`` exits 1 when a policy is invalid
+or a probe routes elsewhere than it expects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from cascade.cli import policy, route
+from cascade.errors import CascadeError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["train"]:
+        # Training has its own argument parser (and imports scikit-learn only when run).
+        from cascade.training import main as train_main
+
+        return _guarded(lambda: train_main(args[1:]))
+    parser = _parser()
+    ns = parser.parse_args(args)
+    command: Command | None = getattr(ns, "command", None)
+    if command is None:
+        parser.print_help()
+        return 2
+    return _guarded(lambda: command(ns))
+
+
+def _guarded(run: Callable[[], int]) -> int:
+    try:
+        return run()
+    except CascadeError as exc:
+        print(f"cascade: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cascade",
+        description="Cost-aware model cascade router: send each LLM request to the cheapest "
+        "tier that can handle it.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for group in (route, policy):
+        group.register(commands)
+    commands.add_parser("train", help="train a router model (see: cascade train --help)")
+    return parser

@@ -1,0 +1,83 @@
+"""``cascade policy check|schema|reference``: validate policies and document their fields."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cascade.errors import PolicyError
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``policy`` command group."""
+    policy = commands.add_parser("policy", help="validate policies, print their JSON Schema")
+    policy_commands = policy.add_subparsers(title="policy commands", metavar="COMMAND")
+    check = policy_commands.add_parser(
+        "check",
+        help="validate policy files and run their probes",
+        description="Validate each policy file and route its probes; exit 1 if anything fails.",
+    )
+    check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    check.set_defaults(command=_policy_check)
+    schema = policy_commands.add_parser("schema", help="print the policy files' JSON Schema")
+    schema.add_argument("--out", type=Path, help="write it to this file instead of stdout")
+    schema.set_defaults(command=_policy_schema)
+    reference = policy_commands.add_parser(
+        "reference", help="print the policy field reference (Markdown)"
+    )
+    reference.add_argument("--out", type=Path, help="write it to this file instead of stdout")
+    reference.set_defaults(command=_policy_reference)
+
+
+def _policy_check(ns: argparse.Namespace) -> int:
+    from cascade.policy import load_policy
+    from cascade.probes import run_probes
+    from cascade.routing import Planner
+
+    failed = 0
+    for path in ns.files:
+        try:
+            planner = Planner(load_policy(path))
+        except PolicyError as exc:
+            failed += 1
+            print(f"FAIL {path}: {len(exc.problems)} problem(s)")
+            for problem in exc.problems:
+                print(f"  {problem}")
+            continue
+        results = run_probes(planner)
+        bad = [r for r in results if not r.passed]
+        status = "FAIL" if bad else "ok  "
+        print(
+            f"{status} {path}: policy {planner.policy.name!r}, {len(planner.policy.tiers)} tiers, "
+            f"{len(results) - len(bad)}/{len(results)} probes pass"
+        )
+        for r in results:
+            mark = "ok  " if r.passed else "FAIL"
+            detail = f"-> {r.actual}" if r.passed else f"expected {r.expected}, got {r.actual}"
+            print(f"  {mark} {r.label!r} {detail} (confidence {r.confidence:.3f})")
+            if not r.passed:
+                print(f"       {r.reason}")
+        failed += bool(bad)
+    return 1 if failed else 0
+
+
+def _policy_schema(ns: argparse.Namespace) -> int:
+    from cascade.policy import policy_json_schema
+
+    return _emit(json.dumps(policy_json_schema(), indent=2, ensure_ascii=False) + "\n", ns.out)
+
+
+def _policy_reference(ns: argparse.Namespace) -> int:
+    from cascade.policy.reference import render_reference
+
+    return _emit(render_reference(), ns.out)
+
+
+def _emit(text: str, out: Path | None) -> int:
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+    return 0
