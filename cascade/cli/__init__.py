@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cascade.cli import policy, route
+from cascade.cli import model, policy, route, serve, simulate
 from cascade.errors import CascadeError
 
 Command = Callable[[argparse.Namespace], int]
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         "tier that can handle it.",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (route, policy):
+    for group in (route, policy, model, serve, simulate):
         group.register(commands)
     commands.add_parser("train", help="train a router model (see: cascade train --help)")
     return parser
