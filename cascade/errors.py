@@ -10,6 +10,7 @@ catch one type. Each message says what went wrong, where, and what is allowed::
      │    ├── ModelIntegrityError   the model file does not match its manifest's sha256
      │    └── RuntimeMissingError   onnxruntime is not installed
      ├── RoutingError           a request cannot be routed (empty messages, unknown workload, …)
+     ├── TierError              a call to a tier failed (saturated, 429, 5xx, timeout, refused, …)
      ├── LabeledDataError       a labeled-traffic file is unreadable or has an invalid row
      └── TrainingError          a router model cannot be trained or exported as asked
 """
@@ -49,6 +50,39 @@ class LabeledDataError(CascadeError):
 
 class TrainingError(CascadeError):
     """The model cannot be trained or exported as asked."""
+
+
+class TierError(CascadeError):
+    """A call to a tier failed; ``kind`` says how, and whether another tier may be tried.
+
+    Kinds that spill to the overflow tier: ``saturated``, ``rate_limited`` (429), ``unavailable``
+    (503), ``server_error`` (other 5xx), ``timeout``, ``connection`` (refused or reset) and
+    ``bad_response`` (not an OpenAI answer). ``client_error`` (other 4xx) is the request's own
+    fault: it goes back to the client unchanged, since another tier would refuse it too.
+    """
+
+    SPILLABLE = frozenset(
+        {
+            "saturated",
+            "rate_limited",
+            "unavailable",
+            "server_error",
+            "timeout",
+            "connection",
+            "bad_response",
+        }
+    )
+
+    def __init__(self, tier: str, kind: str, message: str, status: int | None = None) -> None:
+        self.tier = tier
+        self.kind = kind
+        self.status = status
+        super().__init__(f"tier {tier!r}: {kind}: {message}")
+
+    @property
+    def spillable(self) -> bool:
+        """Whether the same request may go to another tier."""
+        return self.kind in self.SPILLABLE
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,59 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``serve`` command."""
+    serve = commands.add_parser(
+        "serve",
+        help="run the OpenAI-compatible routing proxy",
+        description="Serve /v1/chat/completions: route each request to the cheapest tier that "
+        "can handle it, escalate rejected answers, spill overflow. Point an OpenAI client's "
+        "base URL at http://HOST:PORT/v1 and use the model name 'cascade'.",
+    )
+    serve.add_argument(
+        "--policy",
+        action="append",
+        help="policy file or shipped name (repeatable; default: default)",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger bodies get 413"
+    )
+    serve.add_argument(
+        "--api-key-env",
+        help="name of an environment variable holding the key clients must send (default: none)",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(command=_serve)
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cascade.errors import CascadeError
+    from cascade.server.app import create_app
+    from cascade.server.settings import ServerSettings
+
+    keys: frozenset[str] = frozenset()
+    if ns.api_key_env:
+        key = os.environ.get(ns.api_key_env)
+        if not key:
+            raise CascadeError(f"--api-key-env {ns.api_key_env}: that variable is not set")
+        keys = frozenset({key})
+    settings = ServerSettings(
+        policies=tuple(ns.policy or ["default"]), max_body_bytes=ns.max_body_bytes, api_keys=keys
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=ns.host,
+        port=ns.port,
+        log_level=ns.log_level,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+    )
+    return 0

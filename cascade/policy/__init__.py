@@ -9,6 +9,7 @@ from cascade.policy.model import (
     PromptSettings,
     ScorerSettings,
     Tier,
+    Timeouts,
     TokenPrice,
     Workload,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "PromptSettings",
     "ScorerSettings",
     "Tier",
+    "Timeouts",
     "TokenPrice",
     "Workload",
     "load_policy",

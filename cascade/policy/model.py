@@ -56,6 +56,19 @@ class GpuPrice(_Strict):
     tokens served from the engine's prefix cache cost nothing."""
 
 
+class Timeouts(_Strict):
+    """How long a call to a tier may take before it counts as failed (and spills)."""
+
+    connect_s: float = Field(default=2.0, gt=0)
+    """Seconds to open a connection."""
+    first_byte_s: float = Field(default=30.0, gt=0)
+    """Seconds until the tier starts answering (response headers)."""
+    total_s: float = Field(default=120.0, gt=0)
+    """Seconds for the whole call."""
+    stream_idle_s: float = Field(default=30.0, gt=0)
+    """Seconds a stream may stay silent between chunks."""
+
+
 def _price_style(value: Any) -> str:
     # Choose the price model from the keys given, so a typo is reported against the style the
     # author meant rather than against both.
@@ -92,6 +105,12 @@ class Tier(_Strict):
     """Requests this tier serves at once; beyond it the tier is saturated and requests spill."""
     overflow: TierName | None = None
     """Tier that takes this tier's requests when it is saturated or failing (usually an API)."""
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    """Connect, first-byte, total and stream-idle limits for calls to this tier."""
+    max_failures: int = Field(default=3, ge=1)
+    """Consecutive failed calls after which the tier is skipped for ``cooldown_s``."""
+    cooldown_s: float = Field(default=10.0, ge=0)
+    """Seconds a failing tier is skipped before it is tried again."""
     threshold: float = Field(default=0.0, ge=0.0, le=1.0)
     """Route here when the scorer's confidence is at least this (0 = take everything that reaches
     it). Thresholds must not increase from one tier to the next."""

@@ -17,6 +17,7 @@ from cascade.policy.model import (
     PromptSettings,
     ScorerSettings,
     Tier,
+    Timeouts,
     TokenPrice,
     Workload,
 )
@@ -26,6 +27,7 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("tiers[]", Tier),
     ("tiers[].price — per token", TokenPrice),
     ("tiers[].price — GPU time", GpuPrice),
+    ("tiers[].timeouts", Timeouts),
     ("workloads.<name>", Workload),
     ("escalation", Escalation),
     ("prompt", PromptSettings),

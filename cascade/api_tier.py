@@ -1,0 +1,99 @@
+"""API tiers through litellm: ``anthropic/...``, ``openai/...``, ``gemini/...`` model strings.
+
+litellm is imported on first use (it costs ~1.9 s and ~160 MB), with its price map read from the
+bundled copy (``LITELLM_LOCAL_MODEL_COST_MAP=True``): no network fetch, no retry thread. Keys come
+from the environment, either the provider's usual variable or the tier's ``api_key_env``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from decimal import Decimal
+from typing import Any
+
+from cascade.errors import TierError
+from cascade.policy.model import Tier
+from cascade.tiers import JSON, TierAnswer, read_usage
+from cascade.tokens import estimate_tokens
+
+
+def _litellm() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm  # noqa: PLC0415 - heavy optional dependency, loaded only for API tiers
+
+    return litellm
+
+
+class LiteLLMClient:
+    """Calls API tiers with ``litellm.acompletion``; failures become TierError."""
+
+    def __init__(self) -> None:
+        self._litellm = _litellm()
+
+    def _arguments(self, tier: Tier, payload: Mapping[str, Any]) -> JSON:
+        arguments: JSON = {k: v for k, v in payload.items() if k not in ("model", "stream")}
+        arguments["model"] = tier.model
+        arguments["timeout"] = tier.timeouts.total_s
+        if tier.endpoint:
+            arguments["api_base"] = tier.endpoint
+        if tier.api_key_env:
+            arguments["api_key"] = os.environ.get(tier.api_key_env, "")
+        return arguments
+
+    async def complete(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer:
+        """One non-streamed call."""
+        started = time.perf_counter()
+        try:
+            response = await self._litellm.acompletion(**self._arguments(tier, payload))
+        except Exception as exc:  # litellm raises its own tree; each is mapped to a kind below
+            raise _tier_error(tier, exc) from None
+        body: JSON = response.model_dump(exclude_none=True)
+        estimate = estimate_tokens(json.dumps(payload.get("messages", "")))
+        return TierAnswer(body, read_usage(body, estimate), time.perf_counter() - started)
+
+    async def stream(self, tier: Tier, payload: Mapping[str, Any]) -> AsyncIterator[JSON]:
+        """One streamed call, chunk by chunk."""
+        try:
+            chunks = await self._litellm.acompletion(**self._arguments(tier, payload), stream=True)
+            async for chunk in chunks:
+                yield chunk.model_dump(exclude_none=True)
+        except Exception as exc:  # see complete()
+            raise _tier_error(tier, exc) from None
+
+    def cost_per_token(self, tier: Tier) -> tuple[Decimal, Decimal] | None:
+        """(input, output) US dollars per token from litellm's price map; None if unknown."""
+        try:
+            entry = self._litellm.model_cost.get(tier.model) or self._litellm.model_cost.get(
+                tier.model.split("/", 1)[-1]
+            )
+        except AttributeError:
+            return None
+        if not entry or "input_cost_per_token" not in entry:
+            return None
+        return (
+            Decimal(str(entry["input_cost_per_token"])),
+            Decimal(str(entry.get("output_cost_per_token", 0))),
+        )
+
+
+def _tier_error(tier: Tier, exc: Exception) -> TierError:
+    name = type(exc).__name__
+    status = getattr(exc, "status_code", None)
+    if "Timeout" in name:
+        kind = "timeout"
+    elif "Connection" in name:
+        kind = "connection"
+    elif status == 429 or "RateLimit" in name:
+        kind = "rate_limited"
+    elif status == 503 or "ServiceUnavailable" in name:
+        kind = "unavailable"
+    elif isinstance(status, int) and status >= 500:
+        kind = "server_error"
+    elif isinstance(status, int):
+        kind = "client_error"
+    else:
+        kind = "server_error"
+    return TierError(tier.name, kind, f"{name}: {str(exc)[:300]}", status)

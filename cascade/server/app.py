@@ -1,0 +1,246 @@
+"""The OpenAI-compatible proxy: ``create_app(settings)`` builds the Starlette application.
+
+Endpoints: ``POST /v1/chat/completions`` (streamed and not), ``GET /v1/models``, ``/healthz``,
+``/readyz`` and ``/metrics`` (Prometheus). Everything shared — routers, the HTTP session, the
+scorer's micro-batcher — is built in the lifespan. Client mistakes get OpenAI's error body with a
+4xx status; upstream failures 502/503/504 with the reason; never a traceback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+
+import structlog
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from cascade.errors import RoutingError
+from cascade.router import Completion, UpstreamError, new_request_id
+from cascade.server.openai_format import (
+    BadRequestError,
+    chunks_from_completion,
+    error_response,
+    parse_chat_request,
+)
+from cascade.server.proxy import Proxy
+from cascade.server.settings import ServerSettings
+
+log = structlog.get_logger("cascade.proxy")
+
+# Which status an upstream failure becomes: the client can retry a 503 later, a 504 sooner.
+_UPSTREAM_STATUS = {"timeout": 504, "saturated": 503, "rate_limited": 503, "unavailable": 503}
+
+
+class Metrics:
+    """The proxy's Prometheus series, in a registry of its own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "cascade_requests",
+            "Client requests by final tier and outcome",
+            ["policy", "tier", "outcome"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "cascade_cost_usd",
+            "Money spent on tier calls, US dollars",
+            ["policy", "tier"],
+            registry=self.registry,
+        )
+        self.attempts = Counter(
+            "cascade_attempts",
+            "Tier calls by role and outcome",
+            ["tier", "role", "outcome"],
+            registry=self.registry,
+        )
+        self.decision_seconds = Histogram(
+            "cascade_decision_seconds",
+            "Time to decide a request's first tier",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=self.registry,
+        )
+
+
+def create_app(settings: ServerSettings) -> Starlette:
+    """The proxy as an ASGI application (serve it with uvicorn, or test it via ASGITransport)."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
+        proxy = Proxy(settings)
+        try:
+            await proxy.start()
+            yield {"proxy": proxy, "metrics": metrics}
+        finally:
+            await proxy.close()
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def chat_completions(request: Request) -> Response:
+    """Route, call, verify, escalate and spill one Chat Completions request."""
+    proxy: Proxy = request.state.proxy
+    metrics: Metrics = request.state.metrics
+    request_id = new_request_id()
+    started = time.perf_counter()
+    try:
+        _authenticate(request, proxy)
+        raw = await _read_body(request, proxy.settings.max_body_bytes)
+        chat, body = parse_chat_request(raw)
+        router, pinned = proxy.resolve(chat.model)
+        decision = await router.plan(
+            body, workload=request.headers.get("x-cascade-workload"), tier=pinned
+        )
+        metrics.decision_seconds.observe(time.perf_counter() - started)
+        completion = await router.run(body, decision, request_id=request_id)
+    except BadRequestError as exc:
+        return error_response(
+            exc.status,
+            exc.message,
+            param=exc.param,
+            code=exc.code,
+            headers={"x-cascade-request-id": request_id},
+        )
+    except RoutingError as exc:
+        return error_response(400, str(exc), headers={"x-cascade-request-id": request_id})
+    except UpstreamError as exc:
+        status = (
+            exc.status
+            if exc.kind == "client_error" and exc.status
+            else (_UPSTREAM_STATUS.get(exc.kind, 502))
+        )
+        tried = ", ".join(f"{a.tier} ({a.error_class})" for a in exc.attempts)
+        log.warning(
+            "request.failed", request_id=request_id, status=status, error=str(exc), attempts=tried
+        )
+        metrics.requests.labels(router.policy.name, exc.tier, "error").inc()
+        return error_response(
+            status,
+            f"no tier could answer: {exc} (tried {tried})",
+            code=exc.kind,
+            headers={"x-cascade-request-id": request_id},
+        )
+    _record(metrics, router.policy.name, completion)
+    headers = _headers(completion)
+    log.info(
+        "request.completed",
+        request_id=request_id,
+        policy=router.policy.name,
+        policy_version=decision.policy_version,
+        confidence=round(decision.confidence, 4),
+        reason=decision.reason,
+        tier=completion.tier,
+        attempts=headers["x-cascade-attempts"],
+        cost_usd=str(completion.cost_usd),
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        stream=chat.stream,
+    )
+    if chat.stream:
+        include_usage = bool((chat.stream_options or {}).get("include_usage"))
+        return StreamingResponse(
+            iter(list(chunks_from_completion(completion.body, include_usage=include_usage))),
+            media_type="text/event-stream",
+            headers=headers,
+        )
+    return JSONResponse(completion.body, headers=headers)
+
+
+def _authenticate(request: Request, proxy: Proxy) -> None:
+    keys = proxy.settings.api_keys
+    if not keys:
+        return
+    token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if token not in keys:
+        raise BadRequestError(
+            401,
+            "missing or wrong API key (send 'Authorization: Bearer <key>')",
+            code="invalid_api_key",
+        )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequestError(413, f"the request body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequestError(413, f"the request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _headers(completion: Completion) -> dict[str, str]:
+    attempts = ",".join(f"{a.tier}:{a.outcome}" for a in completion.attempts)
+    return {
+        "x-cascade-tier": completion.tier,
+        "x-cascade-model": completion.model,
+        "x-cascade-confidence": f"{completion.decision.confidence:.4f}",
+        "x-cascade-cost-usd": f"{completion.cost_usd.quantize(Decimal('1e-10')):f}",
+        "x-cascade-request-id": completion.request_id,
+        "x-cascade-attempts": attempts,
+    }
+
+
+def _record(metrics: Metrics, policy: str, completion: Completion) -> None:
+    metrics.requests.labels(policy, completion.tier, "ok").inc()
+    for attempt in completion.attempts:
+        metrics.attempts.labels(attempt.tier, attempt.role, attempt.outcome).inc()
+        metrics.cost.labels(policy, attempt.tier).inc(float(attempt.cost_usd))
+
+
+async def models(request: Request) -> Response:
+    """The model names clients may send: ``cascade``, ``cascade/<policy>`` and tier models."""
+    proxy: Proxy = request.state.proxy
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "cascade"}
+        for name in proxy.model_names()
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def healthz(request: Request) -> Response:
+    """The process is up."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Policies and the scorer are loaded: the proxy can route."""
+    proxy: Proxy = request.state.proxy
+    ready = bool(proxy.routers)
+    body = {"status": "ready" if ready else "starting", "policies": list(proxy.routers)}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus metrics, with calls in flight per tier."""
+    metrics: Metrics = request.state.metrics
+    proxy: Proxy = request.state.proxy
+    text = generate_latest(metrics.registry).decode()
+    for tier, count in sorted(proxy.in_flight().items()):
+        text += f'cascade_in_flight{{tier="{tier}"}} {count}\n'
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,117 @@
+"""The OpenAI wire format at the proxy's edge: request checks, error bodies, SSE chunks."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import JSONResponse
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class ChatRequest(BaseModel):
+    """The fields of a Chat Completions request the proxy reads; the rest pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int = Field(default=1, ge=1, le=8)
+    stream_options: dict[str, Any] | None = None
+
+
+class BadRequestError(Exception):
+    """A client mistake, answered with an OpenAI error body."""
+
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
+    """The validated request and its body as a dict; BadRequestError when it is not valid."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequestError(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequestError(
+            400, f"the request body must be a JSON object, got {type(body).__name__}"
+        )
+    try:
+        request = ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        given = first.get("input")
+        shown = "" if isinstance(given, dict | list) else f" (got {json.dumps(given, default=str)})"
+        raise BadRequestError(400, f"{where}: {first['msg']}{shown}", param=where) from None
+    return request, body
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """An error in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def sse(data: Mapping[str, Any] | str) -> bytes:
+    """One server-sent event."""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+def chunks_from_completion(body: Mapping[str, Any], *, include_usage: bool) -> Iterator[bytes]:
+    """Replay a complete answer as a stream (used after verifying it before the first byte)."""
+    base = {
+        "id": body.get("id", "chatcmpl-cascade"),
+        "object": "chat.completion.chunk",
+        "created": body.get("created", int(time.time())),
+        "model": body.get("model", ""),
+    }
+    for choice in body.get("choices") or []:
+        message = dict(choice.get("message") or {})
+        index = choice.get("index", 0)
+        delta: dict[str, Any] = {"role": message.get("role", "assistant")}
+        if message.get("content") is not None:
+            delta["content"] = message["content"]
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [
+                {**call, "index": i} for i, call in enumerate(message["tool_calls"])
+            ]
+        first = {"index": index, "delta": delta, "finish_reason": None}
+        if choice.get("logprobs") is not None:
+            first["logprobs"] = choice["logprobs"]
+        yield sse({**base, "choices": [first]})
+        last = {"index": index, "delta": {}, "finish_reason": choice.get("finish_reason", "stop")}
+        yield sse({**base, "choices": [last]})
+    if include_usage and body.get("usage") is not None:
+        yield sse({**base, "choices": [], "usage": body["usage"]})
+    yield sse("[DONE]")

@@ -1,0 +1,181 @@
+"""What a running proxy holds: one Router per policy, shared clients, and policy reloading."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import aiohttp
+import structlog
+
+from cascade.batching import MicroBatcher
+from cascade.capacity import InFlightCounter
+from cascade.errors import CascadeError
+from cascade.policy.loading import load_policy
+from cascade.policy.model import Policy
+from cascade.pricing import Rates
+from cascade.resources import policy_path
+from cascade.router import Router
+from cascade.routing import Planner
+from cascade.scoring import OnnxScorer, Scorer
+from cascade.server.openai_format import BadRequestError
+from cascade.server.settings import ServerSettings
+from cascade.tiers import OpenAICompatibleClient, TierClient
+
+log = structlog.get_logger("cascade.proxy")
+
+
+class Proxy:
+    """Routers by policy name, plus everything they share; built in the app's lifespan."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.routers: dict[str, Router] = {}
+        self.default = ""
+        self.capacity = InFlightCounter()
+        self._files: dict[str, tuple[Path, float]] = {}
+        self._scorers: dict[tuple[str, str], Scorer] = {}
+        self._batchers: dict[tuple[str, str], MicroBatcher] = {}
+        self._clients: dict[str, TierClient] = {}
+        self._api_rates: object = None
+        self._stack = AsyncExitStack()
+        self._reloader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load every policy and open the shared HTTP session (fails fast on a bad policy)."""
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
+        )
+        await self._stack.enter_async_context(session)
+        self._clients["self_hosted"] = OpenAICompatibleClient(session)
+        for name in self.settings.policies:
+            path = policy_path(name).resolve()
+            policy = load_policy(path)
+            if policy.name in self.routers:
+                raise CascadeError(f"{path}: a policy named {policy.name!r} is already loaded")
+            self._files[policy.name] = (path, os.stat(path).st_mtime)
+            self.routers[policy.name] = await self._router(policy)
+            self.default = self.default or policy.name
+        if self.settings.reload_interval_s > 0:
+            self._reloader = asyncio.create_task(self._watch())
+
+    async def close(self) -> None:
+        """Stop reloading, finish queued scoring and close the HTTP session."""
+        if self._reloader is not None:
+            self._reloader.cancel()
+        for batcher in self._batchers.values():
+            await batcher.aclose()
+        await self._stack.aclose()
+
+    def resolve(self, model: str) -> tuple[Router, str | None]:
+        """The router for a request's model name, and the tier it pins (None: route it)."""
+        if model == "cascade":
+            return self.routers[self.default], None
+        if model.startswith("cascade/"):
+            name = model.removeprefix("cascade/")
+            if name in self.routers:
+                return self.routers[name], None
+            raise BadRequestError(
+                404,
+                f"unknown policy {name!r}; this proxy serves: {', '.join(self.routers)}",
+                param="model",
+                code="model_not_found",
+            )
+        ordered = [self.routers[self.default], *self.routers.values()]
+        for router in ordered:
+            for tier in router.policy.tiers:
+                if model in (tier.model, tier.name):
+                    return router, tier.name
+        raise BadRequestError(
+            404,
+            f"unknown model {model!r}; use 'cascade' (or 'cascade/<policy>') to route, or a "
+            f"tier's model: {', '.join(self.model_names())}",
+            param="model",
+            code="model_not_found",
+        )
+
+    def model_names(self) -> list[str]:
+        """Every model name a client may send."""
+        names = ["cascade", *(f"cascade/{name}" for name in self.routers)]
+        for router in self.routers.values():
+            names += [t.model for t in router.policy.tiers if t.model not in names]
+        return names
+
+    async def reload(self) -> None:
+        """Re-read changed policy files; an invalid file is refused and the old policy stays."""
+        for name, (path, seen) in list(self._files.items()):
+            try:
+                mtime = os.stat(path).st_mtime
+            except OSError as exc:
+                log.warning("policy.reload_failed", policy=name, file=str(path), error=str(exc))
+                continue
+            if mtime == seen:
+                continue
+            self._files[name] = (path, mtime)
+            try:
+                policy = load_policy(path)
+                planner = Planner(policy, self._scorer(policy), self.capacity)
+            except CascadeError as exc:
+                log.error("policy.reload_refused", policy=name, file=str(path), error=str(exc))
+                continue
+            if policy.name != name:
+                log.error(
+                    "policy.reload_refused",
+                    policy=name,
+                    file=str(path),
+                    error=f"the file now names policy {policy.name!r}; restart to rename",
+                )
+                continue
+            self.routers[name].planner = planner
+            self.routers[name].batcher = await self._batcher(policy)
+            log.info("policy.reloaded", policy=name, version=policy.fingerprint)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_interval_s)
+            await self.reload()
+
+    async def _router(self, policy: Policy) -> Router:
+        if any(t.kind == "api" for t in policy.tiers) and "api" not in self._clients:
+            from cascade.api_tier import LiteLLMClient  # noqa: PLC0415 - litellm is heavy
+
+            client = LiteLLMClient()
+            self._clients["api"] = client
+            self._api_rates = client
+        planner = Planner(policy, self._scorer(policy), self.capacity)
+        return Router(
+            planner,
+            self._clients,
+            batcher=await self._batcher(policy),
+            capacity=self.capacity,
+            api_rates=self._rates_from_litellm,
+        )
+
+    def _rates_from_litellm(self, tier: object) -> Rates | None:
+        from cascade.api_tier import LiteLLMClient  # noqa: PLC0415 - only with API tiers
+        from cascade.policy.model import Tier  # noqa: PLC0415
+
+        if not isinstance(self._api_rates, LiteLLMClient) or not isinstance(tier, Tier):
+            return None
+        pair = self._api_rates.cost_per_token(tier)
+        return None if pair is None else Rates(input=pair[0], cached_input=pair[0], output=pair[1])
+
+    def _scorer(self, policy: Policy) -> Scorer:
+        key = (policy.scorer.model, policy.scorer.device)
+        if key not in self._scorers:
+            self._scorers[key] = OnnxScorer(policy.scorer.model, device=policy.scorer.device)
+        return self._scorers[key]
+
+    async def _batcher(self, policy: Policy) -> MicroBatcher:
+        key = (policy.scorer.model, policy.scorer.device)
+        if key not in self._batchers:
+            batcher = MicroBatcher(self._scorer(policy), max_wait_ms=self.settings.batch_wait_ms)
+            self._batchers[key] = await batcher.__aenter__()
+        return self._batchers[key]
+
+    def in_flight(self) -> Mapping[str, int]:
+        """Calls in flight per tier."""
+        return self.capacity.snapshot()

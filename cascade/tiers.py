@@ -1,0 +1,178 @@
+"""Tier clients: one call to one tier, in the OpenAI wire format.
+
+Self-hosted tiers (vLLM, SGLang, any OpenAI-compatible server) are called over one shared,
+pooled aiohttp session: on this project's machines it forwards about 8x more requests per second
+than ``httpx.AsyncClient`` at 16 connections, whose pool contends under concurrency (see
+STACK-NOTES.md). API tiers go through ``litellm.acompletion``, imported only when a policy has one,
+so ``anthropic/...``, ``openai/...`` and ``gemini/...`` model strings work with keys from the
+environment. Either way, failures become :class:`~cascade.errors.TierError` with a kind that says
+whether the request may spill, and usage is read from the answer (estimated only when absent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from cascade.errors import TierError
+from cascade.policy.model import Tier
+from cascade.tokens import estimate_tokens
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens of one call, as the tier reported them (or estimated, and flagged)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    estimated: bool = False
+
+
+@dataclass(frozen=True)
+class TierAnswer:
+    """A complete (non-streamed) answer from a tier."""
+
+    body: JSON
+    """The OpenAI ``chat.completion`` object."""
+    usage: Usage
+    latency_s: float
+
+
+class TierClient(Protocol):
+    """Calls one kind of tier."""
+
+    async def complete(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer:
+        """One non-streamed call; raises TierError."""
+        ...
+
+    def stream(self, tier: Tier, payload: Mapping[str, Any]) -> AsyncIterator[JSON]:
+        """One streamed call, as parsed ``chat.completion.chunk`` objects; raises TierError."""
+        ...
+
+
+def read_usage(body: Mapping[str, Any], prompt_tokens_estimate: int) -> Usage:
+    """Usage from an answer's ``usage`` object; estimated from the text when it is missing."""
+    usage = body.get("usage")
+    if isinstance(usage, Mapping) and isinstance(usage.get("completion_tokens"), int):
+        details = usage.get("prompt_tokens_details") or {}
+        cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+        return Usage(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage["completion_tokens"]),
+            cached_tokens=int(cached or 0),
+        )
+    text = "".join(
+        str((choice.get("message") or {}).get("content") or "")
+        for choice in body.get("choices") or []
+        if isinstance(choice, Mapping)
+    )
+    return Usage(prompt_tokens_estimate, estimate_tokens(text), 0, estimated=True)
+
+
+def _status_kind(status: int) -> str:
+    if status == 429:
+        return "rate_limited"
+    if status == 503:
+        return "unavailable"
+    if status >= 500:
+        return "server_error"
+    return "client_error"
+
+
+class OpenAICompatibleClient:
+    """Self-hosted tiers over HTTP, through one shared pooled aiohttp session."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    def _request(self, tier: Tier, payload: Mapping[str, Any]) -> tuple[str, JSON, JSON]:
+        if tier.endpoint is None:
+            raise TierError(tier.name, "connection", "the tier has no endpoint")
+        headers = {"content-type": "application/json"}
+        if tier.api_key_env and (key := os.environ.get(tier.api_key_env)):
+            headers["authorization"] = f"Bearer {key}"
+        body = {**payload, "model": tier.model}
+        return tier.endpoint.rstrip("/") + "/chat/completions", headers, body
+
+    async def complete(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer:
+        """POST the request and parse the answer; failures become TierError."""
+        url, headers, body = self._request(tier, {**payload, "stream": False})
+        started = time.perf_counter()
+        limits = tier.timeouts
+        timeout = aiohttp.ClientTimeout(total=limits.total_s, sock_connect=limits.connect_s)
+        try:
+            async with asyncio.timeout(limits.total_s):
+                async with self._session.post(
+                    url, json=body, headers=headers, timeout=timeout
+                ) as response:
+                    raw = await response.read()
+                    status = response.status
+        except TimeoutError:
+            raise TierError(tier.name, "timeout", f"no answer within {limits.total_s}s") from None
+        except aiohttp.ClientError as exc:
+            raise TierError(tier.name, "connection", str(exc) or type(exc).__name__) from None
+        if status != 200:
+            raise TierError(tier.name, _status_kind(status), _error_message(raw), status)
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise TierError(tier.name, "bad_response", "the answer is not JSON") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+            raise TierError(tier.name, "bad_response", "the answer has no choices")
+        estimate = estimate_tokens(json.dumps(payload.get("messages", "")))
+        return TierAnswer(answer, read_usage(answer, estimate), time.perf_counter() - started)
+
+    async def stream(self, tier: Tier, payload: Mapping[str, Any]) -> AsyncIterator[JSON]:
+        """POST a streamed request and yield its chunks; failures become TierError."""
+        url, headers, body = self._request(tier, {**payload, "stream": True})
+        limits = tier.timeouts
+        timeout = aiohttp.ClientTimeout(
+            total=limits.total_s, sock_connect=limits.connect_s, sock_read=limits.stream_idle_s
+        )
+        try:
+            async with asyncio.timeout(limits.first_byte_s):
+                response = await self._session.post(
+                    url, json=body, headers=headers, timeout=timeout
+                )
+        except TimeoutError:
+            raise TierError(
+                tier.name, "timeout", f"no answer within {limits.first_byte_s}s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise TierError(tier.name, "connection", str(exc) or type(exc).__name__) from None
+        async with response:
+            if response.status != 200:
+                raw = await response.read()
+                raise TierError(
+                    tier.name, _status_kind(response.status), _error_message(raw), response.status
+                )
+            try:
+                async for line in response.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        return
+                    yield json.loads(data)
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                raise TierError(tier.name, "connection", f"stream broken: {exc!r}") from None
+        raise TierError(tier.name, "connection", "stream ended without [DONE]")
+
+
+def _error_message(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+        message = body.get("error", {}).get("message") if isinstance(body, dict) else None
+    except ValueError:
+        message = None
+    return str(message or raw[:200].decode("utf-8", "replace") or "no body")
