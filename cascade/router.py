@@ -164,6 +164,13 @@ class Router:
         last_error: TierError | None = None
         while current is not None and len(attempts) < self.policy.escalation.max_attempts:
             tier = current
+            if not self.health.available(tier):
+                # Cooling down after repeated failures: go where a failure would have sent us,
+                # unless there is nowhere else to go.
+                fallback = self._spill_target(tier, allowed, spill)
+                if fallback is not None:
+                    current, role = fallback, "spill"
+                    continue
             try:
                 answer = await self._call(tier, payload)
             except TierError as error:

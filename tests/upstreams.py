@@ -1,0 +1,126 @@
+"""Real servers on loopback for proxy tests: a scripted OpenAI-compatible tier and the proxy.
+
+The scripted tier answers the way a test tells it to (a normal answer, a length cut, invalid
+JSON, a malformed tool call, 503, 429), so failure handling can be asserted exactly; the
+simulated tier (``cascade simulate-tier``) covers realistic behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+
+@contextmanager
+def serving(app: ASGIApp) -> Iterator[str]:
+    """Run an ASGI app under uvicorn on a free loopback port; yield its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    ready = threading.Event()
+    for _ in range(1000):  # poll until the socket is bound: at most ~10 s
+        if server.started:
+            ready.set()
+            break
+        if not thread.is_alive():
+            break
+        thread.join(0.01)
+    if not ready.is_set():
+        server.should_exit = True
+        raise RuntimeError("the test server did not start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@dataclass
+class ScriptedTier:
+    """What the scripted tier answers next; tests change ``mode`` between requests."""
+
+    name: str
+    mode: str = "ok"
+    calls: int = 0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def app(self) -> Starlette:
+        """The tier as an ASGI app."""
+        return Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+
+    async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.calls += 1
+        self.requests.append(body)
+        if self.mode in ("503", "429"):
+            return JSONResponse({"error": {"message": "busy"}}, status_code=int(self.mode))
+        message: dict[str, Any] = {"role": "assistant", "content": f"answer from {self.name}"}
+        finish = "stop"
+        if self.mode == "length":
+            finish = "length"
+        elif self.mode == "bad_json":
+            message["content"] = '{"answer": 4'
+        elif self.mode == "json":
+            message["content"] = json.dumps({"answer": self.name})
+        elif self.mode == "bad_tool_call":
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": "{city: Paris"},
+                    }
+                ],
+            }
+            finish = "tool_calls"
+        elif self.mode == "tool_call":
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            }
+            finish = "tool_calls"
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{self.name}-{self.calls}",
+                "object": "chat.completion",
+                "created": 1_700_000_000,
+                "model": body.get("model"),
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": {
+                    "prompt_tokens": 100,
+                    "completion_tokens": 20,
+                    "prompt_tokens_details": {"cached_tokens": 40},
+                },
+            }
+        )
