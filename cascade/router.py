@@ -154,8 +154,8 @@ class Router:
         self, request: Mapping[str, Any], decision: Decision, *, request_id: str | None = None
     ) -> Completion:
         """Call, verify, escalate and spill, starting from ``decision``."""
-        payload = _payload(request, decision)
-        allowed = self._allowed(decision.workload)
+        payload = payload_for(request, decision)
+        allowed = self.allowed(decision.workload)
         spill = self.policy.workloads[decision.workload].spill
         attempts: list[Attempt] = []
         current: Tier | None = self.policy.tier(decision.tier)
@@ -167,7 +167,7 @@ class Router:
             if not self.health.available(tier):
                 # Cooling down after repeated failures: go where a failure would have sent us,
                 # unless there is nowhere else to go.
-                fallback = self._spill_target(tier, allowed, spill)
+                fallback = self.spill_target(tier, allowed, spill)
                 if fallback is not None:
                     current, role = fallback, "spill"
                     continue
@@ -178,7 +178,7 @@ class Router:
                 if not error.spillable:
                     raise UpstreamError(error, attempts) from None
                 last_error, role = error, "spill"
-                current = self._spill_target(tier, allowed, spill)
+                current = self.spill_target(tier, allowed, spill)
                 continue
             problem = find_problem(request, answer.body, self.policy.escalation)
             stronger = self._stronger(tier, allowed)
@@ -207,7 +207,8 @@ class Router:
         self.health.succeeded(tier)
         return answer
 
-    def _allowed(self, workload: str) -> list[Tier]:
+    def allowed(self, workload: str) -> list[Tier]:
+        """The policy's tiers that ``workload`` may use, cheapest first."""
         names = self.policy.workloads[workload].tiers
         return [t for t in self.policy.tiers if names is None or t.name in names]
 
@@ -219,7 +220,8 @@ class Router:
         later = allowed[allowed.index(tier) + 1 :] if tier in allowed else []
         return next((t for t in later if self._usable(t)), None)
 
-    def _spill_target(self, tier: Tier, allowed: list[Tier], spill: bool) -> Tier | None:
+    def spill_target(self, tier: Tier, allowed: list[Tier], spill: bool) -> Tier | None:
+        """Where a request goes when ``tier`` fails: its overflow, else the next stronger tier."""
         if not spill:
             return None
         if tier.overflow is not None:
@@ -228,7 +230,8 @@ class Router:
                 return overflow
         return self._stronger(tier, allowed)
 
-    def _rates(self, tier: Tier) -> Rates | None:
+    def rates(self, tier: Tier) -> Rates | None:
+        """The tier's per-token rates: the policy's price, else litellm's map for API tiers."""
         rates = tier_rates(tier)
         if rates is None and self._api_rates is not None:
             rates = self._api_rates(tier)
@@ -242,7 +245,7 @@ class Router:
         outcome: Literal["ok", "rejected"],
         reason: str | None,
     ) -> Attempt:
-        rates = self._rates(tier)
+        rates = self.rates(tier)
         usage = answer.usage
         cost = (
             Decimal(0)
@@ -285,7 +288,8 @@ def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex[:24]}"
 
 
-def _payload(request: Mapping[str, Any], decision: Decision) -> dict[str, Any]:
+def payload_for(request: Mapping[str, Any], decision: Decision) -> dict[str, Any]:
+    """The body sent to a tier: the client's parameters with the cache-friendly messages."""
     payload = {k: v for k, v in request.items() if k not in ("model", "stream", "stream_options")}
     payload["messages"] = list(decision.messages)
     if decision.tools is not None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,3 +280,111 @@ def test_refused_connection_spills(tmp_path: Path) -> None:
             )
     assert response.status_code == 200
     assert response.headers["x-cascade-attempts"] == "small:error,big:ok"
+
+
+BURST_POLICY = POLICY.replace(
+    "    max_failures: 2\n", "    max_failures: 2\n    max_concurrency: 4\n"
+)
+
+
+async def _burst(url: str, count: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        body = {"model": "cascade", "messages": [{"role": "user", "content": "What is 2+2?"}]}
+        return await asyncio.gather(
+            *(client.post("/v1/chat/completions", json=body) for _ in range(count))
+        )
+
+
+def test_burst_above_capacity_spills_and_all_succeed(tmp_path: Path) -> None:
+    """Beyond the cheap tier's max_concurrency, requests go to its overflow tier; none fail."""
+    small, medium, big = (
+        ScriptedTier("small", delay_s=0.3),
+        ScriptedTier("medium"),
+        ScriptedTier("big"),
+    )
+    with serving(small.app()) as s, serving(medium.app()) as m, serving(big.app()) as b:
+        policy = tmp_path / "burst.yaml"
+        policy.write_text(BURST_POLICY.format(small=s, medium=m, big=b))
+        with serving(create_app(ServerSettings(policies=(str(policy),)))) as url:
+            responses = asyncio.run(_burst(url, 16))
+    assert [r.status_code for r in responses] == [200] * 16
+    tiers = [r.headers["x-cascade-tier"] for r in responses]
+    assert tiers.count("small") == small.calls
+    assert 1 <= small.calls <= 4
+    assert tiers.count("big") == 16 - small.calls
+    assert medium.calls == 0
+
+
+def test_requests_succeed_when_a_tier_dies_mid_run(tmp_path: Path) -> None:
+    """When the cheap tier's server stops mid-run, later requests succeed through the fallback."""
+    small, big = ScriptedTier("small"), ScriptedTier("big")
+    with ExitStack() as stack, serving(big.app()) as b:
+        small_server = ExitStack()
+        s = small_server.enter_context(serving(small.app()))
+        policy = tmp_path / "dies.yaml"
+        policy.write_text(POLICY.format(small=s, medium=b, big=b))
+        url = stack.enter_context(serving(create_app(ServerSettings(policies=(str(policy),)))))
+        before = asyncio.run(_burst(url, 4))
+        small_server.close()  # the cheap tier dies; the proxy keeps running
+        after = asyncio.run(_burst(url, 8))
+    assert [r.headers["x-cascade-tier"] for r in before] == ["small"] * 4
+    assert [r.status_code for r in after] == [200] * 8
+    assert {r.headers["x-cascade-tier"] for r in after} == {"big"}
+    assert small.calls == 4
+
+
+@pytest.fixture
+def passthrough(tmp_path: Path) -> Iterator[Stack]:
+    """Like ``stack``, under a policy that streams straight through."""
+    small, medium, big = ScriptedTier("small"), ScriptedTier("medium"), ScriptedTier("big")
+    with serving(small.app()) as s, serving(medium.app()) as m, serving(big.app()) as b:
+        policy = tmp_path / "passthrough.yaml"
+        text = POLICY.format(small=s, medium=m, big=b) + "  streaming: passthrough\n"
+        policy.write_text(text)
+        with serving(create_app(ServerSettings(policies=(str(policy),)))) as url:
+            yield Stack(url, small, medium, big, policy)
+
+
+def test_passthrough_streams_chunks_as_they_come(passthrough: Stack) -> None:
+    """With passthrough streaming the SDK receives the tier's own chunks, and usage if asked."""
+    stream = passthrough.client().chat.completions.create(
+        model="cascade",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        "answer from small"
+    )
+    assert chunks[-1].usage is not None
+    assert passthrough.small.requests[0]["stream_options"] == {"include_usage": True}
+
+
+def test_passthrough_spills_before_the_first_chunk(passthrough: Stack) -> None:
+    """A tier that fails before streaming anything is replaced by its overflow tier."""
+    passthrough.small.mode = "503"
+    response = passthrough.post(
+        {"model": "cascade", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    )
+    assert response.status_code == 200
+    assert response.headers["x-cascade-tier"] == "big"
+    assert "answer " in response.text
+    assert response.text.endswith("data: [DONE]\n\n")
+
+
+def test_stream_cut_after_the_first_chunk_ends_with_an_error_event(passthrough: Stack) -> None:
+    """A stream that breaks mid-answer ends with an explicit error event, never a silent [DONE]."""
+    passthrough.small.mode = "cut"
+    client = passthrough.client()
+    stream = client.chat.completions.create(
+        model="cascade", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    received: list[str | None] = []
+
+    def read_all() -> None:
+        received.extend(chunk.choices[0].delta.content for chunk in stream)
+
+    with pytest.raises(openai.APIError, match="the answer was cut"):
+        read_all()
+    assert received == ["answer "]

@@ -7,10 +7,11 @@ simulated tier (``cascade simulate-tier``) covers realistic behaviour.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -63,6 +64,8 @@ class ScriptedTier:
 
     name: str
     mode: str = "ok"
+    delay_s: float = 0.0
+    """How long each answer takes (a model generating), so calls overlap in flight."""
     calls: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
 
@@ -74,8 +77,12 @@ class ScriptedTier:
         body = await request.json()
         self.calls += 1
         self.requests.append(body)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.mode in ("503", "429"):
             return JSONResponse({"error": {"message": "busy"}}, status_code=int(self.mode))
+        if body.get("stream"):
+            return StreamingResponse(self._chunks(body), media_type="text/event-stream")
         message: dict[str, Any] = {"role": "assistant", "content": f"answer from {self.name}"}
         finish = "stop"
         if self.mode == "length":
@@ -124,3 +131,24 @@ class ScriptedTier:
                 },
             }
         )
+
+    async def _chunks(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        base = {
+            "id": f"chatcmpl-{self.name}",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000,
+            "model": body.get("model"),
+        }
+        words = ["answer ", "from ", self.name]
+        for i, word in enumerate(words):
+            if self.mode == "cut" and i == 1:
+                raise ConnectionResetError("the tier died mid-stream")
+            delta = {"content": word} if i else {"role": "assistant", "content": word}
+            choice = {"index": 0, "delta": delta, "finish_reason": None}
+            yield f"data: {json.dumps({**base, 'choices': [choice]})}\n\n".encode()
+        end = {"index": 0, "delta": {}, "finish_reason": "stop"}
+        yield f"data: {json.dumps({**base, 'choices': [end]})}\n\n".encode()
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 100, "completion_tokens": 3}
+            yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n".encode()
+        yield b"data: [DONE]\n\n"

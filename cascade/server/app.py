@@ -26,16 +26,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cascade.decision import Decision
 from cascade.errors import RoutingError
 from cascade.router import Completion, UpstreamError, new_request_id
 from cascade.server.openai_format import (
     BadRequestError,
+    ChatRequest,
     chunks_from_completion,
     error_response,
     parse_chat_request,
+    sse,
 )
 from cascade.server.proxy import Proxy
 from cascade.server.settings import ServerSettings
+from cascade.streaming import StreamRun, open_stream
 
 log = structlog.get_logger("cascade.proxy")
 
@@ -114,6 +118,16 @@ async def chat_completions(request: Request) -> Response:
             body, workload=request.headers.get("x-cascade-workload"), tier=pinned
         )
         metrics.decision_seconds.observe(time.perf_counter() - started)
+        if chat.stream and router.policy.escalation.streaming == "passthrough":
+            run = await open_stream(router, body, decision)
+            return _relay(
+                run,
+                chat=chat,
+                decision=decision,
+                request_id=request_id,
+                metrics=metrics,
+                started=started,
+            )
         completion = await router.run(body, decision, request_id=request_id)
     except BadRequestError as exc:
         return error_response(
@@ -165,6 +179,66 @@ async def chat_completions(request: Request) -> Response:
             headers=headers,
         )
     return JSONResponse(completion.body, headers=headers)
+
+
+def _relay(
+    run: StreamRun,
+    *,
+    chat: ChatRequest,
+    decision: Decision,
+    request_id: str,
+    metrics: Metrics,
+    started: float,
+) -> StreamingResponse:
+    """Relay a started stream; a break after the first chunk ends with an error event."""
+    wants_usage = bool((chat.stream_options or {}).get("include_usage"))
+    policy = decision.policy
+
+    async def events() -> AsyncIterator[bytes]:
+        async for chunk in run.chunks():
+            if chunk.get("usage") is not None and not chunk.get("choices") and not wants_usage:
+                continue
+            yield sse(chunk)
+        if run.error is None:
+            yield sse("[DONE]")
+        else:
+            yield sse(
+                {
+                    "error": {
+                        "message": f"the answer was cut: {run.error}",
+                        "type": "api_error",
+                        "param": None,
+                        "code": "stream_interrupted",
+                    }
+                }
+            )
+        outcome = "ok" if run.error is None else "error"
+        metrics.requests.labels(policy, run.tier.name, outcome).inc()
+        for attempt in run.attempts:
+            metrics.attempts.labels(attempt.tier, attempt.role, attempt.outcome).inc()
+            metrics.cost.labels(policy, attempt.tier).inc(float(attempt.cost_usd))
+        log.info(
+            "request.completed",
+            request_id=request_id,
+            policy=policy,
+            policy_version=decision.policy_version,
+            confidence=round(decision.confidence, 4),
+            reason=decision.reason,
+            tier=run.tier.name,
+            attempts=",".join(f"{a.tier}:{a.outcome}" for a in run.attempts),
+            cost_usd=str(run.cost_usd),
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            stream=True,
+            outcome=outcome,
+        )
+
+    headers = {
+        "x-cascade-tier": run.tier.name,
+        "x-cascade-model": run.tier.model,
+        "x-cascade-confidence": f"{decision.confidence:.4f}",
+        "x-cascade-request-id": request_id,
+    }
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 def _authenticate(request: Request, proxy: Proxy) -> None:
