@@ -7,7 +7,6 @@ from the environment, either the provider's usual variable or the tier's ``api_k
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -17,7 +16,6 @@ from typing import Any
 from cascade.errors import TierError
 from cascade.policy.model import Tier
 from cascade.tiers import JSON, TierAnswer, read_usage
-from cascade.tokens import estimate_tokens
 
 
 def _litellm() -> Any:
@@ -51,8 +49,7 @@ class LiteLLMClient:
         except Exception as exc:  # litellm raises its own tree; each is mapped to a kind below
             raise _tier_error(tier, exc) from None
         body: JSON = response.model_dump(exclude_none=True)
-        estimate = estimate_tokens(json.dumps(payload.get("messages", "")))
-        return TierAnswer(body, read_usage(body, estimate), time.perf_counter() - started)
+        return TierAnswer(body, read_usage(body, payload), time.perf_counter() - started)
 
     async def stream(self, tier: Tier, payload: Mapping[str, Any]) -> AsyncIterator[JSON]:
         """One streamed call, chunk by chunk."""

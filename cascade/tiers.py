@@ -60,8 +60,8 @@ class TierClient(Protocol):
         ...
 
 
-def read_usage(body: Mapping[str, Any], prompt_tokens_estimate: int) -> Usage:
-    """Usage from an answer's ``usage`` object; estimated from the text when it is missing."""
+def read_usage(body: Mapping[str, Any], request: Mapping[str, Any]) -> Usage:
+    """Usage from an answer's ``usage`` object; estimated from the texts when it is missing."""
     usage = body.get("usage")
     if isinstance(usage, Mapping) and isinstance(usage.get("completion_tokens"), int):
         details = usage.get("prompt_tokens_details") or {}
@@ -76,7 +76,8 @@ def read_usage(body: Mapping[str, Any], prompt_tokens_estimate: int) -> Usage:
         for choice in body.get("choices") or []
         if isinstance(choice, Mapping)
     )
-    return Usage(prompt_tokens_estimate, estimate_tokens(text), 0, estimated=True)
+    prompt = estimate_tokens(json.dumps(request.get("messages", ""), ensure_ascii=False))
+    return Usage(prompt, estimate_tokens(text), 0, estimated=True)
 
 
 def _status_kind(status: int) -> str:
@@ -129,8 +130,7 @@ class OpenAICompatibleClient:
             raise TierError(tier.name, "bad_response", "the answer is not JSON") from None
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
             raise TierError(tier.name, "bad_response", "the answer has no choices")
-        estimate = estimate_tokens(json.dumps(payload.get("messages", "")))
-        return TierAnswer(answer, read_usage(answer, estimate), time.perf_counter() - started)
+        return TierAnswer(answer, read_usage(answer, payload), time.perf_counter() - started)
 
     async def stream(self, tier: Tier, payload: Mapping[str, Any]) -> AsyncIterator[JSON]:
         """POST a streamed request and yield its chunks; failures become TierError."""

@@ -55,3 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         group.register(commands)
     commands.add_parser("train", help="train a router model (see: cascade train --help)")
     return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -30,6 +30,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="name of an environment variable holding the key clients must send (default: none)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes (each loads policies and model)"
+    )
     serve.set_defaults(command=_serve)
 
 
@@ -37,7 +40,8 @@ def _serve(ns: argparse.Namespace) -> int:
     import uvicorn
 
     from cascade.errors import CascadeError
-    from cascade.server.app import create_app
+    from cascade.logs import configure_json_logs
+    from cascade.server.app import SETTINGS_ENV, create_app
     from cascade.server.settings import ServerSettings
 
     keys: frozenset[str] = frozenset()
@@ -46,11 +50,20 @@ def _serve(ns: argparse.Namespace) -> int:
         if not key:
             raise CascadeError(f"--api-key-env {ns.api_key_env}: that variable is not set")
         keys = frozenset({key})
+    configure_json_logs(ns.log_level)
     settings = ServerSettings(
         policies=tuple(ns.policy or ["default"]), max_body_bytes=ns.max_body_bytes, api_keys=keys
     )
+    if ns.workers > 1:
+        # Worker processes build the app themselves, from settings handed over in the environment.
+        os.environ[SETTINGS_ENV] = settings.to_json()
+        target: object = "cascade.server.app:create_app_from_env"
+    else:
+        target = create_app(settings)
     uvicorn.run(
-        create_app(settings),
+        target,  # type: ignore[arg-type]  # an ASGI app or its import string
+        factory=ns.workers > 1,
+        workers=ns.workers,
         host=ns.host,
         port=ns.port,
         log_level=ns.log_level,

@@ -8,6 +8,7 @@ scorer's micro-batcher — is built in the lifespan. Client mistakes get OpenAI'
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -76,6 +77,14 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
             registry=self.registry,
         )
+
+
+SETTINGS_ENV = "CASCADE_SERVE_SETTINGS"
+
+
+def create_app_from_env() -> Starlette:
+    """The app for uvicorn's worker processes: settings come as JSON in CASCADE_SERVE_SETTINGS."""
+    return create_app(ServerSettings.from_json(os.environ[SETTINGS_ENV]))
 
 
 def create_app(settings: ServerSettings) -> Starlette:

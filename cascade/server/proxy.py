@@ -169,10 +169,15 @@ class Proxy:
             self._scorers[key] = OnnxScorer(policy.scorer.model, device=policy.scorer.device)
         return self._scorers[key]
 
-    async def _batcher(self, policy: Policy) -> MicroBatcher:
+    async def _batcher(self, policy: Policy) -> MicroBatcher | None:
         key = (policy.scorer.model, policy.scorer.device)
+        mode = self.settings.batch_scoring
+        scorer = self._scorer(policy)
+        on_gpu = getattr(scorer, "device", "cpu") == "cuda"
+        if mode == "never" or (mode == "auto" and not on_gpu):
+            return None
         if key not in self._batchers:
-            batcher = MicroBatcher(self._scorer(policy), max_wait_ms=self.settings.batch_wait_ms)
+            batcher = MicroBatcher(scorer, max_wait_ms=self.settings.batch_wait_ms)
             self._batchers[key] = await batcher.__aenter__()
         return self._batchers[key]
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -18,5 +20,24 @@ class ServerSettings:
     """Bearer tokens clients must send; empty means no authentication (a sidecar on loopback)."""
     reload_interval_s: float = 1.0
     """How often policy files are checked for changes (0 disables reloading)."""
-    batch_wait_ms: float = 2.0
-    """How long the scorer waits to fill a micro-batch."""
+    batch_scoring: Literal["auto", "always", "never"] = "auto"
+    """Micro-batch scoring in a worker thread. ``auto``: only when the scorer runs on a GPU. On
+    CPU the shipped model scores a batch no faster than one prompt at a time, and the hand-off to
+    the thread cost ~30% of the proxy's throughput on 2 cores (benchmarks/bench_proxy.py)."""
+    batch_wait_ms: float = 0.0
+    """How long a micro-batch waits for more prompts (0: batch only what is already queued)."""
+
+    def to_json(self) -> str:
+        """The settings as JSON (to hand them to worker processes)."""
+        data = asdict(self)
+        data["policies"] = [str(p) for p in self.policies]
+        data["api_keys"] = sorted(self.api_keys)
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServerSettings:
+        """Settings written by :meth:`to_json`."""
+        data = json.loads(text)
+        data["policies"] = tuple(data["policies"])
+        data["api_keys"] = frozenset(data["api_keys"])
+        return cls(**data)

@@ -1,0 +1,169 @@
+"""The proxy's added latency and throughput, against calling the upstream directly.
+
+Starts a fast upstream (``benchmarks.fast_upstream``) and ``cascade serve`` (uvicorn, uvloop,
+httptools, one worker) with a three-tier policy whose tiers all point at it, then drives both with
+``wrk`` at concurrency 1, 16 and 64. Routing is on: every request through the proxy is prepared,
+scored by the shipped ONNX model and decided. Needs wrk (Debian: ``apt-get install wrk``).
+
+    .venv/bin/python -m benchmarks.bench_proxy [--seconds 5] [--concurrency 1 16 64]
+
+Targets (issue: the proxy), on a 2-core machine: >= 3,000 requests/s through the proxy at
+concurrency 64 against a fast upstream; added p99 <= 10 ms at concurrency 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+_BODY = {
+    "model": "cascade",
+    "messages": [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ],
+    "max_tokens": 32,
+}
+_POLICY = """\
+name: bench
+tiers:
+  - {{name: small, model: s, kind: self_hosted, endpoint: "{url}/v1", max_concurrency: 100000,
+      price: {{gpu_usd_per_hour: 2.3, tokens_per_second: 32000}}, threshold: 0.83}}
+  - {{name: medium, model: m, kind: self_hosted, endpoint: "{url}/v1", max_concurrency: 100000,
+      price: {{gpu_usd_per_hour: 2.3, tokens_per_second: 14500}}, threshold: 0.72}}
+  - {{name: big, model: b, kind: self_hosted, endpoint: "{url}/v1", max_concurrency: 100000,
+      price: {{input_usd_per_mtok: 2.5, output_usd_per_mtok: 10}}}}
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One wrk run."""
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+@contextmanager
+def _process(args: list[str], ready_url: str) -> Iterator[None]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{args[2]} exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+                )
+            try:
+                if httpx.get(ready_url, timeout=1).status_code < 500:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _wrk(url: str, concurrency: int, seconds: int, script: Path) -> Run:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def latency(label: str) -> float:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"cannot read the {label}th percentile from wrk:\n{out}")
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+        return float(match.group(1)) * scale
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return Run(rps, latency("50"), latency("99"), int(errors.group(1)) if errors else 0)
+
+
+def main() -> None:
+    """Print requests/s and latency, direct and through the proxy, at each concurrency."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--upstream-port", type=int, default=9101)
+    parser.add_argument("--proxy-port", type=int, default=9102)
+    parser.add_argument("--workers", type=int, default=1, help="proxy worker processes")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench_proxy needs wrk: apt-get install wrk")
+    upstream = f"http://127.0.0.1:{args.upstream_port}"
+    proxy = f"http://127.0.0.1:{args.proxy_port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = Path(tmp, "bench.yaml")
+        policy.write_text(_POLICY.format(url=upstream))
+        script = Path(tmp, "post.lua")
+        script.write_text(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = [[{json.dumps(_BODY)}]]\n"
+        )
+        python = sys.executable
+        with (
+            _process(
+                [python, "-m", "benchmarks.fast_upstream", "--port", str(args.upstream_port)],
+                f"{upstream}/",
+            ),
+            _process(
+                [
+                    python,
+                    "-m",
+                    "cascade",
+                    "serve",
+                    "--policy",
+                    str(policy),
+                    "--port",
+                    str(args.proxy_port),
+                    "--log-level",
+                    "warning",
+                    "--workers",
+                    str(args.workers),
+                ],
+                f"{proxy}/readyz",
+            ),
+        ):
+            httpx.post(f"{proxy}/v1/chat/completions", json=_BODY, timeout=30).raise_for_status()
+            print(
+                f"proxy added latency and throughput; {args.workers} proxy worker(s); wrk, 1 "
+                f"thread, {args.seconds} s per run"
+            )
+            print(
+                f"{'conc':>5} {'direct rps':>11} {'proxy rps':>10} {'direct p50/p99 ms':>18} "
+                f"{'proxy p50/p99 ms':>17} {'added p50/p99 ms':>17} {'errors':>7}"
+            )
+            for concurrency in args.concurrency:
+                direct = _wrk(f"{upstream}/v1/chat/completions", concurrency, args.seconds, script)
+                routed = _wrk(f"{proxy}/v1/chat/completions", concurrency, args.seconds, script)
+                rates = f"{direct.requests_per_s:>11.0f} {routed.requests_per_s:>10.0f}"
+                print(
+                    f"{concurrency:>5} {rates}"
+                    f" {direct.p50_ms:>8.2f}/{direct.p99_ms:<9.2f} {routed.p50_ms:>7.2f}/"
+                    f"{routed.p99_ms:<9.2f} {routed.p50_ms - direct.p50_ms:>7.2f}/"
+                    f"{routed.p99_ms - direct.p99_ms:<9.2f} {routed.errors:>7}"
+                )
+
+
+if __name__ == "__main__":
+    main()

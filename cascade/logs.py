@@ -1,0 +1,28 @@
+"""Log output for long-running commands: one JSON object per line, cheap to write and to parse.
+
+Called by ``cascade serve`` at start-up (never at import). structlog's default console renderer
+costs about 0.1 ms per request line, a tenth of the proxy's whole budget; JSON lines cost a
+fraction of that and are what log pipelines ingest.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def configure_json_logs(level: str = "info") -> None:
+    """Send structlog's events to stderr as JSON lines at ``level`` and above."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
