@@ -15,6 +15,7 @@ from typing import Any
 
 from cascade.errors import TierError
 from cascade.policy.model import Tier
+from cascade.pricing import Rates
 from cascade.tiers import JSON, TierAnswer, read_usage
 
 
@@ -60,8 +61,13 @@ class LiteLLMClient:
         except Exception as exc:  # see complete()
             raise _tier_error(tier, exc) from None
 
-    def cost_per_token(self, tier: Tier) -> tuple[Decimal, Decimal] | None:
-        """(input, output) US dollars per token from litellm's price map; None if unknown."""
+    async def aclose(self) -> None:
+        """Close litellm's cached HTTP clients, which live on the calling event loop."""
+        await self._litellm.close_litellm_async_clients()
+
+    def rates(self, tier: Tier) -> Rates | None:
+        """Per-token US dollars from litellm's price map (cached input at its cache-read price
+        when the map has one); None for a model the map does not know."""
         try:
             entry = self._litellm.model_cost.get(tier.model) or self._litellm.model_cost.get(
                 tier.model.split("/", 1)[-1]
@@ -70,9 +76,12 @@ class LiteLLMClient:
             return None
         if not entry or "input_cost_per_token" not in entry:
             return None
-        return (
-            Decimal(str(entry["input_cost_per_token"])),
-            Decimal(str(entry.get("output_cost_per_token", 0))),
+        fresh = Decimal(str(entry["input_cost_per_token"]))
+        cached = entry.get("cache_read_input_token_cost")
+        return Rates(
+            input=fresh,
+            cached_input=fresh if cached is None else Decimal(str(cached)),
+            output=Decimal(str(entry.get("output_cost_per_token", 0))),
         )
 
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -388,3 +389,45 @@ def test_stream_cut_after_the_first_chunk_ends_with_an_error_event(passthrough: 
     with pytest.raises(openai.APIError, match="the answer was cut"):
         read_all()
     assert received == ["answer "]
+
+
+API_POLICY = """\
+name: apitest
+tiers:
+  - name: small
+    model: distill-1.5b
+    kind: self_hosted
+    endpoint: {small}/v1
+    price: {{gpu_usd_per_hour: 3.6, tokens_per_second: 1000}}
+    overflow: frontier
+  - name: frontier
+    model: openai/gpt-4o
+    kind: api
+    endpoint: {frontier}/v1
+    api_key_env: CASCADE_TEST_FRONTIER_KEY
+"""
+
+
+def test_api_tier_through_litellm_with_its_price_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API tier is called through litellm with the key from the environment, and priced from
+    litellm's offline price map when the policy gives no price."""
+    monkeypatch.setenv("CASCADE_TEST_FRONTIER_KEY", "sk-test-123")
+    small, frontier = ScriptedTier("small", mode="503"), ScriptedTier("frontier")
+    with serving(small.app()) as s, serving(frontier.app()) as f:
+        policy = tmp_path / "api.yaml"
+        policy.write_text(API_POLICY.format(small=s, frontier=f))
+        with serving(create_app(ServerSettings(policies=(str(policy),)))) as url:
+            response = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "cascade", "messages": [{"role": "user", "content": "hi"}]},
+                timeout=60,
+            )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "answer from frontier"
+    assert response.headers["x-cascade-attempts"] == "small:error,frontier:ok"
+    assert frontier.requests[0]["model"] == "gpt-4o"
+    # gpt-4o in litellm's bundled map: $2.50/M input, $1.25/M cached input, $10/M output; the
+    # tier reported 100 prompt tokens (40 of them cached) and 20 output tokens.
+    assert Decimal(response.headers["x-cascade-cost-usd"]) == Decimal("0.0004")

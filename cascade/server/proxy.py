@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
@@ -15,7 +16,7 @@ from cascade.batching import MicroBatcher
 from cascade.capacity import InFlightCounter
 from cascade.errors import CascadeError
 from cascade.policy.loading import load_policy
-from cascade.policy.model import Policy
+from cascade.policy.model import Policy, Tier
 from cascade.pricing import Rates
 from cascade.resources import policy_path
 from cascade.router import Router
@@ -24,6 +25,9 @@ from cascade.scoring import OnnxScorer, Scorer
 from cascade.server.openai_format import BadRequestError
 from cascade.server.settings import ServerSettings
 from cascade.tiers import OpenAICompatibleClient, TierClient
+
+if TYPE_CHECKING:
+    from cascade.api_tier import LiteLLMClient
 
 log = structlog.get_logger("cascade.proxy")
 
@@ -40,7 +44,7 @@ class Proxy:
         self._scorers: dict[tuple[str, str], Scorer] = {}
         self._batchers: dict[tuple[str, str], MicroBatcher] = {}
         self._clients: dict[str, TierClient] = {}
-        self._api_rates: object = None
+        self._api: LiteLLMClient | None = None
         self._stack = AsyncExitStack()
         self._reloader: asyncio.Task[None] | None = None
 
@@ -68,6 +72,8 @@ class Proxy:
             self._reloader.cancel()
         for batcher in self._batchers.values():
             await batcher.aclose()
+        if self._api is not None:
+            await self._api.aclose()
         await self._stack.aclose()
 
     def resolve(self, model: str) -> tuple[Router, str | None]:
@@ -142,9 +148,8 @@ class Proxy:
         if any(t.kind == "api" for t in policy.tiers) and "api" not in self._clients:
             from cascade.api_tier import LiteLLMClient  # noqa: PLC0415 - litellm is heavy
 
-            client = LiteLLMClient()
-            self._clients["api"] = client
-            self._api_rates = client
+            self._api = LiteLLMClient()
+            self._clients["api"] = self._api
         planner = Planner(policy, self._scorer(policy), self.capacity)
         return Router(
             planner,
@@ -154,14 +159,8 @@ class Proxy:
             api_rates=self._rates_from_litellm,
         )
 
-    def _rates_from_litellm(self, tier: object) -> Rates | None:
-        from cascade.api_tier import LiteLLMClient  # noqa: PLC0415 - only with API tiers
-        from cascade.policy.model import Tier  # noqa: PLC0415
-
-        if not isinstance(self._api_rates, LiteLLMClient) or not isinstance(tier, Tier):
-            return None
-        pair = self._api_rates.cost_per_token(tier)
-        return None if pair is None else Rates(input=pair[0], cached_input=pair[0], output=pair[1])
+    def _rates_from_litellm(self, tier: Tier) -> Rates | None:
+        return self._api.rates(tier) if self._api is not None else None
 
     def _scorer(self, policy: Policy) -> Scorer:
         key = (policy.scorer.model, policy.scorer.device)
