@@ -69,10 +69,14 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     """Scripted small/medium/big tiers and a proxy routing between them (small goes first)."""
+    yield from _stack(tmp_path, extra="")
+
+
+def _stack(tmp_path: Path, *, extra: str) -> Iterator[Stack]:
     small, medium, big = ScriptedTier("small"), ScriptedTier("medium"), ScriptedTier("big")
     with serving(small.app()) as s, serving(medium.app()) as m, serving(big.app()) as b:
         policy = tmp_path / "proxytest.yaml"
-        policy.write_text(POLICY.format(small=s, medium=m, big=b))
+        policy.write_text(POLICY.format(small=s, medium=m, big=b) + extra)
         settings = ServerSettings(policies=(str(policy),), reload_interval_s=0.05)
         with serving(create_app(settings)) as url:
             yield Stack(url, small, medium, big, policy)
@@ -337,13 +341,7 @@ def test_requests_succeed_when_a_tier_dies_mid_run(tmp_path: Path) -> None:
 @pytest.fixture
 def passthrough(tmp_path: Path) -> Iterator[Stack]:
     """Like ``stack``, under a policy that streams straight through."""
-    small, medium, big = ScriptedTier("small"), ScriptedTier("medium"), ScriptedTier("big")
-    with serving(small.app()) as s, serving(medium.app()) as m, serving(big.app()) as b:
-        policy = tmp_path / "passthrough.yaml"
-        text = POLICY.format(small=s, medium=m, big=b) + "  streaming: passthrough\n"
-        policy.write_text(text)
-        with serving(create_app(ServerSettings(policies=(str(policy),)))) as url:
-            yield Stack(url, small, medium, big, policy)
+    yield from _stack(tmp_path, extra="  streaming: passthrough\n")
 
 
 def test_passthrough_streams_chunks_as_they_come(passthrough: Stack) -> None:

@@ -91,30 +91,13 @@ class ScriptedTier:
             message["content"] = '{"answer": 4'
         elif self.mode == "json":
             message["content"] = json.dumps({"answer": self.name})
-        elif self.mode == "bad_tool_call":
+        elif self.mode in ("tool_call", "bad_tool_call"):
+            arguments = '{"city": "Paris"}' if self.mode == "tool_call" else "{city: Paris"
+            call = {"name": "get_weather", "arguments": arguments}
             message = {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [
-                    {
-                        "id": "call_1",
-                        "type": "function",
-                        "function": {"name": "get_weather", "arguments": "{city: Paris"},
-                    }
-                ],
-            }
-            finish = "tool_calls"
-        elif self.mode == "tool_call":
-            message = {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [
-                    {
-                        "id": "call_1",
-                        "type": "function",
-                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                    }
-                ],
+                "tool_calls": [{"id": "call_1", "type": "function", "function": call}],
             }
             finish = "tool_calls"
         return JSONResponse(
