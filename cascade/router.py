@@ -46,6 +46,15 @@ class Attempt:
     latency_s: float
 
 
+def describe_attempts(attempts: Sequence[Attempt]) -> str:
+    """Attempts in one line: ``small:rejected(length),medium:error(timeout),big:ok``."""
+    parts = []
+    for attempt in attempts:
+        why = attempt.error_class or (attempt.reason or "").split(":", 1)[0]
+        parts.append(f"{attempt.tier}:{attempt.outcome}" + (f"({why})" if why else ""))
+    return ",".join(parts)
+
+
 @dataclass(frozen=True)
 class Completion:
     """A finished request: the answer the client gets, and everything it took."""

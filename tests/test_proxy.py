@@ -125,7 +125,7 @@ def test_length_cut_answer_is_escalated(stack: Stack) -> None:
     response = _ask(stack)
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "answer from medium"
-    assert response.headers["x-cascade-attempts"] == "small:rejected,medium:ok"
+    assert response.headers["x-cascade-attempts"] == "small:rejected(length),medium:ok"
     # Both calls are paid for: the rejected one counts in the request's cost.
     assert response.headers["x-cascade-cost-usd"] == "0.0000520000"
 
@@ -136,7 +136,7 @@ def test_invalid_json_is_escalated_in_json_mode(stack: Stack) -> None:
     stack.medium.mode = "json"
     response = _ask(stack, response_format={"type": "json_object"})
     assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"answer": "medium"}
-    assert response.headers["x-cascade-attempts"] == "small:rejected,medium:ok"
+    assert response.headers["x-cascade-attempts"] == "small:rejected(invalid_json),medium:ok"
 
 
 def test_malformed_tool_call_is_escalated(stack: Stack) -> None:
@@ -170,7 +170,7 @@ def test_overloaded_tier_spills_to_its_overflow(stack: Stack) -> None:
     response = _ask(stack)
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "answer from big"
-    assert response.headers["x-cascade-attempts"] == "small:error,big:ok"
+    assert response.headers["x-cascade-attempts"] == "small:error(unavailable),big:ok"
 
 
 def test_failing_tier_is_skipped_during_its_cooldown(stack: Stack) -> None:
@@ -284,7 +284,7 @@ def test_refused_connection_spills(tmp_path: Path) -> None:
                 timeout=30,
             )
     assert response.status_code == 200
-    assert response.headers["x-cascade-attempts"] == "small:error,big:ok"
+    assert response.headers["x-cascade-attempts"] == "small:error(connection),big:ok"
 
 
 BURST_POLICY = POLICY.replace(
@@ -424,7 +424,7 @@ def test_api_tier_through_litellm_with_its_price_map(
             )
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == "answer from frontier"
-    assert response.headers["x-cascade-attempts"] == "small:error,frontier:ok"
+    assert response.headers["x-cascade-attempts"] == "small:error(unavailable),frontier:ok"
     assert frontier.requests[0]["model"] == "gpt-4o"
     # gpt-4o in litellm's bundled map: $2.50/M input, $1.25/M cached input, $10/M output; the
     # tier reported 100 prompt tokens (40 of them cached) and 20 output tokens.

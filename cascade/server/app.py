@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from cascade.decision import Decision
 from cascade.errors import RoutingError
-from cascade.router import Completion, UpstreamError, new_request_id
+from cascade.router import Completion, UpstreamError, describe_attempts, new_request_id
 from cascade.server.openai_format import (
     BadRequestError,
     ChatRequest,
@@ -234,7 +234,7 @@ def _relay(
             confidence=round(decision.confidence, 4),
             reason=decision.reason,
             tier=run.tier.name,
-            attempts=",".join(f"{a.tier}:{a.outcome}" for a in run.attempts),
+            attempts=describe_attempts(run.attempts),
             cost_usd=str(run.cost_usd),
             latency_ms=round((time.perf_counter() - started) * 1000, 2),
             stream=True,
@@ -278,7 +278,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _headers(completion: Completion) -> dict[str, str]:
-    attempts = ",".join(f"{a.tier}:{a.outcome}" for a in completion.attempts)
+    attempts = describe_attempts(completion.attempts)
     return {
         "x-cascade-tier": completion.tier,
         "x-cascade-model": completion.model,
