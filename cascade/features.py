@@ -12,9 +12,18 @@ which each model's manifest records, and retrain.
 
 from __future__ import annotations
 
+import math
+import re
 import unicodedata
 
-__all__ = ["FEATURE_VERSION", "MAX_CHARS", "normalize"]
+__all__ = [
+    "FEATURE_NAMES",
+    "FEATURE_VERSION",
+    "MAX_CHARS",
+    "PROMPT_FEATURES_VERSION",
+    "normalize",
+    "prompt_features",
+]
 
 FEATURE_VERSION = "norm-v1:nfkc+ws+lower+4000"
 """Identifies the normalization below; a manifest whose value differs needs a retrained model."""
@@ -38,3 +47,121 @@ def normalize(text: str) -> str:
     # str.split() splits on exactly what str.isspace() accepts and drops the ends; it is ~4x
     # faster than re.sub(r"\s+", " ", ...). rstrip: the cut may end on a space.
     return " ".join(text.split()).lower()[:MAX_CHARS].rstrip()
+
+
+PROMPT_FEATURES_VERSION = "prompt-features-v1"
+"""Identifies :func:`prompt_features`; a manifest whose value differs needs a retrained model."""
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "log_chars",
+    "log_words",
+    "log_lines",
+    "digit_share",
+    "math_symbol_share",
+    "log_latex_commands",
+    "log_question_marks",
+    "ends_with_question",
+    "starts_with_wh_word",
+    "starts_with_instruction",
+    "log_code_markers",
+    "log_choice_lines",
+    "log_sentences",
+    "mean_word_length",
+    "long_word_share",
+    "distinct_word_share",
+    "uppercase_share",
+    "log_numbers",
+    "commas_per_word",
+    "non_ascii_share",
+    "punctuation_share",
+    "asks_how_many",
+    "log_constraint_words",
+    "has_dollar",
+    "indented_line_share",
+)
+"""The columns :func:`prompt_features` returns, in order."""
+
+_WORD = re.compile(r"[^\W\d_]+")
+_NUMBER = re.compile(r"\d[\d.,]*")
+_CHOICE = re.compile(r"(?m)^[ \t]*\(?[a-eA-E][).:][ \t]")
+_LATEX = re.compile(r"\\[a-zA-Z]+|\$[^$\n]+\$")
+_SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
+_WH_WORDS = frozenset(("what", "who", "when", "where", "which", "why", "how", "whom", "whose"))
+_INSTRUCTIONS = frozenset(
+    (
+        "write", "compute", "calculate", "solve", "find", "explain", "describe", "prove",
+        "implement", "create", "generate", "list", "give", "summarize", "translate", "determine",
+        "evaluate", "simplify",
+    )
+)  # fmt: skip
+_CODE_WORDS = frozenset(("def", "return", "import", "class", "function", "int", "str", "print"))
+_CODE_SYMBOLS = ("```", "=>", "{", "}", ";\n")
+_CONSTRAINT_WORDS = frozenset(
+    (
+        "must", "should", "exactly", "least", "most", "only", "except", "not", "each", "every",
+        "all", "both", "neither", "unless", "if",
+    )
+)  # fmt: skip
+
+
+def _byte_class(chars: str) -> bytes:
+    """The bytes a ``bytes.translate(None, delete=...)`` call deletes to keep only ``chars``."""
+    keep = set(chars.encode("ascii"))
+    return bytes(b for b in range(256) if b not in keep)
+
+
+_NOT_DIGIT = _byte_class("0123456789")
+_NOT_MATH = _byte_class("+-*/=^<>%")
+_NOT_UPPER = _byte_class("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_NOT_PUNCT = _byte_class("!\"#&'()*,-./:;?@[\\]_{}")
+_NOT_HIGH = bytes(range(128))  # deleting every ASCII byte leaves the UTF-8 bytes of the rest
+
+
+def prompt_features(text: str) -> list[float]:
+    """Domain-agnostic numbers describing a prompt's form, in the order of :data:`FEATURE_NAMES`.
+
+    Length, digit and math-symbol density, question form, code, multiple-choice and LaTeX
+    markers, sentence and constraint counts, word length and variety: properties that say how
+    hard a prompt is without knowing its topic, so a model on them transfers across tasks better
+    than one on words. Reads the NFKC form of the first :data:`MAX_CHARS` characters (case and
+    line breaks kept); shares are per UTF-8 byte of that text (ASCII classes only).
+    """
+    text = unicodedata.normalize("NFKC", text[:_RAW_LIMIT])[:MAX_CHARS]
+    raw = text.encode("utf-8")
+    size = max(len(raw), 1)
+    low = text.lower()
+    words = _WORD.findall(low)
+    n_words = max(len(words), 1)
+    first = words[0] if words else ""
+    lines = text.split("\n")
+    filled = [line for line in lines if line.strip()]
+    word_chars = sum(map(len, words))
+    return [
+        math.log1p(len(text)),
+        math.log1p(len(words)),
+        math.log1p(len(filled)),
+        len(raw.translate(None, _NOT_DIGIT)) / size,
+        len(raw.translate(None, _NOT_MATH)) / size,
+        math.log1p(len(_LATEX.findall(text))),
+        math.log1p(text.count("?")),
+        float(text.rstrip().endswith("?")),
+        float(first in _WH_WORDS),
+        float(first in _INSTRUCTIONS),
+        math.log1p(
+            sum(w in _CODE_WORDS for w in words) + sum(text.count(s) for s in _CODE_SYMBOLS)
+        ),
+        math.log1p(len(_CHOICE.findall(text))),
+        math.log1p(len(_SENTENCE_END.findall(text))),
+        word_chars / n_words,
+        sum(len(w) >= 9 for w in words) / n_words,
+        len(set(words)) / n_words,
+        len(raw.translate(None, _NOT_UPPER)) / size,
+        math.log1p(len(_NUMBER.findall(text))),
+        text.count(",") / n_words,
+        len(raw.translate(None, _NOT_HIGH)) / size,
+        len(raw.translate(None, _NOT_PUNCT)) / size,
+        float("how many" in low or "how much" in low),
+        math.log1p(sum(w in _CONSTRAINT_WORDS for w in words)),
+        float("$" in text),
+        sum(line.startswith((" ", "\t")) for line in lines) / max(len(filled), 1),
+    ]

@@ -14,15 +14,26 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cascade.errors import ScorerError
-from cascade.features import FEATURE_VERSION
+from cascade.features import FEATURE_NAMES, FEATURE_VERSION, PROMPT_FEATURES_VERSION
 
 FORMAT_VERSION = 1
 PREPROCESSING = "cascade.features.normalize"
+FEATURES_PREPROCESSING = "cascade.features.prompt_features"
+"""The float-input contract: each prompt becomes one row of ``prompt_features`` values."""
+# what each preprocessing function feeds the graph: (dtype, shape, feature version)
+INPUT_CONTRACTS: dict[str, tuple[str, tuple[int | None, ...], str]] = {
+    PREPROCESSING: ("string", (None, 1), FEATURE_VERSION),
+    FEATURES_PREPROCESSING: ("float", (None, len(FEATURE_NAMES)), PROMPT_FEATURES_VERSION),
+}
 
 
 @dataclass(frozen=True)
 class ModelInput:
-    """The model's input tensor: raw prompts after ``preprocessing``, one per row."""
+    """The model's input tensor: prompts after ``preprocessing``, one per row.
+
+    ``string`` ``[N, 1]`` with :func:`~cascade.features.normalize`, or ``float`` ``[N, K]`` with
+    :func:`~cascade.features.prompt_features`.
+    """
 
     name: str
     dtype: str
@@ -68,6 +79,8 @@ class Metrics:
     base_rate_train: float
     base_rate_holdout: float | None
     base_rate_dev: float | None
+    holdout_apgr: float | None = None
+    dev_apgr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,8 @@ class Manifest:
     parity: Parity
     created_by: str
     toolchain: dict[str, str]
+    base_model: str | None = None
+    """The model this one adapts (``cascade train --base``), or None when trained from scratch."""
 
     def to_json(self) -> str:
         """The manifest as written to ``manifest.json`` (stable key order, trailing newline)."""
@@ -178,26 +193,28 @@ _JSON_NAMES = {dict: "an object", list: "a list", str: "a string", type(None): "
 def _parse_manifest(m: _Fields) -> Manifest:
     if (version := m.integer("format_version")) != FORMAT_VERSION:
         m.fail("format_version", f"this cascade reads version {FORMAT_VERSION}, got {version}")
-    if (feature_version := m.text("feature_version")) != FEATURE_VERSION:
+    inp = m.child("input")
+    if (preprocessing := inp.text("preprocessing")) not in INPUT_CONTRACTS:
+        known = " or ".join(map(repr, INPUT_CONTRACTS))
+        inp.fail("input.preprocessing", f"only {known} is known, got {preprocessing!r}")
+    dtype, shape, computed = INPUT_CONTRACTS[preprocessing]
+    if (feature_version := m.text("feature_version")) != computed:
         m.fail(
             "feature_version",
-            f"the model needs features {feature_version!r}, "
-            f"this cascade computes {FEATURE_VERSION!r}",
+            f"the model needs features {feature_version!r}, this cascade computes {computed!r}",
         )
     if Path(file := m.text("file")).name != file or file in {"", ".", ".."}:
         m.fail("file", f"must name a file inside the model folder, got {file!r}")
-    inp, out, metrics, parity = (
-        m.child("input"),
+    out, metrics, parity = (
         m.child("output"),
         m.child("metrics"),
         m.child("parity"),
     )
-    if (dtype := inp.text("dtype")) != "string":
-        inp.fail("input.dtype", f"only 'string' is supported, got {dtype!r}")
-    if (shape := tuple(inp.get("shape", list))) != (None, 1):
-        inp.fail("input.shape", f"expected [null, 1], got {list(shape)}")
-    if (preprocessing := inp.text("preprocessing")) != PREPROCESSING:
-        inp.fail("input.preprocessing", f"only {PREPROCESSING!r} is known, got {preprocessing!r}")
+    if (got := inp.text("dtype")) != dtype:
+        inp.fail("input.dtype", f"{preprocessing} feeds {dtype!r}, got {got!r}")
+    if (got_shape := tuple(inp.get("shape", list))) != shape:
+        wanted = str(list(shape)).replace("None", "null")
+        inp.fail("input.shape", f"expected {wanted}, got {list(got_shape)}")
     return Manifest(
         name=m.text("name"),
         format_version=version,
@@ -226,8 +243,16 @@ def _parse_manifest(m: _Fields) -> Manifest:
             base_rate_train=metrics.number("base_rate_train"),
             base_rate_holdout=metrics.optional_number("base_rate_holdout"),
             base_rate_dev=metrics.optional_number("base_rate_dev"),
+            holdout_apgr=_optional(metrics, "holdout_apgr"),
+            dev_apgr=_optional(metrics, "dev_apgr"),
         ),
         parity=Parity(parity.number("max_abs_diff"), parity.integer("texts")),
         created_by=m.text("created_by"),
         toolchain={k: str(v) for k, v in m.get("toolchain", dict).items()},
+        base_model=m.get("base_model", (str, type(None))) if "base_model" in m.value else None,
     )
+
+
+def _optional(fields: _Fields, key: str) -> float | None:
+    """A number added after format 1 was first written: absent in older manifests."""
+    return fields.optional_number(key) if key in fields.value else None

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from cascade.errors import ModelIntegrityError, RuntimeMissingError, ScorerError
-from cascade.features import normalize
+from cascade.features import normalize, prompt_features
 from cascade.manifest import Manifest, load_manifest
 from cascade.resources import model_dir
 
@@ -138,7 +138,7 @@ class OnnxScorer:
         """P(the weak tier suffices) for each prompt, in order; one onnxruntime call."""
         if not texts:
             return []
-        batch = np.array([normalize(t) for t in texts], dtype=object).reshape(-1, 1)
+        batch = self._inputs(texts)
         spec_in, spec_out = self.manifest.input, self.manifest.output
         try:
             (probabilities,) = self._session.run([spec_out.name], {spec_in.name: batch})
@@ -146,6 +146,12 @@ class OnnxScorer:
             raise ScorerError(f"model {self.manifest.name!r} failed to score: {exc}") from exc
         column: list[float] = probabilities[:, spec_out.column].astype(float).tolist()
         return column
+
+    def _inputs(self, texts: Sequence[str]) -> np.ndarray:
+        """The graph's input for ``texts``, by the manifest's preprocessing function."""
+        if self.manifest.input.dtype == "float":  # cascade.features.prompt_features
+            return np.array([prompt_features(t) for t in texts], dtype=np.float32)
+        return np.array([normalize(t) for t in texts], dtype=object).reshape(-1, 1)
 
 
 def _verified_bytes(path: Path, manifest: Manifest) -> bytes:

@@ -1,36 +1,43 @@
-"""Train the confidence model on labeled traffic, export it to ONNX and write its manifest.
+"""Train the confidence model on labeled traffic, export it to ONNX and write its model folder.
 
-``python -m cascade.training --data train/*.jsonl --dev dev.jsonl --out router_models/NAME``
-fits TF-IDF (word 1-2-grams + character 2-3-grams) and a logistic regression on normalized
-prompts, checks that the ONNX export agrees with scikit-learn on messy text, measures AUROC on
-held-out tasks and on the dev files, and writes ``model.onnx`` and ``manifest.json``.
-Training is deterministic: the same files and seed give a byte-identical ``model.onnx``.
+``cascade train --data TRAIN.jsonl... [--dev DEV.jsonl...] --out router_models/NAME`` computes
+:func:`~cascade.features.prompt_features` for every prompt, fits
+:mod:`cascade.feature_model` on the rows outside the held-out tasks, checks that the ONNX export
+agrees with scikit-learn on messy text, measures AUROC and APGR on the held-out tasks and on the
+dev files, and writes ``model.onnx`` and ``manifest.json``. ``--base MODEL`` adapts an existing
+model to the given rows instead (:func:`adapt`). Training is deterministic: the same files and
+seed give a byte-identical ``model.onnx``.
 
-scikit-learn, skl2onnx and onnxruntime are imported inside the functions that need them, so
-:func:`load_labeled` and the constants here cost nothing to import.
+scikit-learn, onnx and onnxruntime are imported inside the functions that need them, so
+importing this module costs nothing.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import hashlib
-import json
-import shlex
-import sys
-import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from cascade.errors import CascadeError, TrainingError
-from cascade.features import FEATURE_VERSION, normalize
+from cascade.errors import TrainingError
+from cascade.evaluation import Outcomes, auroc, report
+from cascade.feature_model import (
+    ALPHA,
+    LinearConfidence,
+    export_onnx,
+    feature_matrix,
+    fit_confidence,
+    onnx_confidence,
+    read_onnx,
+    reference_confidence,
+)
+from cascade.features import FEATURE_NAMES, PROMPT_FEATURES_VERSION
 from cascade.manifest import (
+    FEATURES_PREPROCESSING,
     FORMAT_VERSION,
-    PREPROCESSING,
     CalibrationPoint,
     DataFile,
     Manifest,
@@ -38,18 +45,18 @@ from cascade.manifest import (
     ModelInput,
     ModelOutput,
     Parity,
+    load_manifest,
 )
+from cascade.resources import model_dir
 from cascade.traffic import load_labeled
 
 __all__ = [
+    "ADAPT_ALPHAS",
     "DEFAULT_HOLDOUT_TASKS",
     "LABEL_DEFINITION",
     "PARITY_TEXTS",
-    "export_onnx",
-    "fit_pipeline",
-    "main",
-    "onnx_confidence",
-    "pipeline_confidence",
+    "Adaptation",
+    "adapt",
     "train_model",
 ]
 
@@ -66,8 +73,10 @@ DEFAULT_HOLDOUT_TASKS = (
     "mmlu/us_foreign_policy",
 )
 PARITY_TOLERANCE = 1e-5
-OPSET = 17  # the highest ai.onnx opset the export may use: older onnxruntime releases load it
-# The prompts where skl2onnx's tokenizers are known to drift from scikit-learn's.
+ADAPT_ALPHAS = (1e2, 1e3, 1e4, 1e5)
+"""Correction strengths :func:`adapt` chooses among by cross-validation on the team's rows."""
+_FOLDS = 5
+# Messy prompts (scripts, emoji, code, control characters, very long) every export must agree on.
 PARITY_TEXTS: tuple[str, ...] = (
     "Café, résumé, naïve, über, Straße, ñandú, Ærøskøbing, İstanbul, ΟΔΥΣΣΕΥΣ",
     # RUF001 is silenced on the lines below: their confusable characters are the point
@@ -91,133 +100,42 @@ PARITY_TEXTS: tuple[str, ...] = (
 )
 
 
-def fit_pipeline(prompts: Sequence[str], labels: Sequence[bool], *, seed: int = 0) -> Any:
-    """Fit the scikit-learn pipeline on normalized ``prompts``; returns the fitted Pipeline."""
-    from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: PLC0415 - lazy: train-only dependency
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - lazy: train-only dependency
-    from sklearn.pipeline import FeatureUnion, Pipeline  # noqa: PLC0415 - lazy: train-only dependency
+@dataclass(frozen=True)
+class Adaptation:
+    """What :func:`adapt` chose: the correction strength (None: keep the base) and CV APGRs."""
 
-    if len(set(labels)) != 2:
-        raise TrainingError(f"need prompts of both labels to train, got only {set(labels)}")
-    # lowercase=False: normalize() already lower-cases, so the ONNX graph needs no locale-bound
-    # StringNormalizer. The token pattern is one skl2onnx reproduces exactly on non-ASCII text;
-    # 'char' (not 'char_wb') is the character analyzer that converts.
-    words = TfidfVectorizer(
-        token_pattern=r"[a-zA-Z0-9_]{2,}",
-        ngram_range=(1, 2),
-        max_features=30_000,
-        lowercase=False,
-        dtype=np.float32,
-    )
-    chars = TfidfVectorizer(
-        analyzer="char",
-        ngram_range=(2, 3),
-        max_features=20_000,
-        lowercase=False,
-        dtype=np.float32,
-    )
-    pipeline = Pipeline(
-        [
-            ("features", FeatureUnion([("words", words), ("chars", chars)])),
-            ("classifier", LogisticRegression(C=0.3, max_iter=2_000, random_state=seed)),
-        ]
-    )
-    pipeline.fit([normalize(p) for p in prompts], np.asarray(labels, dtype=np.int64))
-    return pipeline
+    alpha: float | None
+    cv_apgr: dict[str, float]
 
 
-def pipeline_confidence(pipeline: Any, prompts: Sequence[str]) -> np.ndarray:
-    """scikit-learn's P(weak suffices) for ``prompts``, normalized the way serving does."""
-    column = list(pipeline.classes_).index(1)
-    return np.asarray(pipeline.predict_proba([normalize(p) for p in prompts])[:, column])
+def adapt(
+    base: LinearConfidence, features: np.ndarray, outcomes: Outcomes, *, seed: int = 0
+) -> tuple[LinearConfidence, Adaptation]:
+    """Fit a correction of ``base`` on a team's rows, as strong as cross-validation supports.
 
-
-def export_onnx(pipeline: Any) -> bytes:
-    """Convert the fitted pipeline to ONNX: input ``text`` [N, 1] strings, output probabilities."""
-    import onnx  # noqa: PLC0415 - lazy: train-only dependency
-    from skl2onnx import convert_sklearn  # noqa: PLC0415 - lazy: train-only dependency
-    from skl2onnx.common.data_types import StringTensorType  # noqa: PLC0415 - lazy: train-only dependency
-    from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: PLC0415 - lazy: train-only dependency
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - lazy: train-only dependency
-
-    with warnings.catch_warnings():
-        # skl2onnx warns that 'char' analyzers "may not work"; the parity check on PARITY_TEXTS
-        # that every training run does is what shows it does, for normalized text.
-        warnings.filterwarnings("ignore", "The conversion of CountVectorizer may not work")
-        model = convert_sklearn(
-            pipeline,
-            name="cascade_confidence",  # skl2onnx's default is a random uuid: not reproducible
-            initial_types=[("text", StringTensorType([None, 1]))],
-            target_opset={"": OPSET, "ai.onnx.ml": 1},
-            # the locale only matters if a vectorizer lower-cases; machines may lack en_US.UTF-8
-            options={TfidfVectorizer: {"locale": "C.UTF-8"}, LogisticRegression: {"zipmap": False}},
-        )
-    for node in model.graph.node:
-        if node.op_type == "Tokenizer":
-            # Shorter rows of a batch are padded with pad_value, skl2onnx's "#": n-grams such as
-            # "##" or "a#" from the vocabulary then count padding. normalize() turns every
-            # newline into a space, so "\n" can never be part of a vocabulary n-gram.
-            pad = next(a for a in node.attribute if a.name == "pad_value")
-            pad.s = b"\n"
-    _replace_l2_normalizers(model)
-    onnx.checker.check_model(model)
-    # skl2onnx lists the opset imports in set order, which varies run to run: sort them
-    imports = sorted((o.domain, o.version) for o in model.opset_import)
-    del model.opset_import[:]
-    for domain, opset in imports:
-        model.opset_import.add(domain=domain, version=opset)
-    return bytes(model.SerializeToString())
-
-
-def _replace_l2_normalizers(model: Any) -> None:
-    """Swap ai.onnx.ml Normalizer(L2) nodes for ReduceL2 -> Max(eps) -> Div, in place.
-
-    onnxruntime's Normalizer takes ~3 ns per element of the dense 50k-wide TF-IDF rows: about
-    150 us of every prompt's score, and most of the time of a short one. The standard ops give
-    the same result (an all-zero row stays zero; PARITY_TEXTS checks the rest) in a third of it.
+    Each of :data:`ADAPT_ALPHAS` and "no correction" is scored by the mean APGR over
+    ``_FOLDS`` row folds of the given data (fit on four, measure on the fifth); the best is
+    refitted on all rows. With few or noisy rows this keeps the base model unchanged.
     """
-    from onnx import helper, numpy_helper  # noqa: PLC0415 - lazy: train-only dependency
-
-    graph = model.graph
-    nodes = []
-    for node in graph.node:
-        norm = {a.name: a.s for a in node.attribute}.get("norm")
-        if node.op_type != "Normalizer" or norm != b"L2":
-            nodes.append(node)
+    folds = np.random.default_rng(seed).permutation(len(features)) % _FOLDS
+    scores: dict[str, list[float]] = {"base": [], **{f"{a:g}": [] for a in ADAPT_ALPHAS}}
+    for k in range(_FOLDS):
+        fit, test = folds != k, folds == k
+        held = _subset(outcomes, test)
+        if _gap(held) == 0.0 or len(set(_subset(outcomes, fit).weak_suffices.tolist())) < 2:
             continue
-        (x,), (y,) = node.input, node.output
-        nodes += [
-            # axes as an attribute: valid up to opset 17, and OPSET caps the export there
-            helper.make_node("ReduceL2", [x], [f"{y}_l2"], f"{node.name}_l2", axes=[1], keepdims=1),
-            helper.make_node("Max", [f"{y}_l2", "l2_epsilon"], [f"{y}_safe"], f"{node.name}_max"),
-            helper.make_node("Div", [x, f"{y}_safe"], [y], f"{node.name}_div"),
-        ]
-    if len(nodes) > len(graph.node):
-        epsilon = np.array([1e-12], dtype=np.float32)
-        graph.initializer.append(numpy_helper.from_array(epsilon, name="l2_epsilon"))
-        del graph.node[:]
-        graph.node.extend(nodes)
-
-
-def _default_opset(model: bytes) -> int:
-    """The ai.onnx opset the exported model imports (skl2onnx may pick one below OPSET)."""
-    import onnx  # noqa: PLC0415 - lazy: train-only dependency
-
-    imports = onnx.load_from_string(model).opset_import
-    return int(next(o.version for o in imports if o.domain in ("", "ai.onnx")))
-
-
-def onnx_confidence(model: bytes, prompts: Sequence[str], column: int = 1) -> np.ndarray:
-    """onnxruntime's P(weak suffices) for ``prompts`` from exported ``model`` bytes (on CPU)."""
-    import onnxruntime  # noqa: PLC0415 - lazy: train-only dependency
-
-    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
-    texts = np.array([normalize(p) for p in prompts], dtype=object).reshape(-1, 1)
-    chunks = [
-        session.run(["probabilities"], {"text": texts[i : i + 1024]})[0]
-        for i in range(0, len(texts), 1024)
-    ]
-    return np.concatenate(chunks)[:, column] if chunks else np.zeros(0)
+        scores["base"].append(report(base.confidence(features[test]), held).apgr)
+        for alpha in ADAPT_ALPHAS:
+            model = fit_confidence(features[fit], _subset(outcomes, fit), alpha=alpha, base=base)
+            scores[f"{alpha:g}"].append(report(model.confidence(features[test]), held).apgr)
+    means = {k: round(float(np.mean(v)), 4) for k, v in scores.items() if v}
+    if not means:
+        raise TrainingError("too few rows with outcomes that differ to adapt the base model")
+    best = max(means, key=lambda k: (means[k], k == "base"))
+    if best == "base":
+        return base, Adaptation(None, means)
+    alpha = float(best)
+    return fit_confidence(features, outcomes, alpha=alpha, base=base), Adaptation(alpha, means)
 
 
 def train_model(
@@ -228,79 +146,130 @@ def train_model(
     seed: int = 0,
     holdout_tasks: Sequence[str] = DEFAULT_HOLDOUT_TASKS,
     dev_data: Sequence[Path] = (),
+    base: str | Path | None = None,
     created_by: str | None = None,
-) -> Manifest:
-    """Train on ``data`` minus ``holdout_tasks``, export, measure, and write the model folder.
+) -> tuple[Manifest, Adaptation | None]:
+    """Train on ``data`` minus ``holdout_tasks`` (or adapt ``base`` to it), export, measure, write.
 
-    The shipped model is the one fitted without the held-out tasks, so its holdout AUROC is an
-    honest estimate for unseen subjects. ``dev_data`` (another distribution) is only measured.
+    The shipped model is the one fitted without the held-out tasks, so its holdout numbers are
+    honest estimates for unseen subjects. ``dev_data`` (another distribution) is only measured.
     Raises :class:`TrainingError` if a held-out task is absent or ONNX and scikit-learn disagree.
     """
-    examples, dev = load_labeled(data), (load_labeled(dev_data) if dev_data else [])
+    examples = load_labeled(data)
+    dev = load_labeled(dev_data) if dev_data else []
     held_out = set(holdout_tasks)
     if missing := sorted(held_out - {e.task for e in examples}):
         raise TrainingError(
             f"holdout tasks not in the data: {', '.join(missing)}; name tasks the data has "
             "(its 'task' field), or none (--holdout-tasks with no value) to skip the holdout"
         )
-    fit = [e for e in examples if e.task not in held_out]
-    pipeline = fit_pipeline([e.prompt for e in fit], [e.weak_suffices for e in fit], seed=seed)
-    model, column = export_onnx(pipeline), list(pipeline.classes_).index(1)
-
-    picked = np.random.default_rng(seed).permutation(len(examples))[:200]
+    features = feature_matrix([e.prompt for e in examples])
+    outcomes = Outcomes.from_examples(examples)
+    is_held = np.array([e.task in held_out for e in examples])
+    fit_rows = _subset(outcomes, ~is_held)
+    adaptation = None
+    if base is None:
+        model = fit_confidence(features[~is_held], fit_rows, alpha=ALPHA)
+    else:
+        model, adaptation = adapt(_load_base(base), features[~is_held], fit_rows, seed=seed)
+    onnx_bytes = export_onnx(model)
     parity_texts = [
         *PARITY_TEXTS,
-        *(examples[i].prompt for i in picked),
+        *(e.prompt for e in examples[:200]),
         *(e.prompt for e in dev[:200]),
     ]
-    diff = np.abs(
-        pipeline_confidence(pipeline, parity_texts) - onnx_confidence(model, parity_texts, column)
+    parity_features = feature_matrix(parity_texts)
+    expected = (
+        reference_confidence(model, parity_features)
+        if model.reference is not None
+        else model.confidence(parity_features)
     )
+    diff = np.abs(expected - onnx_confidence(onnx_bytes, parity_features))
     if diff.max() > PARITY_TOLERANCE:
         raise TrainingError(
             f"ONNX and scikit-learn disagree by {diff.max():.2e} (> {PARITY_TOLERANCE}) on "
             f"{parity_texts[int(diff.argmax())][:80]!r}; the export is wrong, not writing {out_dir}"
         )
-    confidence = onnx_confidence(model, [e.prompt for e in examples], column)
-    is_held = np.array([e.task in held_out for e in examples])
-    labels = np.array([e.weak_suffices for e in examples])
-    dev_labels = np.array([e.weak_suffices for e in dev])
-    dev_confidence = onnx_confidence(model, [e.prompt for e in dev], column)
+    confidence = onnx_confidence(onnx_bytes, features)
+    labels = outcomes.weak_suffices
+    dev_outcomes = Outcomes.from_examples(dev) if dev else None
+    dev_confidence = onnx_confidence(onnx_bytes, feature_matrix([e.prompt for e in dev]))
     manifest = Manifest(
         name=name,
         format_version=FORMAT_VERSION,
         file="model.onnx",
-        sha256=hashlib.sha256(model).hexdigest(),
-        opset=_default_opset(model),
-        feature_version=FEATURE_VERSION,
-        input=ModelInput("text", "string", (None, 1), PREPROCESSING),
-        output=ModelOutput("probabilities", column),
+        sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+        opset=17,
+        feature_version=PROMPT_FEATURES_VERSION,
+        input=ModelInput("features", "float", (None, len(FEATURE_NAMES)), FEATURES_PREPROCESSING),
+        output=ModelOutput("probabilities", 1),
         label=LABEL_DEFINITION,
         training_data=tuple(_describe(Path(p)) for p in data),
         # share of training prompts kept on the cheap tier by each threshold
         calibration=tuple(
-            CalibrationPoint(t, round(float(np.mean(confidence >= t)), 4))
+            CalibrationPoint(t, round(float(np.mean(confidence[~is_held] >= t)), 4))
             for t in (round(0.05 * i, 2) for i in range(1, 20))
         ),
         metrics=Metrics(
             holdout_tasks=tuple(sorted(held_out)),
             holdout_rows=int(is_held.sum()),
-            holdout_auroc=_auroc(labels[is_held], confidence[is_held]),
+            holdout_auroc=_round(auroc(labels[is_held], confidence[is_held])),
             dev_files=tuple(Path(p).name for p in dev_data),
             dev_rows=len(dev),
-            dev_auroc=_auroc(dev_labels, dev_confidence),
+            dev_auroc=_round(auroc(dev_outcomes.weak_suffices, dev_confidence))
+            if dev_outcomes
+            else None,
             base_rate_train=round(float(labels[~is_held].mean()), 4),
             base_rate_holdout=_rate(labels[is_held]),
-            base_rate_dev=_rate(dev_labels),
+            base_rate_dev=_rate(dev_outcomes.weak_suffices) if dev_outcomes else None,
+            holdout_apgr=_apgr(confidence[is_held], _subset(outcomes, is_held)),
+            dev_apgr=_apgr(dev_confidence, dev_outcomes) if dev_outcomes else None,
         ),
         parity=Parity(float(f"{diff.max():.3g}"), len(parity_texts)),
         created_by=created_by or f"cascade.training.train_model(name={name!r}, seed={seed})",
         toolchain=_toolchain(),
+        base_model=None if base is None else str(base),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / manifest.file).write_bytes(model)
+    (out_dir / manifest.file).write_bytes(onnx_bytes)
     (out_dir / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
-    return manifest
+    return manifest, adaptation
+
+
+def _load_base(base: str | Path) -> LinearConfidence:
+    directory = model_dir(base)
+    manifest = load_manifest(directory)
+    if manifest.input.preprocessing != FEATURES_PREPROCESSING:
+        raise TrainingError(
+            f"--base {base}: its input is {manifest.input.preprocessing}; only models on "
+            f"{FEATURES_PREPROCESSING} can be adapted"
+        )
+    return read_onnx((directory / manifest.file).read_bytes())
+
+
+def _subset(outcomes: Outcomes, rows: np.ndarray) -> Outcomes:
+    return Outcomes(
+        outcomes.weak_score[rows],
+        outcomes.strong_score[rows],
+        outcomes.weak_cost[rows],
+        outcomes.strong_cost[rows],
+    )
+
+
+def _gap(outcomes: Outcomes) -> float:
+    if len(outcomes.weak_score) == 0:
+        return 0.0
+    return float(abs(outcomes.strong_score.mean() - outcomes.weak_score.mean()) > 1e-12)
+
+
+def _apgr(confidence: np.ndarray, outcomes: Outcomes | None) -> float | None:
+    if outcomes is None or _gap(outcomes) == 0.0:
+        return None
+    return round(report(confidence, outcomes).apgr, 4)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _describe(path: Path) -> DataFile:
@@ -309,66 +278,18 @@ def _describe(path: Path) -> DataFile:
     return DataFile(path.name, rows, hashlib.sha256(data).hexdigest())
 
 
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """AUROC rounded to 4 places, or None when the labels are all one class."""
-    from sklearn.metrics import roc_auc_score  # noqa: PLC0415 - lazy: train-only dependency
-
-    if len(set(labels.tolist())) < 2:
-        return None
-    return round(float(roc_auc_score(labels, scores)), 4)
-
-
 def _rate(labels: np.ndarray) -> float | None:
     return round(float(labels.mean()), 4) if len(labels) else None
 
 
 def _toolchain() -> dict[str, str]:
     """Versions that decide the exported bytes: retraining with others may change the sha256."""
-    return {p: version(p) for p in ("numpy", "scikit-learn", "skl2onnx", "onnx", "onnxruntime")}
+    return {p: version(p) for p in ("numpy", "scikit-learn", "onnx", "onnxruntime")}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: train a model folder from labeled-traffic files and print its metrics."""
-    parser = argparse.ArgumentParser(prog="python -m cascade.training", description=__doc__)
-    parser.add_argument("--data", nargs="+", type=Path, required=True, metavar="FILE")
-    parser.add_argument(
-        "--dev",
-        nargs="*",
-        type=Path,
-        default=[],
-        metavar="FILE",
-        help="labeled traffic of another distribution, measured only",
-    )
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
-    parser.add_argument("--name", help="model name (default: the --out folder's name)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--holdout-tasks",
-        nargs="*",
-        default=list(DEFAULT_HOLDOUT_TASKS),
-        metavar="TASK",
-        help="tasks kept out of fitting (none given: no holdout)",
-    )
-    args = parser.parse_args(argv)
-    words = sys.argv[1:] if argv is None else argv
-    try:
-        manifest = train_model(
-            args.data,
-            args.out,
-            name=args.name or args.out.resolve().name,
-            seed=args.seed,
-            holdout_tasks=args.holdout_tasks,
-            dev_data=args.dev,
-            created_by=shlex.join(["python", "-m", "cascade.training", *words]),
-        )
-    except CascadeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    report = {"sha256": manifest.sha256, **dataclasses.asdict(manifest.metrics)}
-    report["parity_max_abs_diff"] = manifest.parity.max_abs_diff
-    print(json.dumps(report, indent=2))
-    return 0
+if __name__ == "__main__":  # ``python -m cascade.training`` is ``cascade train``
+    import sys
 
+    from cascade.cli import main
 
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

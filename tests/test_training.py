@@ -1,4 +1,5 @@
-"""Training: labeled-traffic loading, the ONNX export's parity with scikit-learn, the manifest."""
+"""Training: labeled-traffic loading, the ONNX export's parity with scikit-learn, the manifest,
+adapting a model to new rows."""
 
 from __future__ import annotations
 
@@ -14,16 +15,12 @@ import numpy as np
 import pytest
 
 from cascade.errors import LabeledDataError, TrainingError
+from cascade.evaluation import Outcomes
+from cascade.feature_model import feature_matrix, fit_confidence, reference_confidence
 from cascade.manifest import Manifest, load_manifest
 from cascade.scoring import OnnxScorer
 from cascade.traffic import load_labeled
-from cascade.training import (
-    PARITY_TEXTS,
-    fit_pipeline,
-    main,
-    pipeline_confidence,
-    train_model,
-)
+from cascade.training import PARITY_TEXTS, train_model
 
 # Messy prompts that are NOT in the training rows below: out-of-vocabulary n-grams must agree too.
 # RUF001 is silenced on some lines: their confusable characters are what the test is about.
@@ -41,6 +38,7 @@ UNSEEN_MESSY = (
 
 EASY_WORDS = ("what", "is", "the", "capital", "color", "name", "hello", "simple", "add", "two")
 HARD_WORDS = ("prove", "derive", "integral", "theorem", "statute", "diagnosis", "eigenvalue")
+HARD_TAIL = "Let x = 3^2 + 4*5 - 7/2; compute 12 * (x - 1) = ? given 2 < x <= 99."
 
 
 def _synthetic_rows(count: int, seed: int) -> list[dict[str, object]]:
@@ -53,10 +51,11 @@ def _synthetic_rows(count: int, seed: int) -> list[dict[str, object]]:
         words = rng.sample(EASY_WORDS if easy else HARD_WORDS, 4)
         messy = PARITY_TEXTS[i % len(PARITY_TEXTS)][: rng.randint(0, 300)]
         weak_ok = easy != (rng.random() < 0.1)
+        tail = "" if easy else HARD_TAIL  # digits and math symbols: what prompt features see
         rows.append({
             "id": f"syn-{i}",
             "task": ("synthetic/a", "synthetic/b", "synthetic/held")[i % 3],
-            "prompt": f"{' '.join(words).title()}?\n\n{messy}",
+            "prompt": f"{' '.join(words).title()}?\n\n{messy}{tail}",
             "weak_score": 1.0 if weak_ok else 0.0,
             "strong_score": 1.0,
             "weak_cost_usd": 1e-5,
@@ -85,7 +84,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     root = tmp_path_factory.mktemp("tiny")
     data = _write_jsonl(root / "train.jsonl", _synthetic_rows(300, seed=1))
     dev = _write_jsonl(root / "dev.jsonl", _synthetic_rows(60, seed=2))
-    manifest = train_model(
+    manifest, _ = train_model(
         [data], root / "model", name="tiny", holdout_tasks=["synthetic/held"], dev_data=[dev]
     )
     return TinyModel(data, root / "model", manifest)
@@ -94,9 +93,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 def test_onnx_matches_scikit_learn_on_messy_text(tiny: TinyModel) -> None:
     """The served ONNX model and the scikit-learn pipeline agree to 1e-5 on messy prompts."""
     fit = [e for e in load_labeled([tiny.data]) if e.task != "synthetic/held"]
-    pipeline = fit_pipeline([e.prompt for e in fit], [e.weak_suffices for e in fit], seed=0)
+    model = fit_confidence(feature_matrix([e.prompt for e in fit]), Outcomes.from_examples(fit))
     texts = [*PARITY_TEXTS, *UNSEEN_MESSY]
-    expected = pipeline_confidence(pipeline, texts)
+    expected = reference_confidence(model, feature_matrix(texts))
     served = np.array(OnnxScorer(tiny.folder, device="cpu").score_batch(texts))
     assert np.abs(served - expected).max() <= 1e-5
     assert tiny.manifest.parity.max_abs_diff <= 1e-5
@@ -106,7 +105,7 @@ def test_onnx_matches_scikit_learn_on_messy_text(tiny: TinyModel) -> None:
 
 def test_training_twice_gives_the_same_bytes(tiny: TinyModel, tmp_path: Path) -> None:
     """Retraining on the same files with the same seed writes a byte-identical model.onnx."""
-    again = train_model([tiny.data], tmp_path, name="tiny", holdout_tasks=["synthetic/held"])
+    again, _ = train_model([tiny.data], tmp_path, name="tiny", holdout_tasks=["synthetic/held"])
     assert again.sha256 == tiny.manifest.sha256
     assert (tmp_path / "model.onnx").read_bytes() == (tiny.folder / "model.onnx").read_bytes()
 
@@ -133,8 +132,11 @@ def test_manifest_records_what_a_policy_author_needs(tiny: TinyModel) -> None:
     )
     assert metrics.holdout_auroc is not None
     assert metrics.dev_auroc is not None
-    # the synthetic label follows the words, so the model must find it
+    # the synthetic label follows the prompt's form, so the model must find it
     assert metrics.holdout_auroc > 0.8
+    assert metrics.holdout_apgr is not None
+    assert metrics.holdout_apgr > 0.7
+    assert manifest.input.preprocessing == "cascade.features.prompt_features"
 
 
 def test_missing_holdout_task_is_refused(tiny: TinyModel, tmp_path: Path) -> None:
@@ -153,15 +155,33 @@ def test_data_with_one_label_is_refused(tmp_path: Path) -> None:
         train_model([data], tmp_path / "out", name="x", holdout_tasks=[])
 
 
-def test_command_line_builds_a_model_folder(tiny: TinyModel, tmp_path: Path) -> None:
-    """``python -m cascade.training`` writes a loadable folder and records the command."""
-    out = tmp_path / "cli-model"
-    code = main(["--data", str(tiny.data), "--out", str(out), "--holdout-tasks", "synthetic/held"])
-    assert code == 0
-    manifest = load_manifest(out)
-    assert manifest.name == "cli-model"
-    assert manifest.sha256 == tiny.manifest.sha256
-    assert manifest.created_by.startswith("python -m cascade.training --data ")
+def test_adapting_keeps_or_improves_the_base(tiny: TinyModel, tmp_path: Path) -> None:
+    """``base=`` fits a correction on new rows, records its base, and stays a loadable model."""
+    rows = _synthetic_rows(200, seed=5)
+    for row in rows:  # the new traffic: the weak tier fails on the long prompts instead
+        long = len(str(row["prompt"])) > 150
+        row["weak_score"] = 0.0 if long else 1.0
+    data = _write_jsonl(tmp_path / "team.jsonl", rows)
+    manifest, adaptation = train_model(
+        [data], tmp_path / "adapted", name="adapted", holdout_tasks=[], base=tiny.folder
+    )
+    assert adaptation is not None
+    assert set(adaptation.cv_apgr) >= {"base", "100"}
+    best = max(adaptation.cv_apgr.values())
+    chosen = "base" if adaptation.alpha is None else f"{adaptation.alpha:g}"
+    assert adaptation.cv_apgr[chosen] == best
+    assert manifest.base_model == str(tiny.folder)
+    scores = OnnxScorer(tmp_path / "adapted", device="cpu").score_batch(
+        [str(r["prompt"]) for r in rows]
+    )
+    assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_adapting_a_text_model_is_refused(tmp_path: Path) -> None:
+    """Only prompt-features models can be adapted; the TF-IDF baseline is named as the problem."""
+    data = _write_jsonl(tmp_path / "team.jsonl", _synthetic_rows(30, seed=6))
+    with pytest.raises(TrainingError, match=r"only models on cascade\.features\.prompt_features"):
+        train_model([data], tmp_path / "x", name="x", holdout_tasks=[], base="tfidf-lr-v1")
 
 
 def test_labels_come_from_the_scores(tmp_path: Path) -> None:
@@ -212,7 +232,7 @@ def test_missing_or_empty_files_are_errors(tmp_path: Path) -> None:
 
 
 def test_importing_training_does_not_import_scikit_learn() -> None:
-    """``import cascade.training`` stays cheap: scikit-learn and skl2onnx load only to train."""
+    """``import cascade.training`` stays cheap: scikit-learn and onnx load only to train."""
     heavy = "('sklearn', 'skl2onnx', 'onnx', 'onnxruntime')"
     code = f"import sys, cascade.training; print(sorted(set({heavy}) & set(sys.modules)))"
     result = subprocess.run(

@@ -20,11 +20,6 @@ Command = Callable[[argparse.Namespace], int]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["train"]:
-        # Training has its own argument parser (and imports scikit-learn only when run).
-        from cascade.training import main as train_main
-
-        return _guarded(lambda: train_main(args[1:]))
     parser = _parser()
     ns = parser.parse_args(args)
     command: Command | None = getattr(ns, "command", None)
@@ -53,7 +48,6 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for group in (route, policy, model, serve, simulate):
         group.register(commands)
-    commands.add_parser("train", help="train a router model (see: cascade train --help)")
     return parser
 
 

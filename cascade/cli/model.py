@@ -3,7 +3,282 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "prompt-features-v1"
+_BATCH = 512
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the router model commands."""
+    train = commands.add_parser(
+        "train",
+        help="train a router model folder from labeled traffic",
+        description="Fit the prompt-features confidence model (or adapt --base to your rows), "
+        "export it to ONNX, check parity, measure it and write DIR/model.onnx + manifest.json.",
+    )
+    train.add_argument("--data", nargs="+", type=Path, required=True, metavar="FILE")
+    train.add_argument(
+        "--dev", nargs="*", type=Path, default=[], metavar="FILE", help="measured only"
+    )
+    train.add_argument(
+        "--holdout-tasks",
+        nargs="*",
+        default=None,
+        metavar="TASK",
+        help="tasks kept out of fitting and measured (default: six MMLU subjects; "
+        "none given: no holdout)",
+    )
+    train.add_argument("--out", type=Path, required=True, metavar="DIR")
+    train.add_argument("--name", help="model name (default: the --out folder's name)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--base", metavar="MODEL", help="adapt this model (name or folder) to --data"
+    )
+    train.set_defaults(command=_train)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="cost-quality curve of a model on labeled traffic, beside random and oracle",
+    )
+    evaluate.add_argument("--data", nargs="+", type=Path, required=True, metavar="FILE")
+    evaluate.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR")
+    evaluate.add_argument("--plot", type=Path, metavar="PNG", help="draw the PGR and cost curves")
+    evaluate.add_argument("--json", action="store_true", help="print machine-readable results")
+    evaluate.set_defaults(command=_eval)
+
+    score = commands.add_parser(
+        "score",
+        help='print {"confidence": x} for each line of a JSONL file of prompts or messages',
+    )
+    score.add_argument("--input", type=Path, required=True, metavar="FILE")
+    score.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR")
+    score.set_defaults(command=_score)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="pick a tier threshold that meets a target on your labeled traffic",
+    )
+    calibrate.add_argument("--data", nargs="+", type=Path, required=True, metavar="FILE")
+    calibrate.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR")
+    target = calibrate.add_mutually_exclusive_group(required=True)
+    target.add_argument("--max-strong-share", type=float, metavar="SHARE")
+    target.add_argument("--min-pgr", type=float, metavar="PGR")
+    calibrate.add_argument("--policy", type=Path, metavar="FILE")
+    calibrate.add_argument("--tier", metavar="NAME", help="the tier whose threshold to set")
+    calibrate.add_argument("--write", action="store_true", help="write the threshold into --policy")
+    calibrate.set_defaults(command=_calibrate)
+
+
+def _train(ns: argparse.Namespace) -> int:
+    from cascade.training import DEFAULT_HOLDOUT_TASKS, train_model
+
+    manifest, adaptation = train_model(
+        ns.data,
+        ns.out,
+        name=ns.name or ns.out.resolve().name,
+        seed=ns.seed,
+        holdout_tasks=DEFAULT_HOLDOUT_TASKS if ns.holdout_tasks is None else ns.holdout_tasks,
+        dev_data=ns.dev,
+        base=ns.base,
+        created_by=_command_line(ns),
+    )
+    result: dict[str, Any] = {"sha256": manifest.sha256, **dataclasses.asdict(manifest.metrics)}
+    result["parity_max_abs_diff"] = manifest.parity.max_abs_diff
+    if adaptation is not None:
+        result["adaptation"] = dataclasses.asdict(adaptation)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _command_line(ns: argparse.Namespace) -> str:
+    """The ``cascade train`` command line that rebuilds this folder."""
+    words = ["cascade", "train", "--data", *map(str, ns.data), "--out", str(ns.out)]
+    if ns.dev:
+        words += ["--dev", *map(str, ns.dev)]
+    if ns.holdout_tasks is not None:
+        words += ["--holdout-tasks", *ns.holdout_tasks]
+    if ns.base:
+        words += ["--base", ns.base]
+    if ns.name:
+        words += ["--name", ns.name]
+    return shlex.join([*words, "--seed", str(ns.seed)])
+
+
+def _labeled_confidence(data: Sequence[Path], model: str) -> tuple[Any, Any]:
+    """(confidence array, Outcomes) of a model on labeled-traffic files."""
+    import numpy as np
+
+    from cascade.evaluation import Outcomes
+    from cascade.scoring import OnnxScorer
+    from cascade.traffic import load_labeled
+
+    examples = load_labeled(data)
+    scorer = OnnxScorer(model, device="cpu")
+    prompts = [e.prompt for e in examples]
+    scores = [
+        s
+        for i in range(0, len(prompts), _BATCH)
+        for s in scorer.score_batch(prompts[i : i + _BATCH])
+    ]
+    return np.array(scores), Outcomes.from_examples(examples)
+
+
+def _eval(ns: argparse.Namespace) -> int:
+    from cascade.evaluation import oracle_confidence, random_confidence, report
+
+    confidence, outcomes = _labeled_confidence(ns.data, ns.model)
+    routers = {
+        "model": confidence,
+        "random": random_confidence(outcomes),
+        "oracle": oracle_confidence(outcomes),
+    }
+    reports = {name: report(c, outcomes) for name, c in routers.items()}
+    result = {
+        "model": str(ns.model),
+        "data": [str(p) for p in ns.data],
+        "rows": len(confidence),
+        "quality_all_weak": round(float(outcomes.weak_score.mean()), 4),
+        "quality_all_strong": round(float(outcomes.strong_score.mean()), 4),
+        "cost_all_weak_ratio": round(
+            float(outcomes.weak_cost.sum() / max(outcomes.strong_cost.sum(), 1e-300)), 4
+        ),
+        **{name: r.as_dict() for name, r in reports.items()},
+    }
+    if ns.plot:
+        _plot(routers, outcomes, ns.plot, title=f"{ns.model} on {ns.data[0].name}")
+        result["plot"] = str(ns.plot)
+    if ns.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"{result['rows']} rows; quality all-weak {result['quality_all_weak']}, "
+        f"all-strong {result['quality_all_strong']}; all-weak costs "
+        f"{result['cost_all_weak_ratio']:.1%} of all-strong"
+    )
+    print(f"{'router':8} {'AUROC':>6} {'APGR':>6}   CPT(50%)        CPT(80%)        CPT(95%)")
+    for name, r in reports.items():
+        cells = "  ".join(f"{s:5.1%} @{c:6.1%}" for s, c in r.cpt.values())
+        roc = "  -   " if r.auroc is None else f"{r.auroc:6.3f}"
+        print(f"{name:8} {roc} {r.apgr:6.3f}   {cells}")
+    print("CPT(p): share of calls sent to the strong tier @ cost relative to all-strong")
+    if ns.plot:
+        print(f"plot: {ns.plot}")
+    return 0
+
+
+def _score(ns: argparse.Namespace) -> int:
+    from cascade.scoring import OnnxScorer
+
+    texts = _read_prompts(ns.input)
+    scorer = OnnxScorer(ns.model, device="cpu")
+    out = sys.stdout
+    for i in range(0, len(texts), _BATCH):
+        for value in scorer.score_batch(texts[i : i + _BATCH]):
+            out.write(json.dumps({"confidence": round(value, 6)}) + "\n")
+    return 0
+
+
+def _calibrate(ns: argparse.Namespace) -> int:
+    from cascade.calibration import threshold_for, write_threshold
+
+    if ns.write and not (ns.policy and ns.tier):
+        print(
+            "cascade calibrate: error: --write needs --policy FILE and --tier NAME", file=sys.stderr
+        )
+        return 2
+    confidence, outcomes = _labeled_confidence(ns.data, ns.model)
+    result = threshold_for(
+        confidence, outcomes, max_strong_share=ns.max_strong_share, min_pgr=ns.min_pgr
+    )
+    target = (
+        f"max-strong-share {ns.max_strong_share}"
+        if ns.max_strong_share is not None
+        else f"min-pgr {ns.min_pgr}"
+    )
+    print(
+        f"threshold {result.threshold:.6g}: {result.strong_share:.1%} of {result.rows} calls to "
+        f"the strong side, PGR {result.pgr:.3f}, cost {result.cost_ratio:.1%} of all-strong "
+        f"(target {target}, model {ns.model})"
+    )
+    if ns.write:
+        text = ns.policy.read_text(encoding="utf-8")
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in ns.data)).hexdigest()
+        provenance = (
+            f"{result.threshold:.6g} from {', '.join(p.name for p in ns.data)} "
+            f"(sha256 {digest[:16]}, {result.rows} rows), target {target}, model {ns.model}, "
+            f"{datetime.date.today().isoformat()}"
+        )
+        new = write_threshold(text, ns.tier, result.threshold, provenance, source=str(ns.policy))
+        ns.policy.write_text(new, encoding="utf-8")
+        print(f"wrote tiers[{ns.tier}].threshold in {ns.policy}")
+    return 0
+
+
+def _read_prompts(path: Path) -> list[str]:
+    """The text to score of each non-blank JSONL line: ``prompt``, or the last user message.
+
+    A bad line raises :class:`~cascade.errors.LabeledDataError` naming ``file:line``.
+    """
+    from cascade.errors import CascadeError, LabeledDataError
+    from cascade.prompt import prepare_prompt
+
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeError) as exc:
+        raise LabeledDataError(f"{path}: cannot read prompts: {exc}") from exc
+    texts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LabeledDataError(f"{where}: not valid JSON: {exc.msg}") from None
+        if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+            texts.append(row["prompt"])
+        elif isinstance(row, dict) and isinstance(row.get("messages"), list):
+            try:
+                texts.append(prepare_prompt(row["messages"]).scoring_text)
+            except CascadeError as exc:
+                raise LabeledDataError(f"{where}: {exc}") from None
+        else:
+            raise LabeledDataError(
+                f"{where}: expected an object with a string 'prompt' or a list 'messages' "
+                "(OpenAI chat messages)"
+            )
+    return texts
+
+
+def _plot(routers: dict[str, Any], outcomes: Any, path: Path, title: str) -> None:
+    """PGR and cost against the strong share for each router, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cascade.evaluation import cost_quality_curve
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name, confidence in routers.items():
+        curve = cost_quality_curve(confidence, outcomes)
+        style = {"random": "--", "oracle": ":"}.get(name, "-")
+        left.plot(curve.strong_share, curve.pgr, style, label=f"{name} (APGR {curve.apgr:.3f})")
+        right.plot(curve.strong_share, curve.cost_ratio, style, label=name)
+    left.set(xlabel="share of calls to the strong tier", ylabel="PGR", title=title)
+    right.set(xlabel="share of calls to the strong tier", ylabel="cost / all-strong cost")
+    for axes in (left, right):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
