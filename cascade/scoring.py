@@ -81,7 +81,7 @@ class OnnxScorer:
 
     def __init__(
         self,
-        model: str | Path = "tfidf-lr-v1",
+        model: str | Path = "prompt-features-v1",
         *,
         device: Device = "auto",
         intra_op_threads: int = 1,

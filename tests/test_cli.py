@@ -19,7 +19,7 @@ WritePolicy = Callable[..., Path]
 
 def test_route_prints_the_decision(capsys: pytest.CaptureFixture[str]) -> None:
     """``cascade route PROMPT`` prints tier, confidence, reason, cost and prefix, and exits 0."""
-    assert main(["route", "What is the capital of France?"]) == 0
+    assert main(["route", "What is 7 times 8?"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("tier        small  (distill-1.5b, self_hosted)\n")
     for label in ("confidence", "reason", "est. cost", "prefix", "moved", "policy"):
@@ -53,7 +53,7 @@ def test_route_reads_the_prompt_from_stdin(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With no prompt argument, the prompt is read from standard input."""
-    monkeypatch.setattr("sys.stdin", io.StringIO("What is the capital of France?\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is 7 times 8?\n"))
     assert main(["route", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tier"] == "small"
 
@@ -61,9 +61,7 @@ def test_route_reads_the_prompt_from_stdin(
 def test_route_with_messages_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--messages FILE`` routes a whole OpenAI-style conversation."""
     path = tmp_path / "chat.json"
-    path.write_text(
-        json.dumps({"messages": [{"role": "user", "content": "What is the capital of France?"}]})
-    )
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "What is 7 times 8?"}]}))
     assert main(["route", "--messages", str(path)]) == 0
     assert capsys.readouterr().out.startswith("tier        small")
 
@@ -144,8 +142,8 @@ def test_policy_check_fails_a_probe_that_routes_elsewhere(
     """A probe that routes to another tier fails the check and shows the reason."""
     probes = (
         "probes:\n"
-        "  - {name: easy, prompt: 'What is the capital of France?', expect: small}\n"
-        "  - {name: wrong, prompt: 'What is the capital of France?', expect: big}\n"
+        "  - {name: easy, prompt: 'What is 7 times 8?', expect: small}\n"
+        "  - {name: wrong, prompt: 'What is 7 times 8?', expect: big}\n"
     )
     path = write_policy(TWO_TIERS + probes)
     assert main(["policy", "check", str(path)]) == 1

@@ -90,9 +90,9 @@ def test_calibrate_writes_the_threshold_into_the_policy(
     args = ["calibrate", "--data", str(labeled), "--max-strong-share", "0.3"]
     assert main([*args, "--policy", str(policy), "--tier", "frontier", "--write"]) == 2
     assert "cascade: error:" in capsys.readouterr().err  # frontier must stay below medium
-    assert main([*args, "--policy", str(policy), "--tier", "medium", "--write"]) == 0
+    assert main([*args, "--policy", str(policy), "--tier", "small", "--write"]) == 0
     out = capsys.readouterr().out
     threshold = float(out.split()[1].rstrip(":"))
-    assert parse_policy(policy.read_text("utf-8")).tier("medium").threshold == threshold
+    assert parse_policy(policy.read_text("utf-8")).tier("small").threshold == threshold
     assert "# calibrated:" in policy.read_text("utf-8")
     assert "rows.jsonl" in policy.read_text("utf-8")

@@ -37,13 +37,13 @@ class FixedScorer:
 
 def test_route_a_bare_prompt_with_the_default_policy() -> None:
     """A prompt string is routed with the shipped policy and model, with a reason and a cost."""
-    decision = cascade.route("What is the capital of France?")
+    decision = cascade.route("What is 7 times 8?")
     assert decision.tier == "small"
     assert decision.policy == "default"
     assert decision.reason.startswith("confidence ")
     assert decision.estimated_cost_usd is not None
     assert decision.estimated_cost_usd > 0
-    assert decision.messages == ({"role": "user", "content": "What is the capital of France?"},)
+    assert decision.messages == ({"role": "user", "content": "What is 7 times 8?"},)
 
 
 def test_route_returns_cache_friendly_messages() -> None:

@@ -172,7 +172,7 @@ class PromptSettings(_Strict):
 class ScorerSettings(_Strict):
     """Which confidence model scores requests, and where."""
 
-    model: str = "tfidf-lr-v1"
+    model: str = "prompt-features-v1"
     """A model shipped in router_models/ (by name) or a path to a model folder."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: the GPU when onnxruntime-gpu can use one, else the CPU."""

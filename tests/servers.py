@@ -1,0 +1,101 @@
+"""Simulated tiers on loopback for tests: start one, get its URL, always shut it down.
+
+    with running_tier(profile="1.5b", time_scale=0.01, max_concurrency=8) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x")
+
+``url`` is the server's root (``http://127.0.0.1:PORT``): the OpenAI base URL is ``url + "/v1"``,
+``/metrics`` and ``/health`` hang off the root. The server runs under uvicorn in a background
+thread on a free port; the helper polls until it accepts requests (never sleeps a fixed time)
+and stops it on exit, even when the test fails. The shipped labeled data is loaded once per test
+process and shared by every tier started here.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import anyio.to_thread
+import uvicorn
+
+from cascade.simulator.labels import LabelTable
+from cascade.simulator.profiles import Overload
+from cascade.simulator.server import create_app
+from cascade.simulator.settings import SimulatorSettings
+
+__all__ = ["async_running_tier", "running_tier", "shared_labels"]
+
+_START_TIMEOUT_S = 10.0
+
+
+@functools.cache
+def shared_labels() -> LabelTable:
+    """The shipped labeled data, loaded once per test process."""
+    return LabelTable.load()
+
+
+@contextmanager
+def running_tier(
+    profile: str = "1.5b",
+    *,
+    time_scale: float = 0.01,
+    max_concurrency: int | None = None,
+    overload: Overload | None = None,
+    models: tuple[str, ...] = (),
+) -> Iterator[str]:
+    """Run a simulated tier on ``127.0.0.1``, port 0; yield its root URL; stop it on exit."""
+    settings = SimulatorSettings(
+        profile=profile,
+        time_scale=time_scale,
+        max_concurrency=max_concurrency,
+        overload=overload,
+        models=models,
+    )
+    app = create_app(settings, labels=shared_labels())
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"sim-{profile}", daemon=True)
+    thread.start()
+    try:
+        started = threading.Event()
+        # Poll uvicorn's own flag: set once the socket is bound and the lifespan has run.
+        for _ in range(int(_START_TIMEOUT_S / 0.01)):
+            if server.started:
+                started.set()
+                break
+            if not thread.is_alive():
+                break
+            thread.join(0.01)
+        if not started.is_set():
+            raise RuntimeError(f"the simulated {profile} tier did not start")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(_START_TIMEOUT_S)
+
+
+@asynccontextmanager
+async def async_running_tier(
+    profile: str = "1.5b",
+    *,
+    time_scale: float = 0.01,
+    max_concurrency: int | None = None,
+    overload: Overload | None = None,
+    models: tuple[str, ...] = (),
+) -> AsyncIterator[str]:
+    """:func:`running_tier` for async tests: start and stop happen off the event loop."""
+    manager = running_tier(
+        profile,
+        time_scale=time_scale,
+        max_concurrency=max_concurrency,
+        overload=overload,
+        models=models,
+    )
+    url = await anyio.to_thread.run_sync(manager.__enter__)
+    try:
+        yield url
+    finally:
+        await anyio.to_thread.run_sync(manager.__exit__, None, None, None)
