@@ -121,10 +121,10 @@ def _by_confidence(tiers: list[Tier], confidence: float) -> tuple[Tier, str]:
         if confidence >= tier.threshold:
             head = f"confidence {confidence:.3f}"
             if not passed:
-                return tier, f"{head} clears {tier.name}'s threshold {tier.threshold:.2f}"
+                return tier, f"{head} clears {tier.name}'s threshold {tier.threshold:.3f}"
             below = " and ".join(passed)
-            return tier, f"{head} is below {below}; {tier.name} ({tier.threshold:.2f}) takes it"
-        passed.append(f"{tier.name}'s threshold {tier.threshold:.2f}")
+            return tier, f"{head} is below {below}; {tier.name} ({tier.threshold:.3f}) takes it"
+        passed.append(f"{tier.name}'s threshold {tier.threshold:.3f}")
     last = tiers[-1]
     return last, (
         f"confidence {confidence:.3f} is below every threshold; "

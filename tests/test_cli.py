@@ -151,7 +151,7 @@ def test_policy_check_fails_a_probe_that_routes_elsewhere(
     assert out[0].startswith(f"FAIL {path}: policy 'team-a', 2 tiers, 1/2 probes pass")
     assert out[1].startswith("  ok   'easy' -> small")
     assert out[2].startswith("  FAIL 'wrong' expected big, got small")
-    assert "clears small's threshold 0.70" in out[3]
+    assert "clears small's threshold 0.700" in out[3]
 
 
 def test_policy_schema_prints_json(capsys: pytest.CaptureFixture[str]) -> None:

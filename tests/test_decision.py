@@ -58,7 +58,7 @@ def test_confident_request_goes_to_the_cheapest_tier(
     """A confidence above the first threshold routes to the first tier and says why."""
     d = decide(policy, 0.9, prompt, capacity=StaticCapacity())
     assert (d.tier, d.model, d.kind) == ("small", "distill-1.5b", "self_hosted")
-    assert d.reason == "confidence 0.900 clears small's threshold 0.80"
+    assert d.reason == "confidence 0.900 clears small's threshold 0.800"
     assert d.spilled_from is None
     assert not d.queued
 
@@ -69,14 +69,14 @@ def test_middling_confidence_goes_to_the_middle_tier(
     """A confidence between thresholds skips the tiers it does not clear, naming them."""
     d = decide(policy, 0.6, prompt, capacity=StaticCapacity())
     assert d.tier == "medium"
-    assert d.reason == "confidence 0.600 is below small's threshold 0.80; medium (0.50) takes it"
+    assert d.reason == "confidence 0.600 is below small's threshold 0.800; medium (0.500) takes it"
 
 
 def test_low_confidence_goes_to_the_frontier(policy: Policy, prompt: PreparedPrompt) -> None:
     """A low confidence falls through to the last tier, which takes everything."""
     d = decide(policy, 0.1, prompt, capacity=StaticCapacity())
     assert d.tier == "frontier"
-    assert "below small's threshold 0.80 and medium's threshold 0.50" in d.reason
+    assert "below small's threshold 0.800 and medium's threshold 0.500" in d.reason
 
 
 def test_saturated_tier_spills_to_its_overflow(policy: Policy, prompt: PreparedPrompt) -> None:
