@@ -19,13 +19,14 @@ from contextlib import asynccontextmanager, contextmanager
 
 import anyio.to_thread
 import uvicorn
+from starlette.types import ASGIApp
 
 from cascade.simulator.labels import LabelTable
 from cascade.simulator.profiles import Overload
 from cascade.simulator.server import create_app
 from cascade.simulator.settings import SimulatorSettings
 
-__all__ = ["async_running_tier", "running_tier", "shared_labels"]
+__all__ = ["async_running_tier", "running_tier", "serving", "shared_labels"]
 
 _START_TIMEOUT_S = 10.0
 
@@ -53,23 +54,25 @@ def running_tier(
         overload=overload,
         models=models,
     )
-    app = create_app(settings, labels=shared_labels())
+    with serving(create_app(settings, labels=shared_labels())) as url:
+        yield url
+
+
+@contextmanager
+def serving(app: ASGIApp) -> Iterator[str]:
+    """Run any ASGI app under uvicorn on a free loopback port; yield its base URL; stop it."""
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on")
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"sim-{profile}", daemon=True)
+    thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        started = threading.Event()
         # Poll uvicorn's own flag: set once the socket is bound and the lifespan has run.
         for _ in range(int(_START_TIMEOUT_S / 0.01)):
-            if server.started:
-                started.set()
-                break
-            if not thread.is_alive():
+            if server.started or not thread.is_alive():
                 break
             thread.join(0.01)
-        if not started.is_set():
-            raise RuntimeError(f"the simulated {profile} tier did not start")
+        if not server.started:
+            raise RuntimeError("the test server did not start")
         port = server.servers[0].sockets[0].getsockname()[1]
         yield f"http://127.0.0.1:{port}"
     finally:

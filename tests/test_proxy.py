@@ -18,7 +18,8 @@ from openai.types.chat import ChatCompletionFunctionToolParam
 
 from cascade.server.app import create_app
 from cascade.server.settings import ServerSettings
-from tests.upstreams import ScriptedTier, closed_port, serving
+from tests.servers import serving
+from tests.upstreams import ScriptedTier, closed_port
 
 POLICY = """\
 name: proxytest

@@ -14,8 +14,7 @@ from openai.types.chat import ChatCompletionFunctionToolParam
 
 from cascade.server.app import create_app
 from cascade.server.settings import ServerSettings
-from tests.servers import running_tier
-from tests.upstreams import serving
+from tests.servers import running_tier, serving
 
 # The default policy's tiers, pointed at simulated servers (frontier through litellm).
 POLICY = """\
