@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -65,6 +66,10 @@ class Proxy:
             self.default = self.default or policy.name
         if self.settings.reload_interval_s > 0:
             self._reloader = asyncio.create_task(self._watch())
+        # Everything loaded so far (model, policies, litellm) lives as long as the process: keep
+        # the cyclic collector from walking it on every full collection during requests.
+        gc.collect()
+        gc.freeze()
 
     async def close(self) -> None:
         """Stop reloading, finish queued scoring and close the HTTP session."""
