@@ -11,6 +11,7 @@ catch one type. Each message says what went wrong, where, and what is allowed::
      │    └── RuntimeMissingError   onnxruntime is not installed
      ├── RoutingError           a request cannot be routed (empty messages, unknown workload, …)
      ├── TierError              a call to a tier failed (saturated, 429, 5xx, timeout, refused, …)
+     ├── LedgerError            the ledger cannot store or read a row (bad record, URL, spool)
      ├── LabeledDataError       a labeled-traffic file is unreadable or has an invalid row
      └── TrainingError          a router model cannot be trained or exported as asked
 """
@@ -42,6 +43,10 @@ class RuntimeMissingError(ScorerError):
 
 class RoutingError(CascadeError):
     """A request cannot be routed as given."""
+
+
+class LedgerError(CascadeError):
+    """The ledger cannot do what was asked (bad record, bad URL, unreadable spool, …)."""
 
 
 class LabeledDataError(CascadeError):

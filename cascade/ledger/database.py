@@ -1,0 +1,84 @@
+"""Which database the ledger uses, and the async engine that reaches it.
+
+The URL comes from, in order: the ``url`` argument, the ``CASCADE_DATABASE_URL`` environment
+variable, or an SQLite file ``cascade.db`` in the working directory. Plain URLs are given the
+async driver this project ships with: ``postgresql://`` (or ``postgres://``) becomes
+``postgresql+asyncpg://`` and ``sqlite://`` becomes ``sqlite+aiosqlite://``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from cascade.errors import LedgerError
+
+DATABASE_URL_ENV = "CASCADE_DATABASE_URL"
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///cascade.db"
+
+# An outage must be noticed in seconds, not after asyncpg's default 60 s connect timeout: the
+# writer spools the batch meanwhile, and a clean shutdown waits on this.
+POSTGRES_CONNECT_TIMEOUT_S = 5.0
+
+_ASYNC_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+
+
+def database_url(url: str | None = None, environ: Mapping[str, str] | None = None) -> URL:
+    """Resolve the ledger's URL (argument, then ``CASCADE_DATABASE_URL``, then ``cascade.db``)."""
+    env = os.environ if environ is None else environ
+    raw = url or env.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
+    try:
+        parsed = make_url(raw)
+    except ArgumentError as exc:
+        raise LedgerError(
+            f"database URL {raw!r} is not a URL; expected e.g. sqlite:///cascade.db or "
+            "postgresql://user@host:5432/db"
+        ) from exc
+    driver = _ASYNC_DRIVERS.get(parsed.drivername, parsed.drivername)
+    if driver not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
+        raise LedgerError(
+            f"database URL {parsed.render_as_string(hide_password=True)!r}: unsupported driver "
+            f"{parsed.drivername!r}; the ledger supports postgresql (asyncpg) and "
+            "sqlite (aiosqlite)"
+        )
+    return parsed.set(drivername=driver)
+
+
+def create_engine(
+    url: str | URL | None = None, *, connect_args: Mapping[str, Any] | None = None
+) -> AsyncEngine:
+    """An async engine for the ledger's database; nothing connects until first use.
+
+    ``connect_args`` reach the driver's ``connect()`` (for asyncpg, e.g.
+    ``{"server_settings": {"search_path": "my_schema"}}``).
+    """
+    resolved = url if isinstance(url, URL) else database_url(url)
+    args: dict[str, Any] = {}
+    if resolved.get_backend_name() == "postgresql":
+        args["timeout"] = POSTGRES_CONNECT_TIMEOUT_S
+    args.update(connect_args or {})
+    # pre-ping: after a Postgres restart the pool holds dead connections; test before use.
+    engine = create_async_engine(resolved, connect_args=args, pool_pre_ping=True)
+    if resolved.get_backend_name() == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # SQLite enforces foreign keys only when asked, per connection; WAL lets readers (reports)
+    # run while the writer commits, and a busy timeout waits out their locks instead of failing.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()

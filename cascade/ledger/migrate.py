@@ -1,0 +1,73 @@
+"""Run the shipped Alembic migrations from code: no ``alembic.ini`` is needed or read.
+
+The migrations live in ``migrations/`` (a source checkout) or inside the installed wheel;
+:func:`cascade.resources.resource_dir` finds either. Each function takes the ledger's async
+engine and runs Alembic on one of its connections, inside one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cascade.ledger.models import metadata
+from cascade.resources import resource_dir
+
+
+def alembic_config() -> Config:
+    """An Alembic configuration pointing at the shipped migrations."""
+    config = Config()
+    config.set_main_option("script_location", str(resource_dir("migrations")))
+    return config
+
+
+def head_revision() -> str | None:
+    """The newest revision the shipped migrations define."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Migrate the database up to ``revision`` (default: the newest)."""
+    await _with_connection(engine, lambda config: command.upgrade(config, revision))
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Migrate the database down to ``revision`` (``base`` removes the ledger's tables)."""
+    await _with_connection(engine, lambda config: command.downgrade(config, revision))
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database is at, or None when it was never migrated."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
+
+
+async def schema_differences(engine: AsyncEngine) -> list[Any]:
+    """Differences between the database and the models, empty when they match (alembic check)."""
+
+    def compare(sync: Connection) -> list[Any]:
+        context = MigrationContext.configure(sync, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(compare)
+
+
+async def _with_connection(engine: AsyncEngine, run: Callable[[Config], None]) -> None:
+    def in_sync(sync: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = sync
+        run(config)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(in_sync)

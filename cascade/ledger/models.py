@@ -1,0 +1,167 @@
+"""The ledger's tables: ``requests`` (one row per client request), ``attempts`` (one per call).
+
+Money is exact: ``NUMERIC(18, 10)`` on Postgres. SQLite has no exact decimal type (a NUMERIC column
+there stores a binary float), so on SQLite money is kept as the decimal's text and turned back into
+a :class:`~decimal.Decimal` on read; SQLite's ``SUM()`` still adds such text as numbers. Timestamps
+are stored in UTC and always read back timezone-aware, whatever the database.
+
+The constraint naming convention makes every index and constraint name predictable, so migrations
+can name what they drop and ``alembic check`` compares like with like.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+MONEY_PRECISION = 18
+MONEY_SCALE = 10
+
+
+class Money(TypeDecorator[Decimal]):
+    """US dollars as an exact decimal: ``NUMERIC(18, 10)``, or its text on SQLite."""
+
+    impl = Numeric(MONEY_PRECISION, MONEY_SCALE, asdecimal=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(40))
+        return dialect.type_descriptor(Numeric(MONEY_PRECISION, MONEY_SCALE, asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            # Quantize like NUMERIC(18, 10) would, so both databases give back the same amount.
+            return str(value.quantize(Decimal(1).scaleb(-MONEY_SCALE)))
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if isinstance(value, Decimal):
+            return value
+        # str from a stored row; int or float from an SQLite aggregate such as SUM().
+        return Decimal(str(value))
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp with time zone, stored in UTC and read back timezone-aware."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the ledger stores timezone-aware times")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        # SQLite keeps no zone: what it stored was UTC.
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the ledger's tables, with the naming convention on its metadata."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Request(Base):
+    """One client request (see :class:`cascade.ledger.records.RequestRecord` for each column)."""
+
+    __tablename__ = "requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    tenant: Mapped[str | None] = mapped_column(String())
+    policy: Mapped[str] = mapped_column(String())
+    policy_version: Mapped[str] = mapped_column(String())
+    workload: Mapped[str] = mapped_column(String())
+    confidence: Mapped[float | None] = mapped_column(Float)
+    decision_reason: Mapped[str] = mapped_column(String())
+    first_tier: Mapped[str | None] = mapped_column(String())
+    final_tier: Mapped[str | None] = mapped_column(String())
+    status: Mapped[str] = mapped_column(String())
+    http_status: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    prefix_hash: Mapped[str | None] = mapped_column(String())
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    cost_usd: Mapped[Decimal] = mapped_column(Money())
+    useful_tokens: Mapped[int] = mapped_column(Integer)
+    useless: Mapped[bool] = mapped_column(Boolean)
+    estimated: Mapped[bool] = mapped_column(Boolean)
+    stream: Mapped[bool] = mapped_column(Boolean)
+
+    __table_args__ = (
+        Index("ix_requests_created_at", "created_at"),
+        Index("ix_requests_tenant_created_at", "tenant", "created_at"),
+        Index("ix_requests_policy_created_at", "policy", "created_at"),
+        Index("ix_requests_final_tier_created_at", "final_tier", "created_at"),
+    )
+
+
+class Attempt(Base):
+    """One call to one tier (see :class:`cascade.ledger.records.AttemptRecord`)."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(
+        String(), ForeignKey("requests.request_id", ondelete="CASCADE")
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    tier: Mapped[str] = mapped_column(String())
+    model: Mapped[str] = mapped_column(String())
+    role: Mapped[str] = mapped_column(String())
+    outcome: Mapped[str] = mapped_column(String())
+    reason: Mapped[str | None] = mapped_column(String())
+    error_class: Mapped[str | None] = mapped_column(String())
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    cost_usd: Mapped[Decimal] = mapped_column(Money())
+    estimated: Mapped[bool] = mapped_column(Boolean)
+    latency_ms: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        UniqueConstraint("request_id", "seq"),
+        Index("ix_attempts_tier", "tier"),
+    )
+
+
+metadata = Base.metadata
+"""The ledger's :class:`~sqlalchemy.MetaData`: what the migrations must produce."""
