@@ -107,6 +107,9 @@ def main() -> None:
     parser.add_argument("--upstream-port", type=int, default=9101)
     parser.add_argument("--proxy-port", type=int, default=9102)
     parser.add_argument("--workers", type=int, default=1, help="proxy worker processes")
+    parser.add_argument(
+        "--ledger", choices=["off", "sqlite"], default="off", help="record requests (in a temp dir)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench_proxy needs wrk: apt-get install wrk")
@@ -140,13 +143,24 @@ def main() -> None:
                     "warning",
                     "--workers",
                     str(args.workers),
+                    *(
+                        ["--no-ledger"]
+                        if args.ledger == "off"
+                        else [
+                            "--database-url",
+                            f"sqlite:///{tmp}/bench.db",
+                            "--spool",
+                            f"{tmp}/bench.spool",
+                        ]
+                    ),
                 ],
                 f"{proxy}/readyz",
             ),
         ):
             httpx.post(f"{proxy}/v1/chat/completions", json=_BODY, timeout=30).raise_for_status()
             print(
-                f"proxy added latency and throughput; {args.workers} proxy worker(s); wrk, 1 "
+                f"proxy added latency and throughput; {args.workers} proxy worker(s), ledger "
+                f"{args.ledger}; wrk, 1 "
                 f"thread, {args.seconds} s per run"
             )
             print(

@@ -33,6 +33,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument(
         "--workers", type=int, default=1, help="worker processes (each loads policies and model)"
     )
+    serve.add_argument(
+        "--database-url",
+        help="the cost ledger (default: $CASCADE_DATABASE_URL, else sqlite:///cascade.db here)",
+    )
+    serve.add_argument("--no-ledger", action="store_true", help="do not record requests")
+    serve.add_argument(
+        "--spool", default="cascade-ledger.spool", help="where rows wait while the database is down"
+    )
     serve.set_defaults(command=_serve)
 
 
@@ -40,6 +48,7 @@ def _serve(ns: argparse.Namespace) -> int:
     import uvicorn
 
     from cascade.errors import CascadeError
+    from cascade.ledger import DATABASE_URL_ENV
     from cascade.logs import configure_json_logs
     from cascade.server.app import SETTINGS_ENV, create_app
     from cascade.server.settings import ServerSettings
@@ -51,8 +60,15 @@ def _serve(ns: argparse.Namespace) -> int:
             raise CascadeError(f"--api-key-env {ns.api_key_env}: that variable is not set")
         keys = frozenset({key})
     configure_json_logs(ns.log_level)
+    ledger_url = None
+    if not ns.no_ledger:
+        ledger_url = ns.database_url or os.environ.get(DATABASE_URL_ENV) or "sqlite:///cascade.db"
     settings = ServerSettings(
-        policies=tuple(ns.policy or ["default"]), max_body_bytes=ns.max_body_bytes, api_keys=keys
+        policies=tuple(ns.policy or ["default"]),
+        max_body_bytes=ns.max_body_bytes,
+        api_keys=keys,
+        database_url=ledger_url,
+        spool_path=ns.spool,
     )
     if ns.workers > 1:
         # Worker processes build the app themselves, from settings handed over in the environment.

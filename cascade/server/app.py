@@ -8,6 +8,7 @@ scorer's micro-batcher — is built in the lifespan. Client mistakes get OpenAI'
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -39,6 +40,7 @@ from cascade.server.openai_format import (
     sse,
 )
 from cascade.server.proxy import Proxy
+from cascade.server.recording import attempt_records, request_record
 from cascade.server.settings import ServerSettings
 from cascade.streaming import StreamRun, open_stream
 
@@ -104,6 +106,7 @@ def create_app(settings: ServerSettings) -> Starlette:
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/feedback", feedback, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -131,6 +134,8 @@ async def chat_completions(request: Request) -> Response:
             run = await open_stream(router, body, decision)
             return _relay(
                 run,
+                proxy=proxy,
+                tenant=request.headers.get("x-cascade-tenant"),
                 chat=chat,
                 decision=decision,
                 request_id=request_id,
@@ -159,6 +164,19 @@ async def chat_completions(request: Request) -> Response:
             "request.failed", request_id=request_id, status=status, error=str(exc), attempts=tried
         )
         metrics.requests.labels(router.policy.name, exc.tier, "error").inc()
+        proxy.record(
+            request_record(
+                request_id=request_id,
+                decision=decision,
+                attempts=exc.attempts,
+                final_tier=None,
+                http_status=status,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                tenant=request.headers.get("x-cascade-tenant"),
+                stream=chat.stream,
+            ),
+            attempt_records(exc.attempts),
+        )
         return error_response(
             status,
             f"no tier could answer: {exc} (tried {tried})",
@@ -166,6 +184,19 @@ async def chat_completions(request: Request) -> Response:
             headers={"x-cascade-request-id": request_id},
         )
     _record(metrics, router.policy.name, completion)
+    proxy.record(
+        request_record(
+            request_id=request_id,
+            decision=decision,
+            attempts=completion.attempts,
+            final_tier=completion.tier,
+            http_status=200,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            tenant=request.headers.get("x-cascade-tenant"),
+            stream=chat.stream,
+        ),
+        attempt_records(completion.attempts),
+    )
     headers = _headers(completion)
     log.info(
         "request.completed",
@@ -193,6 +224,8 @@ async def chat_completions(request: Request) -> Response:
 def _relay(
     run: StreamRun,
     *,
+    proxy: Proxy,
+    tenant: str | None,
     chat: ChatRequest,
     decision: Decision,
     request_id: str,
@@ -223,6 +256,19 @@ def _relay(
             )
         outcome = "ok" if run.error is None else "error"
         metrics.requests.labels(policy, run.tier.name, outcome).inc()
+        proxy.record(
+            request_record(
+                request_id=request_id,
+                decision=decision,
+                attempts=run.attempts,
+                final_tier=run.tier.name,
+                http_status=200 if run.error is None else 502,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                tenant=tenant,
+                stream=True,
+            ),
+            attempt_records(run.attempts),
+        )
         for attempt in run.attempts:
             metrics.attempts.labels(attempt.tier, attempt.role, attempt.outcome).inc()
             metrics.cost.labels(policy, attempt.tier).inc(float(attempt.cost_usd))
@@ -294,6 +340,37 @@ def _record(metrics: Metrics, policy: str, completion: Completion) -> None:
     for attempt in completion.attempts:
         metrics.attempts.labels(attempt.tier, attempt.role, attempt.outcome).inc()
         metrics.cost.labels(policy, attempt.tier).inc(float(attempt.cost_usd))
+
+
+async def feedback(request: Request) -> Response:
+    """Mark a request's answer useless: ``{"request_id": "req_…", "useless": true}``.
+
+    Its output tokens then stop counting as useful, so cost per useful token shows the waste.
+    """
+    proxy: Proxy = request.state.proxy
+    try:
+        _authenticate(request, proxy)
+        body = json.loads(await _read_body(request, 64 * 1024))
+        request_id = body.get("request_id") if isinstance(body, dict) else None
+        if not isinstance(request_id, str) or not request_id:
+            raise BadRequestError(
+                400,
+                "request_id: a string from x-cascade-request-id is required",
+                param="request_id",
+            )
+        if body.get("useless", True) is not True:
+            raise BadRequestError(
+                400, "useless: only true is accepted (answers start useful)", param="useless"
+            )
+        if not await proxy.mark_useless(request_id):
+            raise BadRequestError(
+                404, f"no request {request_id!r} in the ledger", param="request_id"
+            )
+    except BadRequestError as exc:
+        return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
+    except ValueError as exc:
+        return error_response(400, f"the request body is not valid JSON: {exc}")
+    return JSONResponse({"request_id": request_id, "useless": True})
 
 
 async def models(request: Request) -> Response:

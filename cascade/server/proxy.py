@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +16,8 @@ import structlog
 from cascade.batching import MicroBatcher
 from cascade.capacity import InFlightCounter
 from cascade.errors import CascadeError
+from cascade.ledger import AttemptRecord, Ledger, LedgerWriter, RequestRecord, create_engine
+from cascade.ledger.migrate import upgrade
 from cascade.policy.loading import load_policy
 from cascade.policy.model import Policy, Tier
 from cascade.pricing import Rates
@@ -47,6 +49,8 @@ class Proxy:
         self._clients: dict[str, TierClient] = {}
         self._api: LiteLLMClient | None = None
         self._stack = AsyncExitStack()
+        self.ledger: Ledger | None = None
+        self.writer: LedgerWriter | None = None
         self._reloader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -64,6 +68,8 @@ class Proxy:
             self._files[policy.name] = (path, os.stat(path).st_mtime)
             self.routers[policy.name] = await self._router(policy)
             self.default = self.default or policy.name
+        if self.settings.database_url is not None:
+            await self._open_ledger(self.settings.database_url)
         if self.settings.reload_interval_s > 0:
             self._reloader = asyncio.create_task(self._watch())
         # Everything loaded so far (model, policies, litellm) lives as long as the process: keep
@@ -72,14 +78,40 @@ class Proxy:
         gc.freeze()
 
     async def close(self) -> None:
-        """Stop reloading, finish queued scoring and close the HTTP session."""
+        """Stop reloading, flush the ledger, finish queued scoring, close the HTTP session."""
         if self._reloader is not None:
             self._reloader.cancel()
+        if self.writer is not None:
+            await self.writer.aclose()  # every acknowledged row: in the database or the spool
+        if self.ledger is not None:
+            await self.ledger.aclose()
         for batcher in self._batchers.values():
             await batcher.aclose()
         if self._api is not None:
             await self._api.aclose()
         await self._stack.aclose()
+
+    async def _open_ledger(self, url: str) -> None:
+        engine = create_engine(url)
+        if self.settings.migrate_on_start:
+            await upgrade(engine)
+        self.ledger = Ledger(engine)
+        self.writer = LedgerWriter(self.ledger, self.settings.spool_path)
+        await self.writer.start()  # replays rows a previous run left in the spool
+
+    def record(self, request: RequestRecord, attempts: Sequence[AttemptRecord]) -> None:
+        """Hand one request's rows to the ledger writer (never blocks; no-op without a ledger)."""
+        if self.writer is not None:
+            self.writer.submit(request, attempts)
+
+    async def mark_useless(self, request_id: str) -> bool:
+        """Mark a request's answer useless; False when the ledger has no such request."""
+        if self.ledger is None or self.writer is None:
+            raise BadRequestError(404, "this proxy keeps no ledger (start it with a database)")
+        if await self.ledger.mark_useless(request_id):
+            return True
+        await self.writer.flush()  # the row may still be on its way to the database
+        return await self.ledger.mark_useless(request_id)
 
     def resolve(self, model: str) -> tuple[Router, str | None]:
         """The router for a request's model name, and the tier it pins (None: route it)."""

@@ -20,6 +20,12 @@ class ServerSettings:
     """Bearer tokens clients must send; empty means no authentication (a sidecar on loopback)."""
     reload_interval_s: float = 1.0
     """How often policy files are checked for changes (0 disables reloading)."""
+    database_url: str | None = None
+    """The ledger's database (``sqlite:///cascade.db``, ``postgresql://…``); None: no ledger."""
+    spool_path: str = "cascade-ledger.spool"
+    """Where ledger rows wait while the database is unreachable (replayed when it is back)."""
+    migrate_on_start: bool = True
+    """Bring the ledger's schema up to date at start-up (``cascade db upgrade`` does it by hand)."""
     batch_scoring: Literal["auto", "always", "never"] = "auto"
     """Micro-batch scoring in a worker thread. ``auto``: only when the scorer runs on a GPU. On
     CPU the shipped model scores a batch no faster than one prompt at a time, and the hand-off to

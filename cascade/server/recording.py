@@ -1,0 +1,76 @@
+"""What the proxy writes to the ledger for each routed request: the request and its attempts.
+
+Requests refused before routing (malformed JSON, unknown model, over the size limit) reach no
+tier and cost nothing; they are answered and logged, but not recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+from cascade.decision import Decision
+from cascade.ledger import AttemptRecord, RequestRecord
+from cascade.router import Attempt
+
+
+def attempt_records(attempts: Sequence[Attempt]) -> tuple[AttemptRecord, ...]:
+    """One ledger row per tier call, in call order."""
+    return tuple(
+        AttemptRecord(
+            seq=seq,
+            tier=a.tier,
+            model=a.model,
+            role=a.role,
+            outcome=a.outcome,
+            reason=a.reason,
+            error_class=a.error_class,
+            prompt_tokens=a.usage.prompt_tokens if a.usage else 0,
+            cached_tokens=a.usage.cached_tokens if a.usage else 0,
+            completion_tokens=a.usage.completion_tokens if a.usage else 0,
+            cost_usd=a.cost_usd,
+            estimated=bool(a.usage and a.usage.estimated),
+            latency_ms=round(a.latency_s * 1000, 3),
+        )
+        for seq, a in enumerate(attempts)
+    )
+
+
+def request_record(
+    *,
+    request_id: str,
+    decision: Decision,
+    attempts: Sequence[Attempt],
+    final_tier: str | None,
+    http_status: int,
+    latency_ms: float,
+    tenant: str | None,
+    stream: bool,
+) -> RequestRecord:
+    """The request's row: totals over every attempt; useful tokens from the delivered answer."""
+    delivered = attempts[-1] if attempts and attempts[-1].outcome == "ok" else None
+    if http_status == 200 and delivered is None and attempts:
+        delivered = attempts[-1]  # out of attempts: the last rejected answer was delivered
+    usages = [a.usage for a in attempts if a.usage is not None]
+    return RequestRecord(
+        request_id=request_id,
+        tenant=tenant,
+        policy=decision.policy,
+        policy_version=decision.policy_version,
+        workload=decision.workload,
+        confidence=decision.confidence,
+        decision_reason=decision.reason,
+        first_tier=decision.tier,
+        final_tier=final_tier,
+        status="ok" if http_status == 200 else "error",
+        http_status=http_status,
+        latency_ms=round(latency_ms, 3),
+        prefix_hash=decision.prefix_hash,
+        prompt_tokens=sum(u.prompt_tokens for u in usages),
+        cached_tokens=sum(u.cached_tokens for u in usages),
+        completion_tokens=sum(u.completion_tokens for u in usages),
+        cost_usd=sum((a.cost_usd for a in attempts), Decimal(0)),
+        useful_tokens=delivered.usage.completion_tokens if delivered and delivered.usage else 0,
+        estimated=any(u.estimated for u in usages),
+        stream=stream,
+    )
