@@ -13,14 +13,13 @@ process and shared by every tier started here.
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 
 import anyio.to_thread
-import uvicorn
 from starlette.types import ASGIApp
 
+from cascade.server.background import serve_in_thread
 from cascade.simulator.labels import LabelTable
 from cascade.simulator.profiles import Overload
 from cascade.simulator.server import create_app
@@ -58,26 +57,9 @@ def running_tier(
         yield url
 
 
-@contextmanager
-def serving(app: ASGIApp) -> Iterator[str]:
+def serving(app: ASGIApp) -> AbstractContextManager[str]:
     """Run any ASGI app under uvicorn on a free loopback port; yield its base URL; stop it."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        # Poll uvicorn's own flag: set once the socket is bound and the lifespan has run.
-        for _ in range(int(_START_TIMEOUT_S / 0.01)):
-            if server.started or not thread.is_alive():
-                break
-            thread.join(0.01)
-        if not server.started:
-            raise RuntimeError("the test server did not start")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(_START_TIMEOUT_S)
+    return serve_in_thread(app, name="test-server")
 
 
 @asynccontextmanager

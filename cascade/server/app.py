@@ -325,7 +325,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _headers(completion: Completion) -> dict[str, str]:
     attempts = describe_attempts(completion.attempts)
+    extra = {}
+    if completion.decision.spilled_from is not None:
+        extra["x-cascade-spilled-from"] = completion.decision.spilled_from
     return {
+        **extra,
         "x-cascade-tier": completion.tier,
         "x-cascade-model": completion.model,
         "x-cascade-confidence": f"{completion.decision.confidence:.4f}",
