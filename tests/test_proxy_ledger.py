@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Iterator
+import threading
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +20,7 @@ from cascade.ledger import create_engine
 from cascade.ledger.models import Attempt, Request
 from cascade.server.app import create_app
 from cascade.server.settings import ServerSettings
+from tests.ledger_databases import Outage
 from tests.servers import serving
 from tests.test_proxy import POLICY
 from tests.upstreams import ScriptedTier
@@ -126,3 +128,62 @@ def test_proxy_ledger_on_postgres(tmp_path: Path) -> None:
     with postgres_database() as url:
         ids = _run_traffic(url, tmp_path)
         _check(*asyncio.run(_rows(url)), ids)
+
+
+@contextmanager
+def relay_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop on its own thread, for a relay that must outlive any one request."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+async def _wave(url: str, count: int) -> list[httpx.Response]:
+    body = {"model": "cascade", "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        return await asyncio.gather(
+            *(client.post("/v1/chat/completions", json=body) for _ in range(count))
+        )
+
+
+def test_no_row_is_lost_when_postgres_goes_away_under_load(tmp_path: Path) -> None:
+    """With the database cut mid-run and restored, the ledger ends with exactly one row per
+    request sent and one per tier call: rows written during the outage wait in the spool."""
+    with postgres_database() as url, relay_loop() as loop:
+        outage = Outage(url)
+
+        def run(coro: Coroutine[object, object, None]) -> None:
+            asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+        run(outage.start())
+        small, medium, big = ScriptedTier("small"), ScriptedTier("medium"), ScriptedTier("big")
+        spool = tmp_path / "spool"
+        responses: list[httpx.Response] = []
+        with serving(small.app()) as s, serving(medium.app()) as m, serving(big.app()) as b:
+            policy = tmp_path / "outage.yaml"
+            policy.write_text(POLICY.format(small=s, medium=m, big=b))
+            settings = ServerSettings(
+                policies=(str(policy),), database_url=outage.url, spool_path=str(spool)
+            )
+            with serving(create_app(settings)) as proxy:
+                responses += asyncio.run(_wave(proxy, 40))
+                run(outage.stop())  # the database goes away ...
+                small.mode = "length"  # ... while requests keep coming, some with two attempts
+                responses += asyncio.run(_wave(proxy, 40))
+                assert spool.exists()
+                run(outage.start())  # ... and comes back
+                small.mode = "ok"
+                responses += asyncio.run(_wave(proxy, 40))
+            # The proxy has shut down: its writer replayed the spool and flushed the rest.
+        requests, attempts = asyncio.run(_rows(url))
+    assert [r.status_code for r in responses] == [200] * 120
+    sent = {r.headers["x-cascade-request-id"]: r.headers["x-cascade-attempts"] for r in responses}
+    assert sorted(str(r["request_id"]) for r in requests) == sorted(sent)
+    assert len(attempts) == sum(len(a.split(",")) for a in sent.values()) == 160
+    assert not spool.exists() or spool.read_text() == ""
