@@ -18,9 +18,6 @@ from decimal import Decimal
 import structlog
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
     generate_latest,
 )
 from starlette.applications import Starlette
@@ -31,6 +28,7 @@ from starlette.routing import Route
 from cascade.decision import Decision
 from cascade.errors import RoutingError
 from cascade.router import Completion, UpstreamError, describe_attempts, new_request_id
+from cascade.server.metrics import Metrics
 from cascade.server.openai_format import (
     BadRequestError,
     ChatRequest,
@@ -48,37 +46,6 @@ log = structlog.get_logger("cascade.proxy")
 
 # Which status an upstream failure becomes: the client can retry a 503 later, a 504 sooner.
 _UPSTREAM_STATUS = {"timeout": 504, "saturated": 503, "rate_limited": 503, "unavailable": 503}
-
-
-class Metrics:
-    """The proxy's Prometheus series, in a registry of its own (one per app)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "cascade_requests",
-            "Client requests by final tier and outcome",
-            ["policy", "tier", "outcome"],
-            registry=self.registry,
-        )
-        self.cost = Counter(
-            "cascade_cost_usd",
-            "Money spent on tier calls, US dollars",
-            ["policy", "tier"],
-            registry=self.registry,
-        )
-        self.attempts = Counter(
-            "cascade_attempts",
-            "Tier calls by role and outcome",
-            ["tier", "role", "outcome"],
-            registry=self.registry,
-        )
-        self.decision_seconds = Histogram(
-            "cascade_decision_seconds",
-            "Time to decide a request's first tier",
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
-            registry=self.registry,
-        )
 
 
 SETTINGS_ENV = "CASCADE_SERVE_SETTINGS"
@@ -163,7 +130,7 @@ async def chat_completions(request: Request) -> Response:
         log.warning(
             "request.failed", request_id=request_id, status=status, error=str(exc), attempts=tried
         )
-        metrics.requests.labels(router.policy.name, exc.tier, "error").inc()
+        metrics.record(router.policy.name, exc.tier, "error", exc.attempts)
         proxy.record(
             request_record(
                 request_id=request_id,
@@ -183,7 +150,7 @@ async def chat_completions(request: Request) -> Response:
             code=exc.kind,
             headers={"x-cascade-request-id": request_id},
         )
-    _record(metrics, router.policy.name, completion)
+    metrics.record(router.policy.name, completion.tier, "ok", completion.attempts)
     proxy.record(
         request_record(
             request_id=request_id,
@@ -255,7 +222,7 @@ def _relay(
                 }
             )
         outcome = "ok" if run.error is None else "error"
-        metrics.requests.labels(policy, run.tier.name, outcome).inc()
+        metrics.record(policy, run.tier.name, outcome, run.attempts)
         proxy.record(
             request_record(
                 request_id=request_id,
@@ -337,13 +304,6 @@ def _headers(completion: Completion) -> dict[str, str]:
         "x-cascade-request-id": completion.request_id,
         "x-cascade-attempts": attempts,
     }
-
-
-def _record(metrics: Metrics, policy: str, completion: Completion) -> None:
-    metrics.requests.labels(policy, completion.tier, "ok").inc()
-    for attempt in completion.attempts:
-        metrics.attempts.labels(attempt.tier, attempt.role, attempt.outcome).inc()
-        metrics.cost.labels(policy, attempt.tier).inc(float(attempt.cost_usd))
 
 
 async def feedback(request: Request) -> Response:
