@@ -31,6 +31,11 @@ from cascade.simulator.server import create_app as create_tier
 from cascade.simulator.settings import SimulatorSettings
 
 _KEY_ENV = "CASCADE_DEMO_FRONTIER_KEY"
+_SYSTEM = (
+    "You are the assistant of ACME's help desk. Answer the question accurately and concisely; "
+    "show your reasoning briefly when the question needs calculation, and say so when you are "
+    "not sure. Never invent facts, product names or policies."
+)
 _POLICY = """\
 name: demo
 description: the default policy's tiers, on simulated servers
@@ -68,6 +73,7 @@ class DemoResult:
 
     outcomes: tuple[Outcome, ...]
     database: Path
+    policy: Path
     seconds: float
 
 
@@ -101,9 +107,15 @@ async def _send(
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int, prompt: str) -> Outcome:
+        # A support app's system prompt with today's date in it: cascade moves the date line
+        # after the stable prefix, so the tiers' prefix caches keep hitting.
+        system = f"{_SYSTEM}\nToday's date: 2026-11-{1 + i % 28:02d}."
         body: dict[str, object] = {
             "model": "cascade",
-            "messages": [{"role": "user", "content": prompt}],
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": prompt},
+            ],
             "max_tokens": 512,
         }
         if i % 10 == 0:  # some traffic asks for JSON, which cheap tiers sometimes get wrong
@@ -129,7 +141,7 @@ def run_demo(
     database: Path,
     steady: int = 240,
     burst: int = 160,
-    time_scale: float = 0.02,
+    time_scale: float = 1.0,
     seed: int = 0,
 ) -> DemoResult:
     """Start everything, send the workload, stop everything (the ledger is flushed on stop)."""
@@ -145,7 +157,7 @@ def run_demo(
                 small=tiers.small,
                 medium=tiers.medium,
                 frontier=tiers.frontier,
-                cap=6,
+                cap=4,
                 t_small=default.tier("small").threshold,
                 t_medium=default.tier("medium").threshold,
                 key_env=_KEY_ENV,
@@ -171,7 +183,7 @@ def run_demo(
                 return calm + peak
 
         outcomes = asyncio.run(workload())
-    return DemoResult(tuple(outcomes), database, time.perf_counter() - started)
+    return DemoResult(tuple(outcomes), database, policy, time.perf_counter() - started)
 
 
 def summarize(result: DemoResult) -> str:

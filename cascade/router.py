@@ -168,7 +168,7 @@ class Router:
         spill = self.policy.workloads[decision.workload].spill
         attempts: list[Attempt] = []
         current: Tier | None = self.policy.tier(decision.tier)
-        role: Role = "primary"
+        role: Role = "spill" if decision.spilled_from else "primary"
         rejected: tuple[Tier, TierAnswer] | None = None
         last_error: TierError | None = None
         while current is not None and len(attempts) < self.policy.escalation.max_attempts:

@@ -30,6 +30,8 @@ class StreamRun:
     first: JSON
     rest: AsyncIterator[JSON]
     attempts: list[Attempt]
+    role: Role = "primary"
+    """How this tier came to stream: the decided tier, or a spill from it."""
     _hold: ExitStack = field(default_factory=ExitStack)
     usage: Usage | None = None
     error: TierError | None = None
@@ -65,7 +67,7 @@ class StreamRun:
             )
 
     def _attempt(self) -> Attempt:
-        role: Role = "primary" if not self.attempts else "spill"
+        role = self.role
         usage = self.usage
         rates = self.router.rates(self.tier)
         cost = Decimal(0)
@@ -98,7 +100,7 @@ async def open_stream(router: Router, request: Mapping[str, Any], decision: Deci
     spill = router.policy.workloads[decision.workload].spill
     attempts: list[Attempt] = []
     current: Tier | None = router.policy.tier(decision.tier)
-    role: Role = "primary"
+    role: Role = "spill" if decision.spilled_from else "primary"
     last: TierError | None = None
     while current is not None and len(attempts) < router.policy.escalation.max_attempts:
         tier = current
@@ -136,6 +138,6 @@ async def open_stream(router: Router, request: Mapping[str, Any], decision: Deci
             last, role, current = error, "spill", router.spill_target(tier, allowed, spill)
             continue
         router.health.succeeded(tier)
-        return StreamRun(router, tier, first, rest, attempts, hold)
+        return StreamRun(router, tier, first, rest, attempts, role, hold)
     assert last is not None
     raise UpstreamError(last, attempts)

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cascade.cli import db, demo, model, policy, route, serve, simulate
+from cascade.cli import db, demo, model, policy, report, route, serve, simulate
 from cascade.errors import CascadeError
 
 Command = Callable[[argparse.Namespace], int]
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         "tier that can handle it.",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (demo, route, policy, model, serve, simulate, db):
+    for group in (demo, route, policy, model, serve, simulate, db, report):
         group.register(commands)
     return parser
 

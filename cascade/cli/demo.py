@@ -21,8 +21,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     demo.add_argument("--steady", type=int, default=240, help="requests in the steady phase")
     demo.add_argument("--burst", type=int, default=160, help="requests in the burst")
     demo.add_argument(
-        "--time-scale", type=float, default=0.02, help="simulated tiers' speed-up (0.02 = 50x)"
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="wall seconds per simulated second (1.0: real time, 0.05: 20x faster)",
     )
+    demo.add_argument("--html", type=Path, help="also write the report as a self-contained page")
     demo.set_defaults(command=_demo)
 
 
@@ -34,4 +38,9 @@ def _demo(ns: argparse.Namespace) -> int:
         stale.unlink(missing_ok=True)  # each demo reports on its own run
     result = run_demo(database=database, steady=ns.steady, burst=ns.burst, time_scale=ns.time_scale)
     print(summarize(result))
-    return 0
+    print()
+    from cascade.cli import main
+
+    report = ["report", "--url", f"sqlite:///{database}", "--since", "all", "--by", "tier"]
+    report += ["--policy", str(result.policy)]
+    return main(report + (["--html", str(ns.html)] if ns.html else []))

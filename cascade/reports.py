@@ -1,0 +1,419 @@
+"""What the ledger says about cost: per-group totals, rates, savings, and labeled traffic.
+
+Two queries read the window (one per table); everything else is pure Python over the fetched
+rows, so money stays an exact :class:`~decimal.Decimal` on SQLite (where it is stored as text)
+as on Postgres. The numbers, for a group of requests:
+
+- cost per useful token = Σ cost ÷ Σ useful tokens (None when no useful token was delivered);
+- tier shares = requests whose final tier is T ÷ requests;
+- escalation / spill rate = requests with at least one ``escalation`` / ``spill`` attempt ÷
+  requests; error rate = requests with status ``error`` ÷ requests;
+- cache hit rate = Σ cached tokens ÷ Σ prompt tokens; prefix repeat rate = requests whose prefix
+  hash was already seen earlier in the window (by any request) ÷ requests;
+- counterfactual = what each request would have cost on the policy's last (frontier) tier: the
+  final attempt's prompt tokens (its cached tokens priced as cached, which understates savings
+  rather than inflate them) plus the delivered completion tokens; savings = counterfactual - cost.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cascade.errors import LedgerError
+from cascade.ledger.models import Attempt, Request
+from cascade.pricing import Rates
+
+GroupBy = Literal["tier", "tenant", "policy", "day"]
+GROUP_BYS: tuple[GroupBy, ...] = ("tier", "tenant", "policy", "day")
+NONE_LABEL = "(none)"
+_MILLION = Decimal(1_000_000)
+_ZERO = Decimal(0)
+_SINCE = re.compile(r"^(\d+)([dhm])$")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFacts:
+    """The parts of one attempt the reports use."""
+
+    seq: int
+    tier: str
+    role: str
+    outcome: str
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """One ledger request with its attempts (in seq order), as the reports see it."""
+
+    request_id: str
+    created_at: datetime
+    tenant: str | None
+    policy: str
+    first_tier: str | None
+    final_tier: str | None
+    status: str
+    prefix_hash: str | None
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+    useful_tokens: int
+    useless: bool
+    attempts: tuple[AttemptFacts, ...]
+
+    def has_role(self, role: str) -> bool:
+        """True when any attempt was made in this role (``escalation``, ``spill``)."""
+        return any(a.role == role for a in self.attempts)
+
+    def counterfactual(self, rates: Rates) -> Decimal:
+        """What this request would have cost on a tier with these rates (see module doc)."""
+        if not self.attempts:
+            return _ZERO
+        final = self.attempts[-1]
+        delivered = final.completion_tokens if self.status == "ok" else 0
+        cached = min(final.cached_tokens, final.prompt_tokens)
+        return rates.cost(final.prompt_tokens, delivered, cached)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStats:
+    """The report's numbers for one group of requests (see the module doc for the formulas)."""
+
+    key: str
+    requests: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    useful_tokens: int
+    cost_usd: Decimal
+    cost_per_useful_token: Decimal | None
+    tier_shares: dict[str, float]
+    escalation_rate: float
+    spill_rate: float
+    error_rate: float
+    cache_hit_rate: float | None
+    prefix_repeat_rate: float
+    counterfactual_usd: Decimal | None
+    savings_usd: Decimal | None
+    savings_pct: float | None
+
+    @property
+    def cost_per_million_useful(self) -> Decimal | None:
+        """Cost per 1,000,000 useful tokens, or None when there were none."""
+        per = self.cost_per_useful_token
+        return None if per is None else per * _MILLION
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A whole report: the window, the frontier tier priced, one row per group and the total."""
+
+    since: datetime | None
+    by: GroupBy
+    policy: str
+    frontier_tier: str
+    frontier_priced: bool
+    groups: tuple[GroupStats, ...]
+    total: GroupStats
+    tiers: tuple[GroupStats, ...]
+    """The same requests grouped by final tier, whatever ``by`` is (for the charts)."""
+    timeline: tuple[tuple[str, Decimal], ...]
+    """Cost per hour (windows up to 48 h) or per day, oldest first, as ``(label, usd)``."""
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime | None:
+    """``7d``, ``24h``, ``30m`` → the instant that long before ``now``; ``all`` → None."""
+    if text == "all":
+        return None
+    match = _SINCE.match(text)
+    if match is None:
+        raise LedgerError(f"--since {text!r}: expected a number and d/h/m (7d, 24h, 30m) or 'all'")
+    amount, unit = int(match.group(1)), match.group(2)
+    return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
+
+
+async def fetch_requests(engine: AsyncEngine, since: datetime | None) -> list[RequestFacts]:
+    """The window's requests with their attempts, oldest first: one query per table."""
+    requests = select(
+        Request.request_id,
+        Request.created_at,
+        Request.tenant,
+        Request.policy,
+        Request.first_tier,
+        Request.final_tier,
+        Request.status,
+        Request.prefix_hash,
+        Request.prompt_tokens,
+        Request.cached_tokens,
+        Request.completion_tokens,
+        Request.cost_usd,
+        Request.useful_tokens,
+        Request.useless,
+    ).order_by(Request.created_at, Request.id)
+    attempts = (
+        select(
+            Attempt.request_id,
+            Attempt.seq,
+            Attempt.tier,
+            Attempt.role,
+            Attempt.outcome,
+            Attempt.prompt_tokens,
+            Attempt.cached_tokens,
+            Attempt.completion_tokens,
+            Attempt.cost_usd,
+        )
+        .join(Request, Request.request_id == Attempt.request_id)
+        .order_by(Attempt.request_id, Attempt.seq)
+    )
+    if since is not None:
+        requests = requests.where(Request.created_at >= since)
+        attempts = attempts.where(Request.created_at >= since)
+    async with engine.connect() as conn:
+        request_rows = (await conn.execute(requests)).mappings().all()
+        attempt_rows = (await conn.execute(attempts)).mappings().all()
+    by_request: dict[str, list[AttemptFacts]] = defaultdict(list)
+    for row in attempt_rows:
+        by_request[row["request_id"]].append(
+            AttemptFacts(**{k: v for k, v in row.items() if k != "request_id"})
+        )
+    return [
+        RequestFacts(**dict(row), attempts=tuple(by_request.get(row["request_id"], ())))
+        for row in request_rows
+    ]
+
+
+def build_report(
+    facts: Sequence[RequestFacts],
+    *,
+    by: GroupBy,
+    policy: str,
+    frontier_tier: str,
+    frontier_rates: Rates | None,
+    since: datetime | None = None,
+) -> Report:
+    """Group the requests by ``by`` and compute every group's numbers and the total."""
+    repeated = _repeated_prefixes(facts)
+
+    def grouped(key_by: GroupBy) -> tuple[GroupStats, ...]:
+        groups: dict[str, list[RequestFacts]] = defaultdict(list)
+        for fact in facts:
+            groups[_group_key(fact, key_by)].append(fact)
+        return tuple(summarize(k, groups[k], repeated, frontier_rates) for k in sorted(groups))
+
+    return Report(
+        since=since,
+        by=by,
+        policy=policy,
+        frontier_tier=frontier_tier,
+        frontier_priced=frontier_rates is not None,
+        groups=grouped(by),
+        total=summarize("all", facts, repeated, frontier_rates),
+        tiers=grouped("tier"),
+        timeline=cost_timeline(facts),
+    )
+
+
+def summarize(
+    key: str,
+    facts: Sequence[RequestFacts],
+    repeated: frozenset[str],
+    frontier_rates: Rates | None,
+) -> GroupStats:
+    """One group's numbers; ``repeated`` holds the request ids whose prefix was seen before."""
+    n = len(facts)
+    prompt = sum(f.prompt_tokens for f in facts)
+    cached = sum(f.cached_tokens for f in facts)
+    useful = sum(f.useful_tokens for f in facts)
+    cost = sum((f.cost_usd for f in facts), _ZERO)
+    tiers: dict[str, int] = defaultdict(int)
+    for fact in facts:
+        tiers[fact.final_tier or NONE_LABEL] += 1
+    counterfactual = savings = None
+    savings_pct = None
+    if frontier_rates is not None:
+        counterfactual = sum((f.counterfactual(frontier_rates) for f in facts), _ZERO)
+        savings = counterfactual - cost
+        savings_pct = float(savings / counterfactual * 100) if counterfactual else None
+    return GroupStats(
+        key=key,
+        requests=n,
+        prompt_tokens=prompt,
+        cached_tokens=cached,
+        completion_tokens=sum(f.completion_tokens for f in facts),
+        useful_tokens=useful,
+        cost_usd=cost,
+        cost_per_useful_token=cost / useful if useful else None,
+        tier_shares={tier: count / n for tier, count in sorted(tiers.items())},
+        escalation_rate=_share(facts, lambda f: f.has_role("escalation")),
+        spill_rate=_share(facts, lambda f: f.has_role("spill")),
+        error_rate=_share(facts, lambda f: f.status == "error"),
+        cache_hit_rate=cached / prompt if prompt else None,
+        prefix_repeat_rate=_share(facts, lambda f: f.request_id in repeated),
+        counterfactual_usd=counterfactual,
+        savings_usd=savings,
+        savings_pct=savings_pct,
+    )
+
+
+def cost_timeline(facts: Sequence[RequestFacts]) -> tuple[tuple[str, Decimal], ...]:
+    """Cost per hour when the requests span at most 48 hours, else per day (UTC), oldest first."""
+    if not facts:
+        return ()
+    times = [f.created_at.astimezone(UTC) for f in facts]
+    hourly = max(times) - min(times) <= timedelta(hours=48)
+    pattern = "%Y-%m-%d %H:00" if hourly else "%Y-%m-%d"
+    buckets: dict[str, Decimal] = defaultdict(lambda: _ZERO)
+    for when, fact in zip(times, facts, strict=True):
+        buckets[when.strftime(pattern)] += fact.cost_usd
+    return tuple(sorted(buckets.items()))
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    """The report as JSON-ready data: money and cost ratios as exact decimal strings."""
+    return {
+        "since": report.since.isoformat() if report.since else None,
+        "by": report.by,
+        "policy": report.policy,
+        "frontier_tier": report.frontier_tier,
+        "frontier_priced": report.frontier_priced,
+        "groups": [_group_json(g) for g in report.groups],
+        "total": _group_json(report.total),
+        "timeline": [{"period": label, "cost_usd": str(usd)} for label, usd in report.timeline],
+    }
+
+
+def _group_json(stats: GroupStats) -> dict[str, Any]:
+    def text(value: Decimal | None) -> str | None:
+        return None if value is None else str(value)
+
+    return {
+        "key": stats.key,
+        "requests": stats.requests,
+        "prompt_tokens": stats.prompt_tokens,
+        "cached_tokens": stats.cached_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "useful_tokens": stats.useful_tokens,
+        "cost_usd": str(stats.cost_usd),
+        "cost_per_useful_token_usd": text(stats.cost_per_useful_token),
+        "cost_per_million_useful_tokens_usd": text(stats.cost_per_million_useful),
+        "tier_shares": stats.tier_shares,
+        "escalation_rate": stats.escalation_rate,
+        "spill_rate": stats.spill_rate,
+        "error_rate": stats.error_rate,
+        "cache_hit_rate": stats.cache_hit_rate,
+        "prefix_repeat_rate": stats.prefix_repeat_rate,
+        "counterfactual_usd": text(stats.counterfactual_usd),
+        "savings_usd": text(stats.savings_usd),
+        "savings_pct": stats.savings_pct,
+    }
+
+
+def _group_key(fact: RequestFacts, by: GroupBy) -> str:
+    if by == "tier":
+        return fact.final_tier or NONE_LABEL
+    if by == "tenant":
+        return fact.tenant or NONE_LABEL
+    if by == "policy":
+        return fact.policy
+    return fact.created_at.astimezone(UTC).date().isoformat()
+
+
+def _repeated_prefixes(facts: Iterable[RequestFacts]) -> frozenset[str]:
+    # facts come oldest first: a request "repeats" when an earlier one had the same prefix hash.
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for fact in facts:
+        if fact.prefix_hash is None:
+            continue
+        if fact.prefix_hash in seen:
+            repeated.add(fact.request_id)
+        seen.add(fact.prefix_hash)
+    return frozenset(repeated)
+
+
+def _share(facts: Sequence[RequestFacts], test: Callable[[RequestFacts], bool]) -> float:
+    return sum(1 for f in facts if test(f)) / len(facts) if facts else 0.0
+
+
+def label_requests(
+    facts: Iterable[RequestFacts],
+    *,
+    last_tier: str,
+    frontier_rates: Rates | None,
+    prompts: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The requests that teach the router something, as labeled-traffic rows (``cascade.traffic``).
+
+    The weak tier is the request's first tier, the strong one the policy's ``last_tier``:
+
+    - escalated (the first tier's answer was rejected): ``weak_score 0, strong_score 1``;
+    - marked useless and answered below ``last_tier``: ``weak_score 0, strong_score 1`` (assumes
+      the frontier would have done better: the ledger cannot know);
+    - answered by the first tier, no escalation, status ok, not useless: ``1, 1``.
+
+    Anything else is skipped: requests whose first tier is ``last_tier`` (no weak outcome to learn
+    from), errors, spills, useless answers from the frontier. ``weak_cost_usd`` is the first
+    attempt's cost; ``strong_cost_usd`` the cost of the attempt on ``last_tier`` when there was
+    one, else the counterfactual at ``frontier_rates`` (None when the tier has no price). The
+    ledger never stores prompts: ``prompt`` comes from ``prompts`` (request id → prompt) or is None,
+    and such rows cannot be trained on until joined with their prompts.
+    """
+    rows: list[dict[str, Any]] = []
+    for fact in facts:
+        scores = _label(fact, last_tier)
+        if scores is None:
+            continue
+        strong = next((a.cost_usd for a in fact.attempts if a.tier == last_tier), None)
+        if strong is None and frontier_rates is not None:
+            strong = fact.counterfactual(frontier_rates)
+        rows.append(
+            {
+                "id": fact.request_id,
+                "task": fact.policy,
+                "prompt": (prompts or {}).get(fact.request_id),
+                "weak_score": scores[0],
+                "strong_score": scores[1],
+                "weak_cost_usd": float(fact.attempts[0].cost_usd),
+                "strong_cost_usd": None if strong is None else float(strong),
+                "weak_tier": fact.attempts[0].tier,
+                "strong_tier": last_tier,
+            }
+        )
+    return rows
+
+
+def _label(fact: RequestFacts, last_tier: str) -> tuple[float, float] | None:
+    if not fact.attempts or fact.attempts[0].tier == last_tier:
+        return None
+    if fact.has_role("escalation"):
+        return (0.0, 1.0)
+    if fact.status != "ok" or fact.has_role("spill"):
+        return None
+    if fact.useless:
+        return (0.0, 1.0) if fact.final_tier != last_tier else None
+    if fact.final_tier == fact.attempts[0].tier:
+        return (1.0, 1.0)
+    return None
+
+
+def prompts_by_id(rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """``{request_id: prompt}`` from rows with ``request_id`` (or ``id``) and ``prompt``."""
+    return {
+        str(row.get("request_id", row.get("id"))): row["prompt"]
+        for row in rows
+        if isinstance(row.get("prompt"), str)
+    }
