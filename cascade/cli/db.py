@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 _T = TypeVar("_T")
@@ -42,25 +41,28 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _upgrade(ns: argparse.Namespace) -> int:
     from cascade.ledger import migrate
+    from cascade.ledger.database import run_with_engine
 
-    _with_engine(ns.url, lambda engine: migrate.upgrade(engine, ns.revision))
-    print(f"ledger database at revision {_with_engine(ns.url, migrate.current_revision)}")
+    run_with_engine(ns.url, lambda engine: migrate.upgrade(engine, ns.revision))
+    print(f"ledger database at revision {run_with_engine(ns.url, migrate.current_revision)}")
     return 0
 
 
 def _downgrade(ns: argparse.Namespace) -> int:
     from cascade.ledger import migrate
+    from cascade.ledger.database import run_with_engine
 
-    _with_engine(ns.url, lambda engine: migrate.downgrade(engine, ns.revision))
-    revision = _with_engine(ns.url, migrate.current_revision)
+    run_with_engine(ns.url, lambda engine: migrate.downgrade(engine, ns.revision))
+    revision = run_with_engine(ns.url, migrate.current_revision)
     print(f"ledger database at revision {revision or 'base (no ledger tables)'}")
     return 0
 
 
 def _current(ns: argparse.Namespace) -> int:
     from cascade.ledger import migrate
+    from cascade.ledger.database import run_with_engine
 
-    revision = _with_engine(ns.url, migrate.current_revision)
+    revision = run_with_engine(ns.url, migrate.current_revision)
     head = migrate.head_revision()
     if revision is None:
         print(f"none (never migrated; newest is {head}): run `cascade db upgrade`")
@@ -69,28 +71,3 @@ def _current(ns: argparse.Namespace) -> int:
     else:
         print(f"{revision} (newest is {head}: run `cascade db upgrade`)")
     return 0
-
-
-def _with_engine(url: str | None, run: Callable[..., Awaitable[_T]]) -> _T:
-    import asyncio
-
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from cascade.errors import LedgerError
-    from cascade.ledger.database import create_engine, database_url
-
-    resolved = database_url(url)
-
-    async def go() -> _T:
-        engine = create_engine(resolved)
-        try:
-            return await run(engine)
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(go())
-    except (SQLAlchemyError, OSError) as exc:
-        where = resolved.render_as_string(hide_password=True)
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise LedgerError(f"database {where}: {first_line}") from exc

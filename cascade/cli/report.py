@@ -16,13 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
-
     from cascade.pricing import Rates
     from cascade.reports import GroupStats, Report
 
@@ -79,11 +76,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _report(ns: argparse.Namespace) -> int:
+    from cascade.ledger.database import run_with_engine
     from cascade.reports import build_report, fetch_requests, parse_since, report_json
 
     since = parse_since(ns.since)
     name, frontier, rates = _frontier(ns.policy)
-    facts = _with_engine(ns.url, lambda engine: fetch_requests(engine, since))
+    facts = run_with_engine(ns.url, lambda engine: fetch_requests(engine, since))
     report = build_report(
         facts, by=ns.by, policy=name, frontier_tier=frontier, frontier_rates=rates, since=since
     )
@@ -102,6 +100,7 @@ def _report(ns: argparse.Namespace) -> int:
 
 def _export(ns: argparse.Namespace) -> int:
     from cascade.errors import LabeledDataError
+    from cascade.ledger.database import run_with_engine
     from cascade.reports import fetch_requests, label_requests, parse_since, prompts_by_id
 
     since = parse_since(ns.since)
@@ -113,7 +112,7 @@ def _export(ns: argparse.Namespace) -> int:
             prompts = prompts_by_id(json.loads(line) for line in lines if line.strip())
         except (OSError, UnicodeError, json.JSONDecodeError, AttributeError) as exc:
             raise LabeledDataError(f"{ns.prompts}: cannot read prompts: {exc}") from exc
-    facts = _with_engine(ns.url, lambda engine: fetch_requests(engine, since))
+    facts = run_with_engine(ns.url, lambda engine: fetch_requests(engine, since))
     rows = label_requests(facts, last_tier=frontier, frontier_rates=rates, prompts=prompts)
     with ns.out.open("w", encoding="utf-8") as out:
         for row in rows:
@@ -184,28 +183,3 @@ def _frontier(policy: str) -> tuple[str, str, Rates | None]:
     loaded = load_policy(policy)
     last = loaded.tiers[-1]
     return loaded.name, last.name, tier_rates(last)
-
-
-def _with_engine(url: str | None, run: Callable[[AsyncEngine], Awaitable[_T]]) -> _T:
-    import asyncio
-
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from cascade.errors import LedgerError
-    from cascade.ledger.database import create_engine, database_url
-
-    resolved = database_url(url)
-
-    async def go() -> _T:
-        engine = create_engine(resolved)
-        try:
-            return await run(engine)
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(go())
-    except (SQLAlchemyError, OSError) as exc:
-        where = resolved.render_as_string(hide_password=True)
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise LedgerError(f"database {where}: {first_line}") from exc

@@ -8,16 +8,19 @@ async driver this project ships with: ``postgresql://`` (or ``postgres://``) bec
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from cascade.errors import LedgerError
+
+_T = TypeVar("_T")
 
 DATABASE_URL_ENV = "CASCADE_DATABASE_URL"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///cascade.db"
@@ -82,3 +85,26 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
+
+
+def run_with_engine(url: str | None, run: Callable[[AsyncEngine], Awaitable[_T]]) -> _T:
+    """Run one async job on a fresh engine from a synchronous caller (the CLI).
+
+    Database errors become a :class:`~cascade.errors.LedgerError` naming the URL (without its
+    password) and the driver's first line, instead of a traceback.
+    """
+    resolved = database_url(url)
+
+    async def go() -> _T:
+        engine = create_engine(resolved)
+        try:
+            return await run(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(go())
+    except (SQLAlchemyError, OSError) as exc:
+        where = resolved.render_as_string(hide_password=True)
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LedgerError(f"database {where}: {first_line}") from exc
