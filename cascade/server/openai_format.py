@@ -25,7 +25,8 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    messages: list[Any] = Field(min_length=1)
+    """Checked message by message in the prompt step (without copying every message here)."""
     stream: bool = False
     tools: list[dict[str, Any]] | None = None
     max_tokens: int | None = Field(default=None, ge=1)
