@@ -85,8 +85,9 @@ def test_sdk_stream_with_usage_from_a_simulated_tier(proxy: str) -> None:
     assert chunks[-1].usage is not None
 
 
-def test_sdk_tool_call_is_valid_whatever_tier_answers(proxy: str) -> None:
-    """Tool calls come back with JSON arguments: malformed ones from cheap tiers are escalated."""
+def test_sdk_tool_calls_are_valid_and_malformed_ones_escalated(proxy: str) -> None:
+    """Every tool call reaches the client with JSON arguments; the simulated cheap tiers'
+    malformed ones were escalated, all the way to the frontier API tier through litellm."""
     tools: list[ChatCompletionFunctionToolParam] = [
         {
             "type": "function",
@@ -100,27 +101,36 @@ def test_sdk_tool_call_is_valid_whatever_tier_answers(proxy: str) -> None:
             },
         }
     ]
-    for i in range(8):
-        completion = _client(proxy).chat.completions.create(
+    attempts = []
+    for i in range(40):
+        raw = _client(proxy).chat.completions.with_raw_response.create(
             model="cascade",
             messages=[{"role": "user", "content": f"What is the weather in city number {i}?"}],
             tools=tools,
         )
-        calls = completion.choices[0].message.tool_calls or []
+        calls = raw.parse().choices[0].message.tool_calls or []
         assert calls
         assert calls[0].type == "function"
         assert isinstance(json.loads(calls[0].function.arguments), dict)
+        attempts.append(raw.headers["x-cascade-attempts"])
+    escalated = [a for a in attempts if "rejected(invalid_tool_call)" in a]
+    assert escalated  # the simulator's draws are fixed per prompt: some of these 40 are malformed
+    assert all(a.endswith(":ok") for a in attempts)
+    assert any(a.endswith("frontier:ok") for a in escalated)
 
 
 def test_sdk_json_mode_always_returns_json(proxy: str) -> None:
     """In JSON mode every answer parses: invalid JSON from a cheap tier is escalated."""
-    for i in range(8):
-        completion = _client(proxy).chat.completions.create(
+    attempts = []
+    for i in range(40):
+        raw = _client(proxy).chat.completions.with_raw_response.create(
             model="cascade",
             messages=[{"role": "user", "content": f"Give me item {i} as a JSON object."}],
             response_format={"type": "json_object"},
         )
-        json.loads(completion.choices[0].message.content or "")
+        json.loads(raw.parse().choices[0].message.content or "")
+        attempts.append(raw.headers["x-cascade-attempts"])
+    assert all(a.endswith(":ok") for a in attempts)
 
 
 async def _burst(url: str, count: int) -> list[httpx.Response]:
