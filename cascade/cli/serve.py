@@ -45,12 +45,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    import uvicorn
+    from starlette.types import ASGIApp
 
     from cascade.errors import CascadeError
     from cascade.ledger import DATABASE_URL_ENV
     from cascade.logs import configure_json_logs
     from cascade.server.app import SETTINGS_ENV, create_app
+    from cascade.server.background import serve_forever
     from cascade.server.settings import ServerSettings
 
     keys: frozenset[str] = frozenset()
@@ -73,18 +74,8 @@ def _serve(ns: argparse.Namespace) -> int:
     if ns.workers > 1:
         # Worker processes build the app themselves, from settings handed over in the environment.
         os.environ[SETTINGS_ENV] = settings.to_json()
-        target: object = "cascade.server.app:create_app_from_env"
+        target: ASGIApp | str = "cascade.server.app:create_app_from_env"
     else:
         target = create_app(settings)
-    uvicorn.run(
-        target,  # type: ignore[arg-type]  # an ASGI app or its import string
-        factory=ns.workers > 1,
-        workers=ns.workers,
-        host=ns.host,
-        port=ns.port,
-        log_level=ns.log_level,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-    )
+    serve_forever(target, host=ns.host, port=ns.port, log_level=ns.log_level, workers=ns.workers)
     return 0

@@ -48,8 +48,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _simulate(ns: argparse.Namespace) -> int:
-    import uvicorn
-
+    from cascade.server.background import serve_forever
     from cascade.simulator.server import create_app
     from cascade.simulator.settings import SimulatorSettings
 
@@ -60,13 +59,5 @@ def _simulate(ns: argparse.Namespace) -> int:
         overload=ns.overload,
         models=tuple(ns.served_model_name or ()),
     )
-    uvicorn.run(
-        create_app(settings),
-        host=ns.host,
-        port=ns.port,
-        log_level=ns.log_level,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-    )
+    serve_forever(create_app(settings), host=ns.host, port=ns.port, log_level=ns.log_level)
     return 0

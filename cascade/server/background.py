@@ -1,4 +1,8 @@
-"""Run an ASGI app under uvicorn in a background thread: for the demo and for tests."""
+"""Running ASGI apps under uvicorn: in the foreground (CLI) or in a thread (demo, tests).
+
+Both use the settings measured fastest here: uvloop, httptools, no access log (the proxy logs one
+line per request itself).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,24 @@ from starlette.types import ASGIApp
 from cascade.errors import CascadeError
 
 _START_TIMEOUT_S = 30.0
+
+
+def serve_forever(
+    app: ASGIApp | str, *, host: str, port: int, log_level: str, workers: int = 1
+) -> None:
+    """Serve until interrupted. With ``workers > 1``, ``app`` is an import string of an app
+    factory, which each worker process calls."""
+    uvicorn.run(
+        app,
+        factory=workers > 1,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level=log_level,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+    )
 
 
 @contextmanager
