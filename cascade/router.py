@@ -180,10 +180,11 @@ class Router:
                 if fallback is not None:
                     current, role = fallback, "spill"
                     continue
+            called = time.perf_counter()
             try:
                 answer = await self._call(tier, payload)
             except TierError as error:
-                attempts.append(self._failed(tier, role, error))
+                attempts.append(self._failed(tier, role, error, time.perf_counter() - called))
                 if not error.spillable:
                     raise UpstreamError(error, attempts) from None
                 last_error, role = error, "spill"
@@ -269,9 +270,17 @@ class Router:
             tier.name, tier.model, role, outcome, reason, None, usage, cost, answer.latency_s
         )
 
-    def _failed(self, tier: Tier, role: Role, error: TierError) -> Attempt:
+    def _failed(self, tier: Tier, role: Role, error: TierError, latency_s: float) -> Attempt:
         return Attempt(
-            tier.name, tier.model, role, "error", str(error), error.kind, None, Decimal(0), 0.0
+            tier.name,
+            tier.model,
+            role,
+            "error",
+            str(error),
+            error.kind,
+            None,
+            Decimal(0),
+            latency_s,
         )
 
     def _completion(

@@ -8,6 +8,7 @@ a broken stream ends with an explicit error event rather than a silently truncat
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ class StreamRun:
     attempts: list[Attempt]
     role: Role = "primary"
     """How this tier came to stream: the decided tier, or a spill from it."""
+    started: float = field(default_factory=time.perf_counter)
+    """When the call to this tier began (its attempt's latency runs to the stream's end)."""
     _hold: ExitStack = field(default_factory=ExitStack)
     usage: Usage | None = None
     error: TierError | None = None
@@ -74,9 +77,10 @@ class StreamRun:
         if usage is not None and rates is not None:
             cached = min(usage.cached_tokens, usage.prompt_tokens)
             cost = rates.cost(usage.prompt_tokens, usage.completion_tokens, cached)
+        latency = time.perf_counter() - self.started
         if self.error is None:
             return Attempt(
-                self.tier.name, self.tier.model, role, "ok", None, None, usage, cost, 0.0
+                self.tier.name, self.tier.model, role, "ok", None, None, usage, cost, latency
             )
         reason = f"stream broke after it started: {self.error}"
         return Attempt(
@@ -88,7 +92,7 @@ class StreamRun:
             self.error.kind,
             usage,
             cost,
-            0.0,
+            latency,
         )
 
 
@@ -107,6 +111,7 @@ async def open_stream(router: Router, request: Mapping[str, Any], decision: Deci
         client = router.clients.get(tier.kind)
         hold = ExitStack()
         hold.enter_context(router.capacity.track(tier.name))
+        started = time.perf_counter()
         try:
             if client is None:
                 raise TierError(tier.name, "connection", f"no client for {tier.kind} tiers")
@@ -130,7 +135,7 @@ async def open_stream(router: Router, request: Mapping[str, Any], decision: Deci
                     error.kind,
                     None,
                     Decimal(0),
-                    0.0,
+                    time.perf_counter() - started,
                 )
             )
             if not error.spillable:
@@ -138,6 +143,6 @@ async def open_stream(router: Router, request: Mapping[str, Any], decision: Deci
             last, role, current = error, "spill", router.spill_target(tier, allowed, spill)
             continue
         router.health.succeeded(tier)
-        return StreamRun(router, tier, first, rest, attempts, role, hold)
+        return StreamRun(router, tier, first, rest, attempts, role, started, hold)
     assert last is not None
     raise UpstreamError(last, attempts)

@@ -114,6 +114,7 @@ def _check(
         if a["request_id"] == ids["escalated"]
     ]
     assert roles == ["primary", "escalation"]
+    assert all(float(str(a["latency_ms"])) > 0 for a in attempts)  # failed calls are timed too
 
 
 def test_proxy_ledger_on_sqlite(tmp_path: Path) -> None:
