@@ -17,6 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from cascade.errors import LedgerError
 
@@ -70,8 +71,14 @@ def create_engine(
     if resolved.get_backend_name() == "postgresql":
         args["timeout"] = POSTGRES_CONNECT_TIMEOUT_S
     args.update(connect_args or {})
-    # pre-ping: after a Postgres restart the pool holds dead connections; test before use.
-    engine = create_async_engine(resolved, connect_args=args, pool_pre_ping=True)
+    if resolved.get_backend_name() == "sqlite":
+        # No pool: an SQLite connection is a file open (well under a millisecond, once per write
+        # batch), and a pooled aiosqlite connection that outlives its event loop is closed later
+        # by the garbage collector from its worker thread, which then fails on the dead loop.
+        engine = create_async_engine(resolved, connect_args=args, poolclass=NullPool)
+    else:
+        # pre-ping: after a Postgres restart the pool holds dead connections; test before use.
+        engine = create_async_engine(resolved, connect_args=args, pool_pre_ping=True)
     if resolved.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
