@@ -1,63 +1,67 @@
-"""The OpenAI-compatible proxy: ``create_app(settings)`` builds the Starlette application.
+"""The OpenAI-compatible proxy: ``create_app(settings)`` builds its ASGI application.
 
-Endpoints: ``POST /v1/chat/completions`` (streamed and not), ``GET /v1/models``, ``/healthz``,
-``/readyz`` and ``/metrics`` (Prometheus). Everything shared — routers, the HTTP session, the
-scorer's micro-batcher — is built in the lifespan. Client mistakes get OpenAI's error body with a
-4xx status; upstream failures 502/503/504 with the reason; never a traceback.
+Endpoints: ``POST /v1/chat/completions`` (streamed and not; the hot path, in
+:mod:`cascade.server.chat`), ``POST /v1/feedback``, ``GET /v1/models``, ``/healthz``, ``/readyz``
+and ``/metrics`` (Prometheus). Everything shared — routers, the HTTP session, the scorer's
+micro-batcher, the ledger writer — is built in the lifespan. Client mistakes get OpenAI's error
+body with a 4xx status; upstream failures 502/503/504 with the reason; never a traceback.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from decimal import Decimal
 
-import structlog
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    generate_latest,
-)
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from cascade.decision import Decision
-from cascade.errors import RoutingError
-from cascade.router import Completion, UpstreamError, describe_attempts, new_request_id
+from cascade.server.chat import CHAT_PATH, JSONReply, chat_completions
 from cascade.server.metrics import Metrics
-from cascade.server.openai_format import (
-    BadRequestError,
-    ChatRequest,
-    chunks_from_completion,
-    error_response,
-    parse_chat_request,
-    sse,
-)
+from cascade.server.openai_format import BadRequestError, error_body, error_response
 from cascade.server.proxy import Proxy
-from cascade.server.recording import attempt_records, request_record
 from cascade.server.settings import ServerSettings
-from cascade.streaming import StreamRun, open_stream
-
-log = structlog.get_logger("cascade.proxy")
-
-# Which status an upstream failure becomes: the client can retry a 503 later, a 504 sooner.
-_UPSTREAM_STATUS = {"timeout": 504, "saturated": 503, "rate_limited": 503, "unavailable": 503}
-
 
 SETTINGS_ENV = "CASCADE_SERVE_SETTINGS"
 
 
-def create_app_from_env() -> Starlette:
+class ProxyApp:
+    """The proxy's ASGI application: chat completions go straight to their handler, everything
+    else (and the lifespan) through a Starlette app, available as :attr:`starlette`."""
+
+    def __init__(self, starlette: Starlette) -> None:
+        self.starlette = starlette
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _route_path(scope) == CHAT_PATH:
+            if scope["method"] == "POST":
+                await chat_completions(scope, receive, send)
+            else:
+                body = error_body(405, f"{CHAT_PATH} takes POST, not {scope['method']}")
+                await JSONReply(405, orjson.dumps(body), {"allow": "POST"})(scope, receive, send)
+            return
+        await self.starlette(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def create_app_from_env() -> ProxyApp:
     """The app for uvicorn's worker processes: settings come as JSON in CASCADE_SERVE_SETTINGS."""
     return create_app(ServerSettings.from_json(os.environ[SETTINGS_ENV]))
 
 
-def create_app(settings: ServerSettings) -> Starlette:
-    """The proxy as an ASGI application (serve it with uvicorn, or test it via ASGITransport)."""
+def create_app(settings: ServerSettings) -> ProxyApp:
+    """The proxy as an ASGI application (serve it with uvicorn)."""
     metrics = Metrics()
 
     @asynccontextmanager
@@ -69,198 +73,18 @@ def create_app(settings: ServerSettings) -> Starlette:
         finally:
             await proxy.close()
 
-    return Starlette(
-        routes=[
-            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/v1/feedback", feedback, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
-        ],
-        lifespan=lifespan,
+    return ProxyApp(
+        Starlette(
+            routes=[
+                Route("/v1/models", models, methods=["GET"]),
+                Route("/v1/feedback", feedback, methods=["POST"]),
+                Route("/healthz", healthz, methods=["GET"]),
+                Route("/readyz", readyz, methods=["GET"]),
+                Route("/metrics", metrics_endpoint, methods=["GET"]),
+            ],
+            lifespan=lifespan,
+        )
     )
-
-
-async def chat_completions(request: Request) -> Response:
-    """Route, call, verify, escalate and spill one Chat Completions request."""
-    proxy: Proxy = request.state.proxy
-    metrics: Metrics = request.state.metrics
-    request_id = new_request_id()
-    started = time.perf_counter()
-    try:
-        _authenticate(request, proxy)
-        raw = await _read_body(request, proxy.settings.max_body_bytes)
-        chat, body = parse_chat_request(raw)
-        router, pinned = proxy.resolve(chat.model)
-        decision = await router.plan(
-            body, workload=request.headers.get("x-cascade-workload"), tier=pinned
-        )
-        metrics.decision_seconds.observe(time.perf_counter() - started)
-        if chat.stream and router.policy.escalation.streaming == "passthrough":
-            run = await open_stream(router, body, decision)
-            return _relay(
-                run,
-                proxy=proxy,
-                tenant=request.headers.get("x-cascade-tenant"),
-                chat=chat,
-                decision=decision,
-                request_id=request_id,
-                metrics=metrics,
-                started=started,
-            )
-        completion = await router.run(body, decision, request_id=request_id)
-    except BadRequestError as exc:
-        return error_response(
-            exc.status,
-            exc.message,
-            param=exc.param,
-            code=exc.code,
-            headers={"x-cascade-request-id": request_id},
-        )
-    except RoutingError as exc:
-        return error_response(400, str(exc), headers={"x-cascade-request-id": request_id})
-    except UpstreamError as exc:
-        status = (
-            exc.status
-            if exc.kind == "client_error" and exc.status
-            else (_UPSTREAM_STATUS.get(exc.kind, 502))
-        )
-        tried = ", ".join(f"{a.tier} ({a.error_class})" for a in exc.attempts)
-        log.warning(
-            "request.failed", request_id=request_id, status=status, error=str(exc), attempts=tried
-        )
-        metrics.record(router.policy.name, exc.tier, "error", exc.attempts)
-        proxy.record(
-            request_record(
-                request_id=request_id,
-                decision=decision,
-                attempts=exc.attempts,
-                final_tier=None,
-                http_status=status,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                tenant=request.headers.get("x-cascade-tenant"),
-                stream=chat.stream,
-            ),
-            attempt_records(exc.attempts),
-        )
-        return error_response(
-            status,
-            f"no tier could answer: {exc} (tried {tried})",
-            code=exc.kind,
-            headers={"x-cascade-request-id": request_id},
-        )
-    metrics.record(router.policy.name, completion.tier, "ok", completion.attempts)
-    proxy.record(
-        request_record(
-            request_id=request_id,
-            decision=decision,
-            attempts=completion.attempts,
-            final_tier=completion.tier,
-            http_status=200,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            tenant=request.headers.get("x-cascade-tenant"),
-            stream=chat.stream,
-        ),
-        attempt_records(completion.attempts),
-    )
-    headers = _headers(completion)
-    log.info(
-        "request.completed",
-        request_id=request_id,
-        policy=router.policy.name,
-        policy_version=decision.policy_version,
-        confidence=round(decision.confidence, 4),
-        reason=decision.reason,
-        tier=completion.tier,
-        attempts=headers["x-cascade-attempts"],
-        cost_usd=str(completion.cost_usd),
-        latency_ms=round((time.perf_counter() - started) * 1000, 2),
-        stream=chat.stream,
-    )
-    if chat.stream:
-        include_usage = bool((chat.stream_options or {}).get("include_usage"))
-        return StreamingResponse(
-            iter(list(chunks_from_completion(completion.body, include_usage=include_usage))),
-            media_type="text/event-stream",
-            headers=headers,
-        )
-    return JSONResponse(completion.body, headers=headers)
-
-
-def _relay(
-    run: StreamRun,
-    *,
-    proxy: Proxy,
-    tenant: str | None,
-    chat: ChatRequest,
-    decision: Decision,
-    request_id: str,
-    metrics: Metrics,
-    started: float,
-) -> StreamingResponse:
-    """Relay a started stream; a break after the first chunk ends with an error event."""
-    wants_usage = bool((chat.stream_options or {}).get("include_usage"))
-    policy = decision.policy
-
-    async def events() -> AsyncIterator[bytes]:
-        async for chunk in run.chunks():
-            if chunk.get("usage") is not None and not chunk.get("choices") and not wants_usage:
-                continue
-            yield sse(chunk)
-        if run.error is None:
-            yield sse("[DONE]")
-        else:
-            yield sse(
-                {
-                    "error": {
-                        "message": f"the answer was cut: {run.error}",
-                        "type": "api_error",
-                        "param": None,
-                        "code": "stream_interrupted",
-                    }
-                }
-            )
-        outcome = "ok" if run.error is None else "error"
-        metrics.record(policy, run.tier.name, outcome, run.attempts)
-        proxy.record(
-            request_record(
-                request_id=request_id,
-                decision=decision,
-                attempts=run.attempts,
-                final_tier=run.tier.name,
-                http_status=200 if run.error is None else 502,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                tenant=tenant,
-                stream=True,
-            ),
-            attempt_records(run.attempts),
-        )
-        for attempt in run.attempts:
-            metrics.attempts.labels(attempt.tier, attempt.role, attempt.outcome).inc()
-            metrics.cost.labels(policy, attempt.tier).inc(float(attempt.cost_usd))
-        log.info(
-            "request.completed",
-            request_id=request_id,
-            policy=policy,
-            policy_version=decision.policy_version,
-            confidence=round(decision.confidence, 4),
-            reason=decision.reason,
-            tier=run.tier.name,
-            attempts=describe_attempts(run.attempts),
-            cost_usd=str(run.cost_usd),
-            latency_ms=round((time.perf_counter() - started) * 1000, 2),
-            stream=True,
-            outcome=outcome,
-        )
-
-    headers = {
-        "x-cascade-tier": run.tier.name,
-        "x-cascade-model": run.tier.model,
-        "x-cascade-confidence": f"{decision.confidence:.4f}",
-        "x-cascade-request-id": request_id,
-    }
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 def _authenticate(request: Request, proxy: Proxy) -> None:
@@ -288,22 +112,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise BadRequestError(413, f"the request body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _headers(completion: Completion) -> dict[str, str]:
-    attempts = describe_attempts(completion.attempts)
-    extra = {}
-    if completion.decision.spilled_from is not None:
-        extra["x-cascade-spilled-from"] = completion.decision.spilled_from
-    return {
-        **extra,
-        "x-cascade-tier": completion.tier,
-        "x-cascade-model": completion.model,
-        "x-cascade-confidence": f"{completion.decision.confidence:.4f}",
-        "x-cascade-cost-usd": f"{completion.cost_usd.quantize(Decimal('1e-10')):f}",
-        "x-cascade-request-id": completion.request_id,
-        "x-cascade-attempts": attempts,
-    }
 
 
 async def feedback(request: Request) -> Response:

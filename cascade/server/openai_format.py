@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse
 
@@ -51,8 +52,8 @@ class BadRequestError(Exception):
 def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
     """The validated request and its body as a dict; BadRequestError when it is not valid."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise BadRequestError(400, f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequestError(
@@ -69,6 +70,14 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
     return request, body
 
 
+def error_body(
+    status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """An error in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def error_response(
     status: int,
     message: str,
@@ -77,16 +86,16 @@ def error_response(
     code: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """An error in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
-    kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    """:func:`error_body` as a Starlette response."""
+    body = error_body(status, message, param=param, code=code)
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
 def sse(data: Mapping[str, Any] | str) -> bytes:
     """One server-sent event."""
-    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return f"data: {text}\n\n".encode()
+    if isinstance(data, str):
+        return f"data: {data}\n\n".encode()
+    return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
 def chunks_from_completion(body: Mapping[str, Any], *, include_usage: bool) -> Iterator[bytes]:
