@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 
 from cascade.policy.model import GpuPrice, Tier, TokenPrice
 
@@ -42,7 +43,12 @@ class Rates:
 
 def tier_rates(tier: Tier) -> Rates | None:
     """The tier's per-token rates; None when the policy has no price (priced later, by litellm)."""
-    price = tier.price
+    return None if tier.price is None else _rates(tier.price)
+
+
+@lru_cache(maxsize=1024)
+def _rates(price: TokenPrice | GpuPrice) -> Rates:
+    """Rates for a price (prices are frozen, so equal prices share one computation)."""
     if isinstance(price, TokenPrice):
         cached = price.cached_input_usd_per_mtok
         return Rates(
@@ -50,15 +56,11 @@ def tier_rates(tier: Tier) -> Rates | None:
             cached_input=(price.input_usd_per_mtok if cached is None else cached) / _MILLION,
             output=price.output_usd_per_mtok / _MILLION,
         )
-    if isinstance(price, GpuPrice):
-        per_second = price.gpu_usd_per_hour / _SECONDS_PER_HOUR
-        decode = Decimal(repr(price.tokens_per_second))
-        prefill = (
-            Decimal(repr(price.prefill_tokens_per_second))
-            if price.prefill_tokens_per_second is not None
-            else decode * _DEFAULT_PREFILL_SPEEDUP
-        )
-        return Rates(
-            input=per_second / prefill, cached_input=Decimal(0), output=per_second / decode
-        )
-    return None
+    per_second = price.gpu_usd_per_hour / _SECONDS_PER_HOUR
+    decode = Decimal(repr(price.tokens_per_second))
+    prefill = (
+        Decimal(repr(price.prefill_tokens_per_second))
+        if price.prefill_tokens_per_second is not None
+        else decode * _DEFAULT_PREFILL_SPEEDUP
+    )
+    return Rates(input=per_second / prefill, cached_input=Decimal(0), output=per_second / decode)

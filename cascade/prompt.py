@@ -17,6 +17,7 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from cascade.errors import RoutingError
@@ -80,11 +81,70 @@ def prepare_prompt(
     """
     last_user = _validate(messages)
     prefix_end = _prefix_length(messages)
+    prefix = _stable_prefix(messages[:prefix_end], move_volatile)
+    out = [dict(message) for message in prefix.messages]
+    out += [dict(message) for message in messages[prefix_end:]]
+    moved = move_volatile and bool(prefix.volatile)
+    if moved:
+        user = last_user - (prefix_end - len(prefix.messages))  # after emptied ones went
+        out[user]["content"] = _prepend(
+            messages[last_user]["content"], "\n".join(span.text for span in prefix.volatile)
+        )
+
+    canonical_tools = _canonical_tools(tools)
+    prefix_tokens = prefix.tokens + estimate_message_tokens((), canonical_tools)
+    # The same bytes as _canonical_json([prefix messages, tools]), without re-encoding the prefix.
+    prefix_json = f"[{prefix.json},{_canonical_json(canonical_tools)}]"
+    digest = hashlib.sha256(prefix_json.encode()).hexdigest()
+    return PreparedPrompt(
+        messages=tuple(out),
+        tools=tuple(canonical_tools) if canonical_tools else None,
+        prefix_hash=digest[:16],
+        prefix_tokens=prefix_tokens,
+        prompt_tokens=prefix_tokens + estimate_message_tokens(out[len(prefix.messages) :]),
+        scoring_text="\n".join(_texts(messages[last_user]["content"])),
+        volatile=prefix.volatile,
+        moved=moved,
+    )
+
+
+@dataclass(frozen=True)
+class _Prefix:
+    """The leading system/developer messages as they will be sent, and what was found in them."""
+
+    messages: tuple[Mapping[str, Any], ...]
+    """Without their volatile lines when those move; messages left empty are dropped."""
+    volatile: tuple[MovedSpan, ...]
+    tokens: int
+    json: str
+    """The messages' canonical JSON (hashed with the tools into the prefix hash)."""
+
+
+def _stable_prefix(messages: Sequence[Message], move_volatile: bool) -> _Prefix:
+    """The prefix's analysis; remembered for prefixes of plain string fields.
+
+    Most traffic repeats a few system prompts, and scanning them (volatile lines, token
+    estimate, canonical JSON) is most of this step's work for a long system prompt.
+    """
+    try:
+        key = tuple(tuple(message.items()) for message in messages)
+        hash(key)
+    except TypeError:  # list content, or other unhashable values: analyse it every time
+        return _analyse_prefix(messages, move_volatile)
+    return _analyse_cached(key, move_volatile)
+
+
+@lru_cache(maxsize=256)
+def _analyse_cached(key: tuple[tuple[tuple[str, Any], ...], ...], move_volatile: bool) -> _Prefix:
+    return _analyse_prefix([dict(items) for items in key], move_volatile)
+
+
+def _analyse_prefix(messages: Sequence[Message], move_volatile: bool) -> _Prefix:
     out = [dict(message) for message in messages]
     volatile: list[MovedSpan] = []
     emptied: set[int] = set()  # system messages that held nothing but volatile lines
-    for index in range(prefix_end):
-        content = messages[index]["content"]
+    for index, message in enumerate(messages):
+        content = message["content"]
         found = len(volatile)
         if isinstance(content, str):
             kept: str | list[Mapping[str, Any]] = _strip_volatile(
@@ -96,35 +156,15 @@ def prepare_prompt(
             out[index]["content"] = kept
             if not _has_text(kept):
                 emptied.add(index)
-    moved = move_volatile and bool(volatile)
-    if moved:
-        out[last_user]["content"] = _prepend(
-            messages[last_user]["content"], "\n".join(span.text for span in volatile)
-        )
-        # Sent empty, they would be refused by some providers.
-        out = [message for index, message in enumerate(out) if index not in emptied]
-        prefix_end -= len(emptied)
-
-    canonical_tools = _canonical_tools(tools)
-    prefix = out[:prefix_end]
-    prefix_tokens = estimate_message_tokens(prefix, canonical_tools)
+    # Sent empty, they would be refused by some providers.
+    out = [message for index, message in enumerate(out) if index not in emptied]
     try:
-        prefix_json = _canonical_json([prefix, canonical_tools])
+        text = _canonical_json(out)
     except (TypeError, ValueError) as error:
         raise RoutingError(
             f"messages: a system or developer message is not plain JSON: {error}"
         ) from None
-    digest = hashlib.sha256(prefix_json.encode()).hexdigest()
-    return PreparedPrompt(
-        messages=tuple(out),
-        tools=tuple(canonical_tools) if canonical_tools else None,
-        prefix_hash=digest[:16],
-        prefix_tokens=prefix_tokens,
-        prompt_tokens=prefix_tokens + estimate_message_tokens(out[prefix_end:]),
-        scoring_text="\n".join(_texts(messages[last_user]["content"])),
-        volatile=tuple(volatile),
-        moved=moved,
-    )
+    return _Prefix(tuple(out), tuple(volatile), estimate_message_tokens(out), text)
 
 
 def _validate(messages: Sequence[Message]) -> int:

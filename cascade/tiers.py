@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 
 from cascade.errors import TierError
 from cascade.policy.model import Tier
@@ -90,43 +91,72 @@ def _status_kind(status: int) -> str:
     return "client_error"
 
 
+@dataclass(frozen=True)
+class _Target:
+    """What every call to one tier reuses: its URL, base headers and timeouts."""
+
+    tier: Tier
+    url: str
+    headers: dict[str, str]
+    timeout: aiohttp.ClientTimeout
+    stream_timeout: aiohttp.ClientTimeout
+
+
 class OpenAICompatibleClient:
     """Self-hosted tiers over HTTP, through one shared pooled aiohttp session."""
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
+        self._targets: dict[int, _Target] = {}
 
-    def _request(self, tier: Tier, payload: Mapping[str, Any]) -> tuple[str, JSON, JSON]:
+    def _target(self, tier: Tier) -> _Target:
+        """The tier's call settings, built on its first call (a reloaded policy's tiers anew)."""
+        target = self._targets.get(id(tier))
+        if target is not None and target.tier is tier:
+            return target
         if tier.endpoint is None:
             raise TierError(tier.name, "connection", "the tier has no endpoint")
-        headers = {"content-type": "application/json"}
-        if tier.api_key_env and (key := os.environ.get(tier.api_key_env)):
-            headers["authorization"] = f"Bearer {key}"
-        body = {**payload, "model": tier.model}
-        return tier.endpoint.rstrip("/") + "/chat/completions", headers, body
+        limits = tier.timeouts
+        target = _Target(
+            tier=tier,
+            url=tier.endpoint.rstrip("/") + "/chat/completions",
+            headers={"content-type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=limits.total_s, sock_connect=limits.connect_s),
+            stream_timeout=aiohttp.ClientTimeout(
+                total=limits.total_s, sock_connect=limits.connect_s, sock_read=limits.stream_idle_s
+            ),
+        )
+        self._targets[id(tier)] = target  # holds the tier, so its id is not reused meanwhile
+        return target
+
+    def _headers(self, target: _Target) -> dict[str, str]:
+        env = target.tier.api_key_env
+        if env and (key := os.environ.get(env)):  # read per call: a rotated key takes effect
+            return {**target.headers, "authorization": f"Bearer {key}"}
+        return target.headers
 
     async def complete(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer:
         """POST the request and parse the answer; failures become TierError."""
-        url, headers, body = self._request(tier, {**payload, "stream": False})
+        target = self._target(tier)
+        data = orjson.dumps({**payload, "model": tier.model, "stream": False})
         started = time.perf_counter()
-        limits = tier.timeouts
-        timeout = aiohttp.ClientTimeout(total=limits.total_s, sock_connect=limits.connect_s)
         try:
-            async with asyncio.timeout(limits.total_s):
-                async with self._session.post(
-                    url, json=body, headers=headers, timeout=timeout
-                ) as response:
-                    raw = await response.read()
-                    status = response.status
-        except TimeoutError:
-            raise TierError(tier.name, "timeout", f"no answer within {limits.total_s}s") from None
+            async with self._session.post(
+                target.url, data=data, headers=self._headers(target), timeout=target.timeout
+            ) as response:
+                raw = await response.read()
+                status = response.status
+        except TimeoutError:  # aiohttp's total and connect timeouts are TimeoutErrors
+            raise TierError(
+                tier.name, "timeout", f"no answer within {tier.timeouts.total_s}s"
+            ) from None
         except aiohttp.ClientError as exc:
             raise TierError(tier.name, "connection", str(exc) or type(exc).__name__) from None
         if status != 200:
             raise TierError(tier.name, _status_kind(status), _error_message(raw), status)
         try:
-            answer = json.loads(raw)
-        except ValueError:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             raise TierError(tier.name, "bad_response", "the answer is not JSON") from None
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
             raise TierError(tier.name, "bad_response", "the answer has no choices")
@@ -134,15 +164,16 @@ class OpenAICompatibleClient:
 
     async def stream(self, tier: Tier, payload: Mapping[str, Any]) -> AsyncIterator[JSON]:
         """POST a streamed request and yield its chunks; failures become TierError."""
-        url, headers, body = self._request(tier, {**payload, "stream": True})
+        target = self._target(tier)
+        data = orjson.dumps({**payload, "model": tier.model, "stream": True})
         limits = tier.timeouts
-        timeout = aiohttp.ClientTimeout(
-            total=limits.total_s, sock_connect=limits.connect_s, sock_read=limits.stream_idle_s
-        )
         try:
             async with asyncio.timeout(limits.first_byte_s):
                 response = await self._session.post(
-                    url, json=body, headers=headers, timeout=timeout
+                    target.url,
+                    data=data,
+                    headers=self._headers(target),
+                    timeout=target.stream_timeout,
                 )
         except TimeoutError:
             raise TierError(
@@ -163,7 +194,7 @@ class OpenAICompatibleClient:
                     data = line[5:].strip()
                     if data == b"[DONE]":
                         return
-                    yield json.loads(data)
+                    yield orjson.loads(data)
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 raise TierError(tier.name, "connection", f"stream broken: {exc!r}") from None
         raise TierError(tier.name, "connection", "stream ended without [DONE]")

@@ -490,3 +490,23 @@ def test_abbreviations_do_not_split_a_date() -> None:
     )
     assert prepared.messages[0]["content"] == "Be brief."
     assert prepared.messages[1]["content"] == "Today is Nov. 22, 2026.\n\nHi"
+
+
+def test_a_repeated_system_prompt_gives_the_same_result_however_the_last_was_used() -> None:
+    """The prefix analysis is remembered across requests; changing one request's prepared
+    messages (or the caller's own) never leaks into the next request's."""
+    system = {"role": "system", "content": "You are a tutor.\nToday is 2026-11-22."}
+    first = prepare_prompt([system, {"role": "user", "content": "Hi"}])
+    first.messages[0]["content"] = "tampered"
+    first.messages[1]["content"] = "tampered"
+    second = prepare_prompt([dict(system), {"role": "user", "content": "Hi"}])
+    assert second.messages[0] == {"role": "system", "content": "You are a tutor."}
+    assert second.messages[1]["content"] == "Today is 2026-11-22.\n\nHi"
+    assert (
+        second.prefix_hash
+        == prepare_prompt([system, {"role": "user", "content": "Yo"}]).prefix_hash
+    )
+    kept = prepare_prompt([system, {"role": "user", "content": "Hi"}], move_volatile=False)
+    assert kept.messages[0] == system
+    assert not kept.moved
+    assert [span.text for span in kept.volatile] == ["Today is 2026-11-22."]

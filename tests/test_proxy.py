@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
@@ -57,9 +57,13 @@ class Stack:
     big: ScriptedTier
     policy_file: Path
 
+    clients: list[openai.OpenAI] = field(default_factory=list)
+
     def client(self) -> openai.OpenAI:
-        """The official OpenAI SDK pointed at the proxy."""
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
+        """The official OpenAI SDK pointed at the proxy (closed with the stack)."""
+        client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
+        self.clients.append(client)
+        return client
 
     def post(self, body: object) -> httpx.Response:
         """A raw POST to the chat endpoint."""
@@ -80,7 +84,10 @@ def _stack(tmp_path: Path, *, extra: str) -> Iterator[Stack]:
         policy.write_text(POLICY.format(small=s, medium=m, big=b) + extra)
         settings = ServerSettings(policies=(str(policy),), reload_interval_s=0.05)
         with serving(create_app(settings)) as url:
-            yield Stack(url, small, medium, big, policy)
+            stack = Stack(url, small, medium, big, policy)
+            yield stack
+            for client in stack.clients:
+                client.close()
 
 
 def _ask(stack: Stack, **extra: object) -> httpx.Response:

@@ -54,13 +54,16 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield from _proxy(tmp_path_factory.mktemp("sim"), cap=64, time_scale=0.001)
 
 
-def _client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+@pytest.fixture
+def sdk(proxy: str) -> Iterator[openai.OpenAI]:
+    """The official OpenAI SDK pointed at the proxy (closed after the test: no leaked sockets)."""
+    with openai.OpenAI(base_url=f"{proxy}/v1", api_key="unused", max_retries=0) as client:
+        yield client
 
 
-def test_sdk_plain_completion_from_a_simulated_tier(proxy: str) -> None:
+def test_sdk_plain_completion_from_a_simulated_tier(sdk: openai.OpenAI) -> None:
     """A plain request is answered by the small simulated tier, with usage and cost headers."""
-    raw = _client(proxy).chat.completions.with_raw_response.create(
+    raw = sdk.chat.completions.with_raw_response.create(
         model="cascade", messages=[{"role": "user", "content": EASY}]
     )
     completion = raw.parse()
@@ -71,10 +74,10 @@ def test_sdk_plain_completion_from_a_simulated_tier(proxy: str) -> None:
     assert float(raw.headers["x-cascade-cost-usd"]) > 0
 
 
-def test_sdk_stream_with_usage_from_a_simulated_tier(proxy: str) -> None:
+def test_sdk_stream_with_usage_from_a_simulated_tier(sdk: openai.OpenAI) -> None:
     """A streamed request arrives in chunks with usage at the end."""
     chunks = list(
-        _client(proxy).chat.completions.create(
+        sdk.chat.completions.create(
             model="cascade",
             messages=[{"role": "user", "content": EASY}],
             stream=True,
@@ -85,7 +88,7 @@ def test_sdk_stream_with_usage_from_a_simulated_tier(proxy: str) -> None:
     assert chunks[-1].usage is not None
 
 
-def test_sdk_tool_calls_are_valid_and_malformed_ones_escalated(proxy: str) -> None:
+def test_sdk_tool_calls_are_valid_and_malformed_ones_escalated(sdk: openai.OpenAI) -> None:
     """Every tool call reaches the client with JSON arguments; the simulated cheap tiers'
     malformed ones were escalated, all the way to the frontier API tier through litellm."""
     tools: list[ChatCompletionFunctionToolParam] = [
@@ -103,7 +106,7 @@ def test_sdk_tool_calls_are_valid_and_malformed_ones_escalated(proxy: str) -> No
     ]
     attempts = []
     for i in range(40):
-        raw = _client(proxy).chat.completions.with_raw_response.create(
+        raw = sdk.chat.completions.with_raw_response.create(
             model="cascade",
             messages=[{"role": "user", "content": f"What is the weather in city number {i}?"}],
             tools=tools,
@@ -119,11 +122,11 @@ def test_sdk_tool_calls_are_valid_and_malformed_ones_escalated(proxy: str) -> No
     assert any(a.endswith("frontier:ok") for a in escalated)
 
 
-def test_sdk_json_mode_always_returns_json(proxy: str) -> None:
+def test_sdk_json_mode_always_returns_json(sdk: openai.OpenAI) -> None:
     """In JSON mode every answer parses: invalid JSON from a cheap tier is escalated."""
     attempts = []
     for i in range(40):
-        raw = _client(proxy).chat.completions.with_raw_response.create(
+        raw = sdk.chat.completions.with_raw_response.create(
             model="cascade",
             messages=[{"role": "user", "content": f"Give me item {i} as a JSON object."}],
             response_format={"type": "json_object"},

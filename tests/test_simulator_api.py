@@ -23,9 +23,10 @@ def url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def client(url: str) -> openai.OpenAI:
+def client(url: str) -> Iterator[openai.OpenAI]:
     """The official SDK pointed at the simulated tier."""
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as sdk:
+        yield sdk
 
 
 def _gsm8k_row(weak: float, strong: float) -> LabeledRow:
@@ -82,8 +83,10 @@ def test_known_prompt_is_right_on_frontier_and_wrong_where_the_data_says() -> No
     ]
     answers = {}
     for profile, model in (("frontier", "gpt-4o"), ("7b", "distill-7b")):
-        with running_tier(profile, time_scale=0.001) as base:
-            sdk = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
+        with (
+            running_tier(profile, time_scale=0.001) as base,
+            openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0) as sdk,
+        ):
             raw = sdk.chat.completions.with_raw_response.create(model=model, messages=messages)
             answers[profile] = (raw.headers["x-simulated-correct"], raw.parse())
     assert answers["frontier"][0] == "true"

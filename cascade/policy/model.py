@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from decimal import Decimal
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -242,16 +243,14 @@ class Policy(_Strict):
     """Example requests with the tier each must route to."""
 
     _source: str = PrivateAttr(default="<policy>")
-    _fingerprint: str = PrivateAttr(default="")
 
-    def model_post_init(self, context: Any, /) -> None:
-        # Content hash of the validated policy: comments and formatting do not change it.
-        self._fingerprint = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
-
-    @property
+    @cached_property
     def fingerprint(self) -> str:
-        """A short content hash that identifies this version of the policy in the ledger."""
-        return self._fingerprint
+        """A short content hash that identifies this version of the policy in the ledger.
+
+        Of the validated policy, so comments and formatting do not change it.
+        """
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
 
     @property
     def source(self) -> str:

@@ -39,9 +39,19 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Labelled children, looked up once: prometheus_client takes a lock for every labels().
+        self._children: dict[tuple[str, ...], Counter] = {}
+
+    def _child(self, family: Counter, *labels: str) -> Counter:
+        key = (family._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
+
     def record(self, policy: str, tier: str, outcome: str, attempts: Sequence[Attempt]) -> None:
         """Count one request by its final tier and outcome, and its attempts and their cost."""
-        self.requests.labels(policy, tier, outcome).inc()
+        self._child(self.requests, policy, tier, outcome).inc()
         for attempt in attempts:
-            self.attempts.labels(attempt.tier, attempt.role, attempt.outcome).inc()
-            self.cost.labels(policy, attempt.tier).inc(float(attempt.cost_usd))
+            self._child(self.attempts, attempt.tier, attempt.role, attempt.outcome).inc()
+            self._child(self.cost, policy, attempt.tier).inc(float(attempt.cost_usd))
