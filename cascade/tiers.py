@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 
 from cascade.errors import TierError
+from cascade.http1 import ConnectionPool, Endpoint, HTTPConnectionError
 from cascade.policy.model import Tier
 from cascade.tokens import estimate_tokens
 
@@ -97,16 +98,18 @@ class _Target:
 
     tier: Tier
     url: str
+    endpoint: Endpoint
     headers: dict[str, str]
-    timeout: aiohttp.ClientTimeout
     stream_timeout: aiohttp.ClientTimeout
 
 
 class OpenAICompatibleClient:
-    """Self-hosted tiers over HTTP, through one shared pooled aiohttp session."""
+    """Self-hosted tiers over HTTP: complete answers through a lean keep-alive connection pool
+    (:mod:`cascade.http1`), streams through a shared aiohttp session."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, pool: ConnectionPool) -> None:
         self._session = session
+        self._pool = pool
         self._targets: dict[int, _Target] = {}
 
     def _target(self, tier: Tier) -> _Target:
@@ -117,11 +120,17 @@ class OpenAICompatibleClient:
         if tier.endpoint is None:
             raise TierError(tier.name, "connection", "the tier has no endpoint")
         limits = tier.timeouts
+        url = tier.endpoint.rstrip("/") + "/chat/completions"
+        headers = {"content-type": "application/json"}
+        try:
+            endpoint = Endpoint.parse(url, headers)
+        except ValueError as exc:
+            raise TierError(tier.name, "connection", str(exc)) from None
         target = _Target(
             tier=tier,
-            url=tier.endpoint.rstrip("/") + "/chat/completions",
-            headers={"content-type": "application/json"},
-            timeout=aiohttp.ClientTimeout(total=limits.total_s, sock_connect=limits.connect_s),
+            url=url,
+            endpoint=endpoint,
+            headers=headers,
             stream_timeout=aiohttp.ClientTimeout(
                 total=limits.total_s, sock_connect=limits.connect_s, sock_read=limits.stream_idle_s
             ),
@@ -129,29 +138,38 @@ class OpenAICompatibleClient:
         self._targets[id(tier)] = target  # holds the tier, so its id is not reused meanwhile
         return target
 
+    def _key(self, tier: Tier) -> str | None:
+        env = tier.api_key_env
+        key = os.environ.get(env) if env else None  # read per call: a rotated key takes effect
+        if key and ("\r" in key or "\n" in key):
+            raise TierError(tier.name, "connection", f"${env} holds a line break; fix the key")
+        return key or None
+
     def _headers(self, target: _Target) -> dict[str, str]:
-        env = target.tier.api_key_env
-        if env and (key := os.environ.get(env)):  # read per call: a rotated key takes effect
-            return {**target.headers, "authorization": f"Bearer {key}"}
-        return target.headers
+        key = self._key(target.tier)
+        return {**target.headers, "authorization": f"Bearer {key}"} if key else target.headers
 
     async def complete(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer:
         """POST the request and parse the answer; failures become TierError."""
         target = self._target(tier)
         data = orjson.dumps({**payload, "model": tier.model, "stream": False})
+        key = self._key(tier)
+        auth = f"authorization: Bearer {key}\r\n".encode() if key else b""
+        limits = tier.timeouts
         started = time.perf_counter()
         try:
-            async with self._session.post(
-                target.url, data=data, headers=self._headers(target), timeout=target.timeout
-            ) as response:
-                raw = await response.read()
-                status = response.status
-        except TimeoutError:  # aiohttp's total and connect timeouts are TimeoutErrors
-            raise TierError(
-                tier.name, "timeout", f"no answer within {tier.timeouts.total_s}s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise TierError(tier.name, "connection", str(exc) or type(exc).__name__) from None
+            answer = await self._pool.post(
+                target.endpoint,
+                data,
+                headers=auth,
+                connect_timeout=limits.connect_s,
+                timeout=limits.total_s,
+            )
+        except TimeoutError:
+            raise TierError(tier.name, "timeout", f"no answer within {limits.total_s}s") from None
+        except HTTPConnectionError as exc:
+            raise TierError(tier.name, "connection", str(exc)) from None
+        status, raw = answer.status, answer.body
         if status != 200:
             raise TierError(tier.name, _status_kind(status), _error_message(raw), status)
         try:

@@ -137,5 +137,7 @@ def test_cli_upgrade_current_downgrade(tmp_path: Path, capsys: pytest.CaptureFix
 def test_cli_reports_unreachable_database(tmp_path: Path) -> None:
     """An unreachable database is a LedgerError naming it, not a traceback."""
     url = f"sqlite:///{tmp_path / 'missing' / 'ledger.db'}"
-    with pytest.raises(LedgerError, match=r"missing/ledger\.db"):
+    with pytest.raises(
+        LedgerError, match=r"missing/ledger\.db: the folder .*missing does not exist"
+    ):
         _cli("db", "upgrade", "--url", url)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import event
@@ -72,6 +73,7 @@ def create_engine(
         args["timeout"] = POSTGRES_CONNECT_TIMEOUT_S
     args.update(connect_args or {})
     if resolved.get_backend_name() == "sqlite":
+        _check_sqlite_folder(resolved)
         # No pool: an SQLite connection is a file open (well under a millisecond, once per write
         # batch), and a pooled aiosqlite connection that outlives its event loop is closed later
         # by the garbage collector from its worker thread, which then fails on the dead loop.
@@ -82,6 +84,21 @@ def create_engine(
     if resolved.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _check_sqlite_folder(url: URL) -> None:
+    """Refuse a database file whose folder does not exist, before aiosqlite tries to open it.
+
+    SQLite would fail anyway; found here, the error names the folder, and no aiosqlite worker
+    thread is left reporting the failed open to an event loop that may be gone by then.
+    """
+    name = url.database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return
+    folder = Path(name).expanduser().resolve().parent
+    if not folder.is_dir():
+        where = url.render_as_string(hide_password=True)
+        raise LedgerError(f"database {where}: the folder {folder} does not exist; create it first")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

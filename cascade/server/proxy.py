@@ -16,6 +16,7 @@ import structlog
 from cascade.batching import MicroBatcher
 from cascade.capacity import InFlightCounter
 from cascade.errors import CascadeError
+from cascade.http1 import ConnectionPool
 from cascade.ledger import AttemptRecord, Ledger, LedgerWriter, RequestRecord, create_engine
 from cascade.ledger.migrate import upgrade
 from cascade.policy.loading import load_policy
@@ -59,7 +60,9 @@ class Proxy:
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
         )
         await self._stack.enter_async_context(session)
-        self._clients["self_hosted"] = OpenAICompatibleClient(session)
+        pool = ConnectionPool()
+        self._stack.push_async_callback(pool.aclose)
+        self._clients["self_hosted"] = OpenAICompatibleClient(session, pool)
         for name in self.settings.policies:
             path = policy_path(name).resolve()
             policy = load_policy(path)

@@ -8,6 +8,7 @@ Create Date: 2026-11-22
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 
 import sqlalchemy as sa
 from alembic import op
@@ -18,7 +19,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _money() -> sa.types.TypeEngine[object]:
+def _money() -> sa.Numeric[Decimal]:
     # Exact NUMERIC(18, 10) on Postgres; decimal text on SQLite, whose NUMERIC is a binary float
     # (see cascade.ledger.models.Money).
     return sa.Numeric(18, 10).with_variant(sa.String(40), "sqlite")
