@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -52,14 +53,26 @@ tiers:
 class Run:
     """One wrk run."""
 
+    requests: int
     requests_per_s: float
     p50_ms: float
     p99_ms: float
     errors: int
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its worker processes, from /proc (0 elsewhere)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_cpu_seconds(int(child)) for child in children)
+
+
 @contextmanager
-def _process(args: list[str], ready_url: str) -> Iterator[None]:
+def _process(args: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -73,7 +86,7 @@ def _process(args: list[str], ready_url: str) -> Iterator[None]:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        yield
+        yield proc
     finally:
         proc.terminate()
         proc.wait(10)
@@ -96,7 +109,8 @@ def _wrk(url: str, concurrency: int, seconds: int, script: Path) -> Run:
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return Run(rps, latency("50"), latency("99"), int(errors.group(1)) if errors else 0)
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return Run(count, rps, latency("50"), latency("99"), int(errors.group(1)) if errors else 0)
 
 
 def main() -> None:
@@ -155,7 +169,7 @@ def main() -> None:
                     ),
                 ],
                 f"{proxy}/readyz",
-            ),
+            ) as served,
         ):
             httpx.post(f"{proxy}/v1/chat/completions", json=_BODY, timeout=30).raise_for_status()
             print(
@@ -165,17 +179,20 @@ def main() -> None:
             )
             print(
                 f"{'conc':>5} {'direct rps':>11} {'proxy rps':>10} {'direct p50/p99 ms':>18} "
-                f"{'proxy p50/p99 ms':>17} {'added p50/p99 ms':>17} {'errors':>7}"
+                f"{'proxy p50/p99 ms':>17} {'added p50/p99 ms':>17} {'errors':>7} "
+                f"{'proxy CPU us/req':>16}"
             )
             for concurrency in args.concurrency:
                 direct = _wrk(f"{upstream}/v1/chat/completions", concurrency, args.seconds, script)
+                cpu = _cpu_seconds(served.pid)
                 routed = _wrk(f"{proxy}/v1/chat/completions", concurrency, args.seconds, script)
+                cpu_us = 1e6 * (_cpu_seconds(served.pid) - cpu) / max(routed.requests, 1)
                 rates = f"{direct.requests_per_s:>11.0f} {routed.requests_per_s:>10.0f}"
                 print(
                     f"{concurrency:>5} {rates}"
                     f" {direct.p50_ms:>8.2f}/{direct.p99_ms:<9.2f} {routed.p50_ms:>7.2f}/"
                     f"{routed.p99_ms:<9.2f} {routed.p50_ms - direct.p50_ms:>7.2f}/"
-                    f"{routed.p99_ms - direct.p99_ms:<9.2f} {routed.errors:>7}"
+                    f"{routed.p99_ms - direct.p99_ms:<9.2f} {routed.errors:>7} {cpu_us:>16.0f}"
                 )
 
 

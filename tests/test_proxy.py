@@ -241,6 +241,34 @@ def test_client_mistakes_get_openai_errors(
     assert stack.small.calls == 0
 
 
+def test_wrong_method_on_the_chat_endpoint_is_a_405_saying_what_is_allowed(stack: Stack) -> None:
+    response = httpx.get(f"{stack.url}/v1/chat/completions")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert "takes POST, not GET" in response.json()["error"]["message"]
+
+
+def test_a_bug_in_the_proxy_is_a_500_in_openai_shape_with_the_request_id(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception while handling a request never reaches the client as a
+    traceback: it gets OpenAI's error body and the id to find the logged trace by."""
+
+    def broken(request: object, decision: object) -> dict[str, object]:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr("cascade.router.payload_for", broken)
+    response = _ask(stack)
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["code"] == "internal_error"
+    assert response.headers["x-cascade-request-id"] in error["message"]
+    assert "secret internal detail" not in response.text
+    assert "Traceback" not in response.text
+    monkeypatch.undo()
+    assert _ask(stack).status_code == 200  # the proxy keeps serving
+
+
 def test_models_lists_routable_names(stack: Stack) -> None:
     """/v1/models lists 'cascade', the policy's name and each tier's model."""
     ids = [m.id for m in stack.client().models.list()]
