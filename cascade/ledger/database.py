@@ -73,7 +73,6 @@ def create_engine(
         args["timeout"] = POSTGRES_CONNECT_TIMEOUT_S
     args.update(connect_args or {})
     if resolved.get_backend_name() == "sqlite":
-        _check_sqlite_folder(resolved)
         # No pool: an SQLite connection is a file open (well under a millisecond, once per write
         # batch), and a pooled aiosqlite connection that outlives its event loop is closed later
         # by the garbage collector from its worker thread, which then fails on the dead loop.
@@ -87,10 +86,12 @@ def create_engine(
 
 
 def _check_sqlite_folder(url: URL) -> None:
-    """Refuse a database file whose folder does not exist, before aiosqlite tries to open it.
+    """For one-shot commands: refuse a database file whose folder does not exist, before
+    aiosqlite tries to open it.
 
     SQLite would fail anyway; found here, the error names the folder, and no aiosqlite worker
-    thread is left reporting the failed open to an event loop that may be gone by then.
+    thread is left reporting the failed open to an event loop that ``asyncio.run`` has closed.
+    (A running proxy instead treats a missing folder as an outage: rows wait in the spool.)
     """
     name = url.database
     if not name or name == ":memory:" or name.startswith("file:"):
@@ -118,6 +119,8 @@ def run_with_engine(url: str | None, run: Callable[[AsyncEngine], Awaitable[_T]]
     password) and the driver's first line, instead of a traceback.
     """
     resolved = database_url(url)
+    if resolved.get_backend_name() == "sqlite":
+        _check_sqlite_folder(resolved)
 
     async def go() -> _T:
         engine = create_engine(resolved)
