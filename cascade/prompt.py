@@ -92,9 +92,12 @@ def prepare_prompt(
         )
 
     canonical_tools = _canonical_tools(tools)
-    prefix_tokens = prefix.tokens + estimate_message_tokens((), canonical_tools)
+    prefix_tokens = prefix.tokens
+    if canonical_tools:
+        prefix_tokens += estimate_message_tokens((), canonical_tools)
     # The same bytes as _canonical_json([prefix messages, tools]), without re-encoding the prefix.
-    prefix_json = f"[{prefix.json},{_canonical_json(canonical_tools)}]"
+    tools_json = _canonical_json(canonical_tools) if canonical_tools else "[]"
+    prefix_json = f"[{prefix.json},{tools_json}]"
     digest = hashlib.sha256(prefix_json.encode()).hexdigest()
     return PreparedPrompt(
         messages=tuple(out),

@@ -11,6 +11,7 @@ a 500 in the same shape, logged with its traceback. Never a traceback to the cli
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -135,6 +136,8 @@ class _Exchange:
         outcome = "ok" if http_status == 200 else "error"
         last = final_tier or (attempts[-1].tier if attempts else decision.tier)
         self.metrics.record(decision.policy, last, outcome, attempts)
+        if self.proxy.writer is None:  # no ledger: no rows to build
+            return
         self.proxy.record(
             request_record(
                 request_id=self.request_id,
@@ -150,6 +153,7 @@ class _Exchange:
         )
 
     def log_completed(self, decision: Decision, **fields: object) -> None:
+        """Log the finished request (callers check :func:`_logs_info` before building fields)."""
         log.info(
             "request.completed",
             request_id=self.request_id,
@@ -234,13 +238,14 @@ def _delivered(
         stream=chat.stream,
     )
     reply_headers = _completion_headers(completion)
-    exchange.log_completed(
-        decision,
-        tier=completion.tier,
-        attempts=reply_headers["x-cascade-attempts"],
-        cost_usd=str(completion.cost_usd),
-        stream=chat.stream,
-    )
+    if _logs_info():
+        exchange.log_completed(
+            decision,
+            tier=completion.tier,
+            attempts=reply_headers["x-cascade-attempts"],
+            cost_usd=str(completion.cost_usd),
+            stream=chat.stream,
+        )
     if chat.stream:
         include_usage = bool((chat.stream_options or {}).get("include_usage"))
         return StreamingResponse(
@@ -249,6 +254,12 @@ def _delivered(
             headers=reply_headers,
         )
     return JSONReply(200, orjson.dumps(completion.body), reply_headers)
+
+
+def _logs_info() -> bool:
+    """Whether info lines are logged (the per-request line is skipped, fields and all, if not)."""
+    check = getattr(log, "is_enabled_for", None)  # structlog's filtering loggers have it
+    return True if check is None else bool(check(logging.INFO))
 
 
 def _headers_of(scope: Scope) -> dict[str, str]:
@@ -333,14 +344,15 @@ def _relay(
             http_status=200 if run.error is None else 502,
             stream=True,
         )
-        exchange.log_completed(
-            decision,
-            tier=run.tier.name,
-            attempts=describe_attempts(run.attempts),
-            cost_usd=str(run.cost_usd),
-            stream=True,
-            outcome="ok" if run.error is None else "error",
-        )
+        if _logs_info():
+            exchange.log_completed(
+                decision,
+                tier=run.tier.name,
+                attempts=describe_attempts(run.attempts),
+                cost_usd=str(run.cost_usd),
+                stream=True,
+                outcome="ok" if run.error is None else "error",
+            )
 
     headers = {
         "x-cascade-tier": run.tier.name,
