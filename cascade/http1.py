@@ -148,6 +148,11 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
         return self._answer
 
+    def expire(self) -> None:
+        """The call's deadline passed: fail it with TimeoutError and drop the connection."""
+        self._fail(TimeoutError("no complete answer before the deadline"))
+        self.close()
+
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
@@ -201,27 +206,33 @@ class ConnectionPool:
         if self._closed:
             raise HTTPConnectionError("the connection pool is closed")
         data = b"%scontent-length: %d\r\n%s\r\n%s" % (endpoint.head, len(body), headers, body)
-        async with asyncio.timeout(timeout):
-            connection, reused = self._take(endpoint)
-            if connection is None:
-                connection = await self._connect(endpoint, connect_timeout)
-            try:
-                answer = await self._exchange(connection, data)
-            except HTTPConnectionError:
-                if not (reused and not connection.started):
-                    raise
-                # The server dropped the idle connection as we sent: it never saw the request.
-                connection = await self._connect(endpoint, connect_timeout)
-                answer = await self._exchange(connection, data)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        connection, reused = self._take(endpoint)
+        if connection is None:
+            connection = await self._connect(endpoint, connect_timeout, deadline)
+        try:
+            answer = await self._exchange(connection, data, deadline)
+        except HTTPConnectionError:
+            if not (reused and not connection.started):
+                raise
+            # The server dropped the idle connection as we sent: it never saw the request.
+            connection = await self._connect(endpoint, connect_timeout, deadline)
+            answer = await self._exchange(connection, data, deadline)
         self._give_back(connection)
         return answer
 
-    async def _exchange(self, connection: _Connection, data: bytes) -> Response:
+    async def _exchange(self, connection: _Connection, data: bytes, deadline: float) -> Response:
+        # One timer handle per call: asyncio.timeout() cost several times more on this path.
+        answer = connection.send(data)
+        timer = asyncio.get_running_loop().call_at(deadline, connection.expire)
         try:
-            return await connection.send(data)
+            return await answer
         except BaseException:
             connection.close()  # cancelled, timed out or broken: never reuse it mid-answer
             raise
+        finally:
+            timer.cancel()
 
     def _take(self, endpoint: Endpoint) -> tuple[_Connection | None, bool]:
         idle = self._idle.get((endpoint.scheme, endpoint.host, endpoint.port))
@@ -246,14 +257,14 @@ class ConnectionPool:
         if idle and connection in idle:
             idle.remove(connection)
 
-    async def _connect(self, endpoint: Endpoint, timeout: float) -> _Connection:
+    async def _connect(self, endpoint: Endpoint, timeout: float, deadline: float) -> _Connection:
         key = (endpoint.scheme, endpoint.host, endpoint.port)
         loop = asyncio.get_running_loop()
         tls: ssl.SSLContext | None = None
         if endpoint.scheme == "https":
             tls = self._ssl or ssl.create_default_context()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(min(loop.time() + timeout, deadline)):
                 _, connection = await loop.create_connection(
                     lambda: _Connection(self, key), endpoint.host, endpoint.port, ssl=tls
                 )

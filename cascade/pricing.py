@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
 
 from cascade.policy.model import GpuPrice, Tier, TokenPrice
 
@@ -43,12 +42,26 @@ class Rates:
 
 def tier_rates(tier: Tier) -> Rates | None:
     """The tier's per-token rates; None when the policy has no price (priced later, by litellm)."""
-    return None if tier.price is None else _rates(tier.price)
+    price = tier.price
+    if price is None:
+        return None
+    # Remembered per price object (hashing a pydantic model costs more than the arithmetic).
+    known = _RATES.get(id(price))
+    if known is not None and known[0] is price:
+        return known[1]
+    if len(_RATES) >= _MAX_REMEMBERED:
+        _RATES.clear()
+    rates = _rates(price)
+    _RATES[id(price)] = (price, rates)  # holding the price keeps its id from being reused
+    return rates
 
 
-@lru_cache(maxsize=1024)
+_RATES: dict[int, tuple[TokenPrice | GpuPrice, Rates]] = {}
+_MAX_REMEMBERED = 4096
+
+
 def _rates(price: TokenPrice | GpuPrice) -> Rates:
-    """Rates for a price (prices are frozen, so equal prices share one computation)."""
+    """Rates for a price."""
     if isinstance(price, TokenPrice):
         cached = price.cached_input_usd_per_mtok
         return Rates(

@@ -172,14 +172,17 @@ def _analyse_prefix(messages: Sequence[Message], move_volatile: bool) -> _Prefix
 
 def _validate(messages: Sequence[Message]) -> int:
     """Check the request's shape and return the index of its last user message."""
-    if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
+    # A list (what JSON gives) is checked first: ABC checks cost more than the rest of this step.
+    if not isinstance(messages, list) and (
+        isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence)
+    ):
         raise RoutingError(f"messages: must be a list of message objects, got {_kind(messages)}")
     if not messages:
         raise RoutingError("messages: must not be empty; send at least one user message")
     last_user = -1
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
-        if not isinstance(message, Mapping):
+        if not isinstance(message, (dict, Mapping)):
             raise RoutingError(
                 f'{where}: must be an object like {{"role": "user", "content": "..."}}, '
                 f"got {_kind(message)}"

@@ -66,9 +66,10 @@ class TierClient(Protocol):
 def read_usage(body: Mapping[str, Any], request: Mapping[str, Any]) -> Usage:
     """Usage from an answer's ``usage`` object; estimated from the texts when it is missing."""
     usage = body.get("usage")
-    if isinstance(usage, Mapping) and isinstance(usage.get("completion_tokens"), int):
+    # isinstance(x, dict) first: answers are parsed JSON, and an ABC check costs far more.
+    if isinstance(usage, (dict, Mapping)) and isinstance(usage.get("completion_tokens"), int):
         details = usage.get("prompt_tokens_details") or {}
-        cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+        cached = details.get("cached_tokens") if isinstance(details, (dict, Mapping)) else None
         return Usage(
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage["completion_tokens"]),
