@@ -283,6 +283,11 @@ def test_health_readiness_and_metrics(stack: Stack) -> None:
     _ask(stack)
     text = httpx.get(f"{stack.url}/metrics").text
     assert 'cascade_requests_total{outcome="ok",policy="proxytest",tier="small"} 1.0' in text
+    assert 'cascade_attempts_total{outcome="ok",role="primary",tier="small"} 1.0' in text
+    assert 'cascade_cost_usd_total{policy="proxytest",tier="small"} ' in text
+    assert 'cascade_decision_seconds_bucket{le="+Inf"} 1.0' in text
+    assert "cascade_decision_seconds_count 1.0" in text
+    assert 'cascade_in_flight{tier="small"} 0' in text
 
 
 def _wait_for(predicate: Callable[[], bool], seconds: float = 10.0) -> bool:

@@ -183,7 +183,7 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> JSONReply 
         chat, body = parse_chat_request(raw)
         router, pinned = proxy.resolve(chat.model)
         decision = await router.plan(body, workload=headers.get("x-cascade-workload"), tier=pinned)
-        metrics.decision_seconds.observe(time.perf_counter() - exchange.started)
+        metrics.observe_decision(time.perf_counter() - exchange.started)
         if chat.stream and router.policy.escalation.streaming == "passthrough":
             run = await open_stream(router, body, decision)
             return _relay(run, chat, decision, exchange)
