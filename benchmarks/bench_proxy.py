@@ -126,6 +126,12 @@ def main() -> None:
     parser.add_argument("--upstream-port", type=int, default=9101)
     parser.add_argument("--proxy-port", type=int, default=9102)
     parser.add_argument("--reference-port", type=int, default=9103)
+    parser.add_argument(
+        "--upstream-server",
+        choices=["raw", "asgi"],
+        default="raw",
+        help="the fast upstream's server (benchmarks/fast_upstream.py)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="proxy worker processes")
     parser.add_argument(
         "--ledger", choices=["off", "sqlite"], default="off", help="record requests (in a temp dir)"
@@ -147,7 +153,15 @@ def main() -> None:
         python = sys.executable
         with (
             _process(
-                [python, "-m", "benchmarks.fast_upstream", "--port", str(args.upstream_port)],
+                [
+                    python,
+                    "-m",
+                    "benchmarks.fast_upstream",
+                    "--port",
+                    str(args.upstream_port),
+                    "--server",
+                    args.upstream_server,
+                ],
                 f"{upstream}/",
             ),
             _process(
@@ -195,8 +209,8 @@ def main() -> None:
             httpx.post(f"{proxy}/v1/chat/completions", json=_BODY, timeout=30).raise_for_status()
             print(
                 f"proxy added latency and throughput; {args.workers} proxy worker(s), ledger "
-                f"{args.ledger}; wrk, 1 "
-                f"thread, {args.seconds} s per run"
+                f"{args.ledger}, {args.upstream_server} upstream; wrk, 1 thread, {args.seconds} s "
+                "per run"
             )
             print(
                 f"{'conc':>5} {'direct rps':>11} {'proxy rps':>10} {'direct p50/p99 ms':>18} "

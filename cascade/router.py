@@ -17,14 +17,13 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal
 
-from cascade.batching import MicroBatcher
 from cascade.capacity import InFlightCounter
 from cascade.decision import Decision
 from cascade.errors import TierError
 from cascade.escalation import find_problem
 from cascade.policy.model import Policy, Tier
 from cascade.pricing import Rates, tier_rates
-from cascade.routing import Planner
+from cascade.routing import AsyncScorer, Planner
 from cascade.tiers import TierAnswer, TierClient, Usage
 
 Role = Literal["primary", "spill", "escalation"]
@@ -111,7 +110,7 @@ class Router:
         planner: Planner,
         clients: Mapping[str, TierClient],
         *,
-        batcher: MicroBatcher | None = None,
+        batcher: AsyncScorer | None = None,
         capacity: InFlightCounter | None = None,
         health: TierHealth | None = None,
         api_rates: Callable[[Tier], Rates | None] | None = None,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from cascade.batching import MicroBatcher
+from cascade.batching import LoopBatcher, MicroBatcher
 from cascade.errors import ScorerError
 from cascade.scoring import OnnxScorer
 from cascade.training import PARITY_TEXTS
@@ -143,3 +143,57 @@ def test_invalid_settings_are_refused() -> None:
         MicroBatcher(RecordingScorer(), max_batch=0)
     with pytest.raises(ValueError, match="max_wait_ms"):
         MicroBatcher(RecordingScorer(), max_wait_ms=-1)
+
+
+def test_loop_batcher_scores_one_loop_turn_in_one_call_on_the_loop() -> None:
+    """Calls made in the same loop turn share one score_batch on the loop's own thread, each
+    caller gets the score of its own text, and the shipped model's scores are unchanged."""
+    model = OnnxScorer("prompt-features-v1", device="cpu")
+    texts = [*PARITY_TEXTS, *(f"question {i}: what is {i} + {i}?" for i in range(30))]
+
+    async def run() -> tuple[list[float], list[float], RecordingScorer, int]:
+        batched = LoopBatcher(model)
+        scores = await asyncio.gather(*(batched.score(t) for t in texts))
+        recording = RecordingScorer()
+        batcher = LoopBatcher(recording, max_batch=8)
+        first = await asyncio.gather(*(batcher.score(t) for t in ["a", "bb", "ccc"]))
+        later = await batcher.score("dddd")  # a later turn: a batch of its own
+        assert later == 0.004
+        return list(scores), first, recording, batched.batches_run
+
+    scores, first, recording, runs = asyncio.run(run())
+    assert scores == [model.score(t) for t in texts]
+    assert runs == 1
+    assert first == [0.001, 0.002, 0.003]
+    assert recording.batches == [["a", "bb", "ccc"], ["dddd"]]
+    assert recording.threads == {threading.get_ident()}  # no worker thread
+
+
+def test_loop_batcher_splits_at_max_batch_and_skips_cancelled_callers() -> None:
+    recording = RecordingScorer()
+
+    async def run() -> list[float]:
+        batcher = LoopBatcher(recording, max_batch=2)
+        tasks = [asyncio.ensure_future(batcher.score(t)) for t in ["a", "bb", "ccc", "dddd"]]
+        await asyncio.sleep(0)  # every task has queued its text
+        tasks[1].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        return [d for d in done if isinstance(d, float)]
+
+    assert asyncio.run(run()) == [0.001, 0.003, 0.004]
+    assert recording.batches == [["a"], ["ccc", "dddd"]]
+
+
+def test_loop_batcher_gives_every_caller_the_scorers_error_and_refuses_after_close() -> None:
+    async def run() -> list[BaseException | float]:
+        batcher = LoopBatcher(FailingScorer())
+        results = await asyncio.gather(
+            *(batcher.score(t) for t in ["a", "b"]), return_exceptions=True
+        )
+        await batcher.aclose()
+        with pytest.raises(ScorerError, match="closed"):
+            await batcher.score("c")
+        return list(results)
+
+    results = asyncio.run(run())
+    assert all(isinstance(r, ScorerError) and "exploded" in str(r) for r in results)

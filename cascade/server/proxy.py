@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import structlog
 
-from cascade.batching import MicroBatcher
+from cascade.batching import LoopBatcher, MicroBatcher
 from cascade.capacity import InFlightCounter
 from cascade.errors import CascadeError
 from cascade.http1 import ConnectionPool
@@ -46,7 +46,7 @@ class Proxy:
         self.capacity = InFlightCounter()
         self._files: dict[str, tuple[Path, float]] = {}
         self._scorers: dict[tuple[str, str], Scorer] = {}
-        self._batchers: dict[tuple[str, str], MicroBatcher] = {}
+        self._batchers: dict[tuple[str, str], LoopBatcher | MicroBatcher] = {}
         self._clients: dict[str, TierClient] = {}
         self._api: LiteLLMClient | None = None
         self._stack = AsyncExitStack()
@@ -208,16 +208,19 @@ class Proxy:
             self._scorers[key] = OnnxScorer(policy.scorer.model, device=policy.scorer.device)
         return self._scorers[key]
 
-    async def _batcher(self, policy: Policy) -> MicroBatcher | None:
+    async def _batcher(self, policy: Policy) -> LoopBatcher | MicroBatcher | None:
         key = (policy.scorer.model, policy.scorer.device)
         mode = self.settings.batch_scoring
-        scorer = self._scorer(policy)
-        on_gpu = getattr(scorer, "device", "cpu") == "cuda"
-        if mode == "never" or (mode == "auto" and not on_gpu):
+        if mode == "never":
             return None
         if key not in self._batchers:
-            batcher = MicroBatcher(scorer, max_wait_ms=self.settings.batch_wait_ms)
-            self._batchers[key] = await batcher.__aenter__()
+            scorer = self._scorer(policy)
+            on_gpu = getattr(scorer, "device", "cpu") == "cuda"
+            if mode == "loop" or (mode == "auto" and not on_gpu):
+                self._batchers[key] = LoopBatcher(scorer)
+            else:
+                batcher = MicroBatcher(scorer, max_wait_ms=self.settings.batch_wait_ms)
+                self._batchers[key] = await batcher.__aenter__()
         return self._batchers[key]
 
     def in_flight(self) -> Mapping[str, int]:

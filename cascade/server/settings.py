@@ -26,10 +26,13 @@ class ServerSettings:
     """Where ledger rows wait while the database is unreachable (replayed when it is back)."""
     migrate_on_start: bool = True
     """Bring the ledger's schema up to date at start-up (``cascade db upgrade`` does it by hand)."""
-    batch_scoring: Literal["auto", "always", "never"] = "auto"
-    """Micro-batch scoring in a worker thread. ``auto``: only when the scorer runs on a GPU. On
-    CPU the shipped model scores a batch no faster than one prompt at a time, and the hand-off to
-    the thread cost ~30% of the proxy's throughput on 2 cores (benchmarks/bench_proxy.py)."""
+    batch_scoring: Literal["auto", "loop", "always", "never"] = "auto"
+    """How the scorer is called. ``loop``: the requests of one event-loop turn are scored in one
+    call, on the loop (no thread). ``always``: micro-batches in a worker thread, waiting up to
+    ``batch_wait_ms`` for more prompts. ``never``: each request on its own. ``auto``: ``always``
+    when the scorer runs on a GPU, else ``loop`` (on 2 CPU cores it cut the proxy's CPU per
+    request by a fifth at concurrency 64, while the thread hand-off of ``always`` cost ~30% of
+    the throughput; benchmarks/bench_proxy.py)."""
     batch_wait_ms: float = 0.0
     """How long a micro-batch waits for more prompts (0: batch only what is already queued)."""
 
