@@ -11,6 +11,7 @@ then tried again. Every call is an :class:`Attempt` with its tokens, cost and ou
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -303,8 +304,29 @@ class Router:
 
 
 def new_request_id() -> str:
-    """A fresh request id (``req_`` + 24 random hex digits)."""
-    return "req_" + os.urandom(12).hex()
+    """A fresh request id (``req_`` + 24 random hex digits, unguessable)."""
+    return "req_" + _randomness.take(12).hex()
+
+
+class _RandomBytes:
+    """os.urandom bought in bulk: one system call per 256 request ids (thread-safe)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._bytes = b""
+        self._at = 0
+        self._lock = threading.Lock()
+
+    def take(self, count: int) -> bytes:
+        with self._lock:
+            if self._at + count > len(self._bytes):
+                self._bytes, self._at = os.urandom(self._size), 0
+            source, start = self._bytes, self._at
+            self._at += count
+        return source[start : start + count]
+
+
+_randomness = _RandomBytes(12 * 256)
 
 
 def payload_for(request: Mapping[str, Any], decision: Decision) -> dict[str, Any]:

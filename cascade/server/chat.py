@@ -257,9 +257,19 @@ def _delivered(
 
 
 def _logs_info() -> bool:
-    """Whether info lines are logged (the per-request line is skipped, fields and all, if not)."""
-    check = getattr(log, "is_enabled_for", None)  # structlog's filtering loggers have it
-    return True if check is None else bool(check(logging.INFO))
+    """Whether info lines are logged (the per-request line is skipped, fields and all, if not).
+
+    Asked once per configuration of structlog: the answer only changes when it is configured.
+    """
+    config = structlog.get_config()["wrapper_class"]
+    known = _INFO_BY_WRAPPER.get(config)
+    if known is None:
+        check = getattr(log.bind(), "is_enabled_for", None)  # structlog's filtering loggers
+        known = _INFO_BY_WRAPPER[config] = True if check is None else bool(check(logging.INFO))
+    return known
+
+
+_INFO_BY_WRAPPER: dict[object, bool] = {}
 
 
 def _headers_of(scope: Scope) -> dict[str, str]:

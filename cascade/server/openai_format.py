@@ -59,6 +59,9 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
         raise BadRequestError(
             400, f"the request body must be a JSON object, got {type(body).__name__}"
         )
+    request = _well_typed(body)
+    if request is not None:
+        return request, body
     try:
         request = ChatRequest.model_validate(body)
     except ValidationError as exc:
@@ -68,6 +71,40 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
         shown = "" if isinstance(given, dict | list) else f" (got {json.dumps(given, default=str)})"
         raise BadRequestError(400, f"{where}: {first['msg']}{shown}", param=where) from None
     return request, body
+
+
+_OPTIONAL_COUNTS = ("max_tokens", "max_completion_tokens")
+
+
+def _well_typed(body: dict[str, Any]) -> ChatRequest | None:
+    """The request without pydantic's validation when every field it checks already has its
+    exact type and range (the usual case; about a tenth of the cost). None: validate it."""
+    model, messages = body.get("model"), body.get("messages")
+    if not (type(model) is str and model and type(messages) is list and messages):
+        return None
+    stream = body.get("stream", False)
+    tools, options = body.get("tools"), body.get("stream_options")
+    n = body.get("n", 1)
+    if type(stream) is not bool or type(n) is not int or not 1 <= n <= 8:
+        return None
+    if options is not None and type(options) is not dict:
+        return None
+    if tools is not None and not (type(tools) is list and all(type(t) is dict for t in tools)):
+        return None
+    for key in _OPTIONAL_COUNTS:
+        count = body.get(key)
+        if count is not None and (type(count) is not int or count < 1):
+            return None
+    return ChatRequest.model_construct(
+        model=model,
+        messages=messages,
+        stream=stream,
+        tools=tools,
+        max_tokens=body.get("max_tokens"),
+        max_completion_tokens=body.get("max_completion_tokens"),
+        n=n,
+        stream_options=options,
+    )
 
 
 def error_body(
