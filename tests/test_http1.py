@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
+import trustme
 
 from cascade.http1 import ConnectionPool, Endpoint, HTTPConnectionError
 
@@ -252,3 +254,46 @@ def test_endpoints_are_checked_when_parsed() -> None:
         Endpoint.parse("ftp://example.com/", {})
     with pytest.raises(ValueError, match="line break"):
         Endpoint.parse("http://example.com/", {"x-key": "a\r\nx-injected: 1"})
+
+
+def test_https_endpoints_are_called_over_tls_and_the_certificate_is_checked() -> None:
+    """An https:// tier gets TLS with certificate and host name checks; a certificate the
+    client does not trust fails the call as a connection error."""
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    trusting = ssl.create_default_context()
+    authority.configure_trust(trusting)
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(_tls_echo, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        endpoint = Endpoint.parse(f"https://127.0.0.1:{port}/v1/chat/completions", {})
+        pool = ConnectionPool(ssl_context=trusting)
+        answers = [
+            await pool.post(endpoint, b"%d" % i, connect_timeout=5, timeout=5) for i in range(3)
+        ]
+        assert [a.body for a in answers] == [b"0", b"1", b"2"]
+        assert pool.opened == 1
+        await pool.aclose()
+        stranger = ConnectionPool()  # the system's trust store: it does not know this CA
+        with pytest.raises(HTTPConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            await stranger.post(endpoint, b"{}", connect_timeout=5, timeout=5)
+        await stranger.aclose()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+async def _tls_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            writer.write(ok(await reader.readexactly(length)))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
