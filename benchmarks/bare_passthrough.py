@@ -23,6 +23,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cascade.server.background import uvicorn_options
+from cascade.server.workers import serve_workers
+
 
 def create_app(upstream: str) -> Starlette:
     """Forward POST /v1/chat/completions to ``upstream`` unchanged."""
@@ -65,17 +68,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     os.environ[_UPSTREAM_ENV] = args.upstream
-    uvicorn.run(
-        "benchmarks.bare_passthrough:create_app_from_env",
-        factory=True,
-        workers=args.workers,
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-    )
+    app = "benchmarks.bare_passthrough:create_app_from_env"
+    if args.workers > 1:  # the way cascade serve runs its workers, for a like-for-like reference
+        serve_workers(
+            app, host="127.0.0.1", port=args.port, log_level="warning", workers=args.workers
+        )
+        return
+    options = uvicorn_options("warning")
+    uvicorn.run(app, factory=True, host="127.0.0.1", port=args.port, **options)
 
 
 if __name__ == "__main__":

@@ -207,6 +207,8 @@ def main() -> None:
             ),
         ):
             httpx.post(f"{proxy}/v1/chat/completions", json=_BODY, timeout=30).raise_for_status()
+            if args.workers > 1:
+                time.sleep(3)  # every worker listening: wrk's connections spread over all of them
             print(
                 f"proxy added latency and throughput; {args.workers} proxy worker(s), ledger "
                 f"{args.ledger}, {args.upstream_server} upstream; wrk, 1 thread, {args.seconds} s "

@@ -181,17 +181,17 @@ def _validate(messages: Sequence[Message]) -> int:
         raise RoutingError("messages: must not be empty; send at least one user message")
     last_user = -1
     for index, message in enumerate(messages):
-        where = f"messages[{index}]"
         if not isinstance(message, (dict, Mapping)):
             raise RoutingError(
-                f'{where}: must be an object like {{"role": "user", "content": "..."}}, '
+                f'messages[{index}]: must be an object like {{"role": "user", "content": "..."}}, '
                 f"got {_kind(message)}"
             )
         role = message.get("role")
         if role not in _ROLES:
             found = "missing" if role is None else f"unknown role {role!r}"
-            raise RoutingError(f"{where}.role: {found}; allowed: {', '.join(_ROLES)}")
-        _validate_content(message, role, where)
+            raise RoutingError(f"messages[{index}].role: {found}; allowed: {', '.join(_ROLES)}")
+        if type(message.get("content")) is not str:  # string content needs no further check
+            _validate_content(message, role, f"messages[{index}]")
         if role == "user":
             last_user = index
     if last_user < 0:

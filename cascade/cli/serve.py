@@ -45,14 +45,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    from starlette.types import ASGIApp
-
     from cascade.errors import CascadeError
     from cascade.ledger import DATABASE_URL_ENV
     from cascade.logs import configure_json_logs
     from cascade.server.app import SETTINGS_ENV, create_app
     from cascade.server.background import serve_forever
     from cascade.server.settings import ServerSettings
+    from cascade.server.workers import serve_workers
 
     keys: frozenset[str] = frozenset()
     if ns.api_key_env:
@@ -74,8 +73,13 @@ def _serve(ns: argparse.Namespace) -> int:
     if ns.workers > 1:
         # Worker processes build the app themselves, from settings handed over in the environment.
         os.environ[SETTINGS_ENV] = settings.to_json()
-        target: ASGIApp | str = "cascade.server.app:create_app_from_env"
+        serve_workers(
+            "cascade.server.app:create_app_from_env",
+            host=ns.host,
+            port=ns.port,
+            log_level=ns.log_level,
+            workers=ns.workers,
+        )
     else:
-        target = create_app(settings)
-    serve_forever(target, host=ns.host, port=ns.port, log_level=ns.log_level, workers=ns.workers)
+        serve_forever(create_app(settings), host=ns.host, port=ns.port, log_level=ns.log_level)
     return 0

@@ -1,0 +1,168 @@
+"""``cascade serve --workers N``: worker processes on one port, supervised, stopped cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import serving
+from tests.upstreams import ScriptedTier, closed_port
+
+POLICY = """\
+name: workers
+tiers:
+  - {{name: small, model: s, kind: self_hosted, endpoint: "{url}/v1", threshold: 0.0,
+      price: {{input_usd_per_mtok: 1, output_usd_per_mtok: 2}}}}
+  - {{name: big, model: b, kind: self_hosted, endpoint: "{url}/v1",
+      price: {{input_usd_per_mtok: 2, output_usd_per_mtok: 4}}}}
+"""
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(socket, "SO_REUSEPORT"), reason="workers share a port with SO_REUSEPORT"
+)
+
+
+def _children(pid: int) -> set[int]:
+    """The worker processes of ``pid`` (not multiprocessing's resource tracker)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    children = {int(child) for child in path.read_text().split()} if path.exists() else set()
+    return {child for child in children if b"spawn_main" in _command_line(child)}
+
+
+def _command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _wait(predicate: Callable[[], bool], seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _serve(policy: Path, port: int) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "cascade", "serve", "--policy", str(policy)]
+    command += ["--port", str(port), "--workers", "2", "--no-ledger", "--log-level", "warning"]
+    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+
+
+def _ask(url: str) -> int:
+    with httpx.Client(timeout=30) as client:  # a connection of its own
+        return _ask_with(client, url)
+
+
+def _ask_with(client: httpx.Client, url: str) -> int:
+    body = {"model": "cascade", "messages": [{"role": "user", "content": "hi"}]}
+    return client.post(f"{url}/v1/chat/completions", json=body).status_code
+
+
+def _connections(pid: int, port: int) -> set[int]:
+    """Inodes of the established TCP connections to ``port`` that process ``pid`` holds."""
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            held.add(int(target[8:-1]))
+    established = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+            established.add(int(fields[9]))
+    return held & established
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Iterator[Path]:
+    with serving(ScriptedTier("small").app()) as tier:
+        path = tmp_path / "workers.yaml"
+        path.write_text(POLICY.format(url=tier))
+        yield path
+
+
+def test_two_workers_serve_one_port_restart_after_a_crash_and_stop_on_sigterm(
+    policy: Path,
+) -> None:
+    """Both workers serve; a worker killed mid-run is replaced and requests keep succeeding;
+    SIGTERM stops the workers and the supervisor, which exits 0."""
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _serve(policy, port)
+    try:
+        assert _wait(lambda: len(_children(server.pid)) == 2 and _ready(url))
+        first = _children(server.pid)
+        clients = [httpx.Client(timeout=30) for _ in range(16)]  # 16 kept-alive connections
+        try:
+            with ThreadPoolExecutor(16) as pool:
+                codes = set(pool.map(lambda client: _ask_with(client, url), clients))
+            assert codes == {200}
+            per_worker = [len(_connections(pid, port)) for pid in sorted(first)]
+        finally:
+            for client in clients:
+                client.close()
+        assert sum(per_worker) == 16
+        assert min(per_worker) >= 1  # the kernel spread them (all on one: p = 2 / 2**16)
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        assert _wait(lambda: len(_children(server.pid) - first) == 1 and _ready(url))
+        survivors = _children(server.pid)
+        assert victim not in survivors
+        assert len(survivors) == 2
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(lambda _: _ask(url), range(40))) == {200}
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+        assert all(not Path(f"/proc/{pid}").exists() for pid in survivors)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(10)
+        if server.stderr is not None:
+            server.stderr.close()
+
+
+def test_a_worker_that_cannot_start_stops_the_server_with_an_error(policy: Path) -> None:
+    """The port is held by a program without SO_REUSEPORT: no worker can bind it, and serve
+    exits non-zero saying so instead of restarting workers forever."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        server = _serve(policy, port)
+        try:
+            code = server.wait(120)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait(10)
+        err = server.stderr.read() if server.stderr is not None else ""
+        if server.stderr is not None:
+            server.stderr.close()
+    assert code != 0
+    assert "worker.bind_failed" in err
+    assert "a worker exited before it was serving" in err
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
