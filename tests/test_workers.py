@@ -5,16 +5,21 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import httpx
 import pytest
 
+from cascade.ledger.spool import Spool, adopt_spools
+from cascade.server.settings import ServerSettings
+from tests.ledger_databases import make_entry
 from tests.servers import serving
 from tests.upstreams import ScriptedTier, closed_port
 
@@ -55,10 +60,20 @@ def _wait(predicate: Callable[[], bool], seconds: float = 60) -> bool:
     return False
 
 
-def _serve(policy: Path, port: int) -> subprocess.Popen[str]:
+def _serve(policy: Path, port: int, ledger: Path | None = None) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "cascade", "serve", "--policy", str(policy)]
-    command += ["--port", str(port), "--workers", "2", "--no-ledger", "--log-level", "warning"]
+    command += ["--port", str(port), "--workers", "2", "--log-level", "warning"]
+    if ledger is None:
+        command.append("--no-ledger")
+    else:
+        command += ["--database-url", f"sqlite:///{ledger}", "--spool", f"{ledger}.spool"]
     return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+
+
+def _recorded(ledger: Path) -> int:
+    with closing(sqlite3.connect(ledger)) as db:
+        count: int = db.execute("SELECT count(*) FROM requests").fetchone()[0]
+    return count
 
 
 def _ask(url: str) -> int:
@@ -99,13 +114,15 @@ def policy(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_two_workers_serve_one_port_restart_after_a_crash_and_stop_on_sigterm(
-    policy: Path,
+    policy: Path, tmp_path: Path
 ) -> None:
-    """Both workers serve; a worker killed mid-run is replaced and requests keep succeeding;
-    SIGTERM stops the workers and the supervisor, which exits 0."""
+    """Both workers serve and record into one SQLite ledger; a worker killed mid-run is
+    replaced and requests keep succeeding; SIGTERM stops the workers and the supervisor, which
+    exits 0, with every request in the ledger."""
     port = closed_port()
     url = f"http://127.0.0.1:{port}"
-    server = _serve(policy, port)
+    ledger = tmp_path / "ledger.db"
+    server = _serve(policy, port, ledger)
     try:
         assert _wait(lambda: len(_children(server.pid)) == 2 and _ready(url))
         first = _children(server.pid)
@@ -120,6 +137,7 @@ def test_two_workers_serve_one_port_restart_after_a_crash_and_stop_on_sigterm(
                 client.close()
         assert sum(per_worker) == 16
         assert min(per_worker) >= 1  # the kernel spread them (all on one: p = 2 / 2**16)
+        assert _wait(lambda: _recorded(ledger) == 16)  # written before a worker is killed
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
         assert _wait(lambda: len(_children(server.pid) - first) == 1 and _ready(url))
@@ -131,6 +149,7 @@ def test_two_workers_serve_one_port_restart_after_a_crash_and_stop_on_sigterm(
         server.send_signal(signal.SIGTERM)
         assert server.wait(60) == 0
         assert all(not Path(f"/proc/{pid}").exists() for pid in survivors)
+        assert _recorded(ledger) == 56
     finally:
         if server.poll() is None:
             server.kill()
@@ -166,3 +185,30 @@ def _ready(url: str) -> bool:
         return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_each_worker_spools_to_a_file_of_its_own_and_worker_0_adopts_orphans(
+    tmp_path: Path,
+) -> None:
+    """Workers sharing a spool could lose rows (one empties it after replaying while another
+    appends), so each gets its own; worker 0 takes over the spool of a single-process run and
+    those of workers that no longer exist, without losing or dropping an entry."""
+    base = tmp_path / "ledger.spool"
+    Spool(base).append([make_entry(1), make_entry(2)])
+    Spool(f"{base}.worker3").append([make_entry(3)])
+    Spool(f"{base}.worker1").append([make_entry(4)])
+    settings = ServerSettings(spool_path=str(base))
+
+    first, second = settings.for_worker(0, 2), settings.for_worker(1, 2)
+    assert first.spool_path == f"{base}.worker0"
+    assert second.spool_path == f"{base}.worker1"
+    assert first.adopt_spools == (str(base), f"{base}.worker3")
+    assert second.adopt_spools == ()
+    assert ServerSettings.from_json(first.to_json()) == first
+
+    assert adopt_spools(first.adopt_spools, into=first.spool_path) == 3
+    ids = [e.request.request_id for e in Spool(first.spool_path).read()]
+    assert ids == [make_entry(n).request.request_id for n in (1, 2, 3)]
+    assert not base.exists()
+    assert not Path(f"{base}.worker3").exists()
+    assert len(Spool(f"{base}.worker1").read()) == 1  # a live worker's spool is left alone

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -103,6 +104,28 @@ class Spool:
             return
         except OSError as exc:
             raise LedgerError(f"cannot empty the ledger spool {self.path}: {exc}") from exc
+
+
+def adopt_spools(paths: Sequence[str | os.PathLike[str]], *, into: str | os.PathLike[str]) -> int:
+    """Move the entries of other spool files into ``into`` (then delete them); returns how many.
+
+    For a worker taking over the spools of processes that no longer run. Appended before the
+    old file is deleted: a crash in between replays an entry twice, which the ledger absorbs.
+    """
+    target = Spool(into)
+    moved = 0
+    for path in paths:
+        source = Spool(path)
+        if Path(path).resolve() == target.path.resolve() or not source.path.exists():
+            continue
+        entries = source.read()
+        target.append(entries)
+        source.path.unlink()
+        moved += len(entries)
+        _log.info(
+            "ledger.spool_adopted", spool=str(source.path), into=str(target.path), rows=len(entries)
+        )
+    return moved
 
 
 def _append_lines(path: Path, lines: list[bytes]) -> None:

@@ -27,6 +27,7 @@ from cascade.server.metrics import Metrics
 from cascade.server.openai_format import BadRequestError, error_body, error_response
 from cascade.server.proxy import Proxy
 from cascade.server.settings import ServerSettings
+from cascade.server.workers import worker_identity
 
 SETTINGS_ENV = "CASCADE_SERVE_SETTINGS"
 
@@ -56,8 +57,13 @@ def _route_path(scope: Scope) -> str:
 
 
 def create_app_from_env() -> ProxyApp:
-    """The app for uvicorn's worker processes: settings come as JSON in CASCADE_SERVE_SETTINGS."""
-    return create_app(ServerSettings.from_json(os.environ[SETTINGS_ENV]))
+    """The app for worker processes: settings come as JSON in CASCADE_SERVE_SETTINGS, and
+    each worker of ``cascade serve --workers`` gets a spool file of its own."""
+    settings = ServerSettings.from_json(os.environ[SETTINGS_ENV])
+    identity = worker_identity()
+    if identity is not None:
+        settings = settings.for_worker(*identity)
+    return create_app(settings)
 
 
 def create_app(settings: ServerSettings) -> ProxyApp:

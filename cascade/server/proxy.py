@@ -19,6 +19,7 @@ from cascade.errors import CascadeError
 from cascade.http1 import ConnectionPool
 from cascade.ledger import AttemptRecord, Ledger, LedgerWriter, RequestRecord, create_engine
 from cascade.ledger.migrate import upgrade
+from cascade.ledger.spool import adopt_spools
 from cascade.policy.loading import load_policy
 from cascade.policy.model import Policy, Tier
 from cascade.pricing import Rates
@@ -99,6 +100,7 @@ class Proxy:
         if self.settings.migrate_on_start:
             await upgrade(engine)
         self.ledger = Ledger(engine)
+        adopt_spools(self.settings.adopt_spools, into=self.settings.spool_path)
         self.writer = LedgerWriter(self.ledger, self.settings.spool_path)
         await self.writer.start()  # replays rows a previous run left in the spool
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -33,8 +34,30 @@ class ServerSettings:
     when the scorer runs on a GPU, else ``loop`` (on 2 CPU cores it cut the proxy's CPU per
     request by a fifth at concurrency 64, while the thread hand-off of ``always`` cost ~30% of
     the throughput; benchmarks/bench_proxy.py)."""
+    adopt_spools: tuple[str, ...] = ()
+    """Spool files of workers that no longer exist, moved into this process's spool at start
+    (set by :meth:`for_worker`)."""
     batch_wait_ms: float = 0.0
     """How long a micro-batch waits for more prompts (0: batch only what is already queued)."""
+
+    def for_worker(self, index: int, count: int) -> ServerSettings:
+        """The settings of worker ``index`` of ``count``: a spool file of its own.
+
+        Workers sharing one spool could lose rows: one empties the file after replaying what
+        it read while another appends. Worker 0 also takes over the spool of a single-process
+        run and those of workers beyond ``count`` (a restart with fewer workers).
+        """
+        base = Path(self.spool_path)
+        adopt: tuple[str, ...] = ()
+        if index == 0:
+            pattern = re.compile(re.escape(base.name) + r"\.worker(\d+)")
+            others = [
+                str(path)
+                for path in sorted(base.parent.glob(base.name + ".worker*"))
+                if (match := pattern.fullmatch(path.name)) and int(match.group(1)) >= count
+            ]
+            adopt = (str(base), *others)
+        return replace(self, spool_path=f"{base}.worker{index}", adopt_spools=adopt)
 
     def to_json(self) -> str:
         """The settings as JSON (to hand them to worker processes)."""
@@ -49,4 +72,5 @@ class ServerSettings:
         data = json.loads(text)
         data["policies"] = tuple(data["policies"])
         data["api_keys"] = frozenset(data["api_keys"])
+        data["adopt_spools"] = tuple(data.get("adopt_spools", ()))
         return cls(**data)

@@ -16,6 +16,7 @@ SIGINT or SIGTERM stops them all and returns. Where the platform has no ``SO_REU
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import socket
 import threading
@@ -35,6 +36,19 @@ log = structlog.get_logger("cascade.workers")
 
 _STOP_TIMEOUT_S = 30.0
 _POLL_S = 0.2
+
+
+WORKER_ENV = "CASCADE_WORKER"
+"""Set to ``index/count`` in each worker process."""
+
+
+def worker_identity() -> tuple[int, int] | None:
+    """This process's worker index and the number of workers; None outside a worker."""
+    value = os.environ.get(WORKER_ENV)
+    if not value:
+        return None
+    index, _, count = value.partition("/")
+    return int(index), int(count)
 
 
 def reuse_port_available() -> bool:
@@ -57,10 +71,11 @@ def serve_workers(app: str, *, host: str, port: int, log_level: str, workers: in
         stopping = True
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    spec = _Spec(app, host, port, log_level, workers)
     running: list[_Worker] = []
     try:
-        for _ in range(workers):
-            running.append(_Worker.start(context, app, host, port, log_level))
+        for index in range(workers):
+            running.append(_Worker.start(context, spec, index))
         while not stopping:
             time.sleep(_POLL_S)
             for number, worker in enumerate(running):
@@ -73,11 +88,22 @@ def serve_workers(app: str, *, host: str, port: int, log_level: str, workers: in
                         "its log above says why"
                     )
                 log.warning("worker.restarted", pid=worker.process.pid, exit_code=code)
-                running[number] = _Worker.start(context, app, host, port, log_level)
+                running[number] = _Worker.start(context, spec, number)
     finally:
         _stop([worker.process for worker in running])
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What every worker process is handed."""
+
+    app: str
+    host: str
+    port: int
+    log_level: str
+    count: int
 
 
 @dataclass(frozen=True)
@@ -88,16 +114,11 @@ class _Worker:
 
     @classmethod
     def start(
-        cls,
-        context: multiprocessing.context.SpawnContext,
-        app: str,
-        host: str,
-        port: int,
-        log_level: str,
+        cls, context: multiprocessing.context.SpawnContext, spec: _Spec, index: int
     ) -> _Worker:
         ready = context.Event()
         process = context.Process(
-            target=_worker, args=(app, host, port, log_level, ready), name="cascade-worker"
+            target=_worker, args=(spec, index, ready), name=f"cascade-worker-{index}"
         )
         process.start()
         return cls(process, ready)
@@ -115,11 +136,13 @@ def _stop(processes: list[SpawnProcess]) -> None:
             process.join()
 
 
-def _worker(app: str, host: str, port: int, log_level: str, ready: EventType) -> None:
+def _worker(spec: _Spec, index: int, ready: EventType) -> None:
     """One worker process: its own socket on the shared port, one uvicorn server."""
     from cascade.logs import configure_json_logs  # noqa: PLC0415 - in the child process
 
-    configure_json_logs(log_level)
+    os.environ[WORKER_ENV] = f"{index}/{spec.count}"  # read by the app factory: its own spool
+    configure_json_logs(spec.log_level)
+    host, port = spec.host, spec.port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -129,7 +152,8 @@ def _worker(app: str, host: str, port: int, log_level: str, ready: EventType) ->
     except OSError as exc:
         log.error("worker.bind_failed", host=host, port=port, error=str(exc))
         raise SystemExit(3) from None
-    config = uvicorn.Config(app, factory=True, host=host, port=port, **uvicorn_options(log_level))
+    options = uvicorn_options(spec.log_level)
+    config = uvicorn.Config(spec.app, factory=True, host=host, port=port, **options)
     server = uvicorn.Server(config)
     threading.Thread(target=_announce, args=(server, ready), daemon=True).start()
     server.run(sockets=[sock])
