@@ -114,11 +114,9 @@ _NOT_DIGIT = _byte_class("0123456789")
 _NOT_MATH = _byte_class("+-*/=^<>%")
 _NOT_UPPER = _byte_class("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _NOT_PUNCT = _byte_class("!\"#&'()*,-./:;?@[\\]_{}")
-_NOT_HIGH = bytes(range(128))
+_NOT_HIGH = bytes(range(128))  # deleting every ASCII byte leaves the UTF-8 bytes of the rest
 # Lower-case ASCII letters stay, every other byte becomes a space (for ASCII text only).
-_SPACE_BUT_LETTERS = bytes(
-    b if 0x61 <= b <= 0x7A else 0x20 for b in range(256)
-)  # deleting every ASCII byte leaves the UTF-8 bytes of the rest
+_SPACE_BUT_LETTERS = bytes(b if 0x61 <= b <= 0x7A else 0x20 for b in range(256))
 
 
 def prompt_features(text: str) -> list[float]:

@@ -49,9 +49,13 @@ class Endpoint:
     scheme: str
     host: str
     port: int
-    path: bytes
     head: bytes
     """The request line and the headers every request to this URL carries."""
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """What connections are pooled by."""
+        return self.scheme, self.host, self.port
 
     @classmethod
     def parse(cls, url: str, headers: dict[str, str]) -> Endpoint:
@@ -68,7 +72,7 @@ class Endpoint:
         lines = [f"POST {path} HTTP/1.1", f"host: {host_header}", "user-agent: cascade-router"]
         lines += [f"{name}: {_header_value(name, value)}" for name, value in headers.items()]
         head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
-        return cls(parts.scheme, host, port, path.encode(), head)
+        return cls(parts.scheme, host, port, head)
 
 
 def _header_value(name: str, value: str) -> str:
@@ -235,7 +239,7 @@ class ConnectionPool:
             timer.cancel()
 
     def _take(self, endpoint: Endpoint) -> tuple[_Connection | None, bool]:
-        idle = self._idle.get((endpoint.scheme, endpoint.host, endpoint.port))
+        idle = self._idle.get(endpoint.key)
         while idle:
             connection = idle.pop()
             if not connection.closed:
@@ -258,7 +262,7 @@ class ConnectionPool:
             idle.remove(connection)
 
     async def _connect(self, endpoint: Endpoint, timeout: float, deadline: float) -> _Connection:
-        key = (endpoint.scheme, endpoint.host, endpoint.port)
+        key = endpoint.key
         loop = asyncio.get_running_loop()
         tls: ssl.SSLContext | None = None
         if endpoint.scheme == "https":

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from cascade.per_object import PerObject
 from cascade.policy.model import GpuPrice, Tier, TokenPrice
 
 _MILLION = Decimal(1_000_000)
@@ -42,26 +43,11 @@ class Rates:
 
 def tier_rates(tier: Tier) -> Rates | None:
     """The tier's per-token rates; None when the policy has no price (priced later, by litellm)."""
-    price = tier.price
-    if price is None:
-        return None
-    # Remembered per price object (hashing a pydantic model costs more than the arithmetic).
-    known = _RATES.get(id(price))
-    if known is not None and known[0] is price:
-        return known[1]
-    if len(_RATES) >= _MAX_REMEMBERED:
-        _RATES.clear()
-    rates = _rates(price)
-    _RATES[id(price)] = (price, rates)  # holding the price keeps its id from being reused
-    return rates
-
-
-_RATES: dict[int, tuple[TokenPrice | GpuPrice, Rates]] = {}
-_MAX_REMEMBERED = 4096
+    return None if tier.price is None else _rates_of(tier.price)
 
 
 def _rates(price: TokenPrice | GpuPrice) -> Rates:
-    """Rates for a price."""
+    """Rates for a price (remembered per price object by :data:`_rates_of`)."""
     if isinstance(price, TokenPrice):
         cached = price.cached_input_usd_per_mtok
         return Rates(
@@ -77,3 +63,6 @@ def _rates(price: TokenPrice | GpuPrice) -> Rates:
         else decode * _DEFAULT_PREFILL_SPEEDUP
     )
     return Rates(input=per_second / prefill, cached_input=Decimal(0), output=per_second / decode)
+
+
+_rates_of: PerObject[TokenPrice | GpuPrice, Rates] = PerObject(_rates)

@@ -25,6 +25,7 @@ import orjson
 
 from cascade.errors import TierError
 from cascade.http1 import ConnectionPool, Endpoint, HTTPConnectionError
+from cascade.per_object import PerObject
 from cascade.policy.model import Tier
 from cascade.tokens import estimate_tokens
 
@@ -98,7 +99,6 @@ def _status_kind(status: int) -> str:
 class _Target:
     """What every call to one tier reuses: its URL, base headers and timeouts."""
 
-    tier: Tier
     url: str
     endpoint: Endpoint
     headers: dict[str, str]
@@ -112,33 +112,7 @@ class OpenAICompatibleClient:
     def __init__(self, session: aiohttp.ClientSession, pool: ConnectionPool) -> None:
         self._session = session
         self._pool = pool
-        self._targets: dict[int, _Target] = {}
-
-    def _target(self, tier: Tier) -> _Target:
-        """The tier's call settings, built on its first call (a reloaded policy's tiers anew)."""
-        target = self._targets.get(id(tier))
-        if target is not None and target.tier is tier:
-            return target
-        if tier.endpoint is None:
-            raise TierError(tier.name, "connection", "the tier has no endpoint")
-        limits = tier.timeouts
-        url = tier.endpoint.rstrip("/") + "/chat/completions"
-        headers = {"content-type": "application/json"}
-        try:
-            endpoint = Endpoint.parse(url, headers)
-        except ValueError as exc:
-            raise TierError(tier.name, "connection", str(exc)) from None
-        target = _Target(
-            tier=tier,
-            url=url,
-            endpoint=endpoint,
-            headers=headers,
-            stream_timeout=aiohttp.ClientTimeout(
-                total=limits.total_s, sock_connect=limits.connect_s, sock_read=limits.stream_idle_s
-            ),
-        )
-        self._targets[id(tier)] = target  # holds the tier, so its id is not reused meanwhile
-        return target
+        self._target = PerObject(_target)  # built on a tier's first call (a reloaded one anew)
 
     def _key(self, tier: Tier) -> str | None:
         env = tier.api_key_env
@@ -146,10 +120,6 @@ class OpenAICompatibleClient:
         if key and ("\r" in key or "\n" in key):
             raise TierError(tier.name, "connection", f"${env} holds a line break; fix the key")
         return key or None
-
-    def _headers(self, target: _Target) -> dict[str, str]:
-        key = self._key(target.tier)
-        return {**target.headers, "authorization": f"Bearer {key}"} if key else target.headers
 
     async def complete(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer:
         """POST the request and parse the answer; failures become TierError."""
@@ -186,14 +156,13 @@ class OpenAICompatibleClient:
         """POST a streamed request and yield its chunks; failures become TierError."""
         target = self._target(tier)
         data = orjson.dumps({**payload, "model": tier.model, "stream": True})
+        key = self._key(tier)
+        headers = {**target.headers, "authorization": f"Bearer {key}"} if key else target.headers
         limits = tier.timeouts
         try:
             async with asyncio.timeout(limits.first_byte_s):
                 response = await self._session.post(
-                    target.url,
-                    data=data,
-                    headers=self._headers(target),
-                    timeout=target.stream_timeout,
+                    target.url, data=data, headers=headers, timeout=target.stream_timeout
                 )
         except TimeoutError:
             raise TierError(
@@ -218,6 +187,27 @@ class OpenAICompatibleClient:
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 raise TierError(tier.name, "connection", f"stream broken: {exc!r}") from None
         raise TierError(tier.name, "connection", "stream ended without [DONE]")
+
+
+def _target(tier: Tier) -> _Target:
+    """How to call ``tier``; TierError when it has no usable endpoint."""
+    if tier.endpoint is None:
+        raise TierError(tier.name, "connection", "the tier has no endpoint")
+    limits = tier.timeouts
+    url = tier.endpoint.rstrip("/") + "/chat/completions"
+    headers = {"content-type": "application/json"}
+    try:
+        endpoint = Endpoint.parse(url, headers)
+    except ValueError as exc:
+        raise TierError(tier.name, "connection", str(exc)) from None
+    return _Target(
+        url=url,
+        endpoint=endpoint,
+        headers=headers,
+        stream_timeout=aiohttp.ClientTimeout(
+            total=limits.total_s, sock_connect=limits.connect_s, sock_read=limits.stream_idle_s
+        ),
+    )
 
 
 def _error_message(raw: bytes) -> str:

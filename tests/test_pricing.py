@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 
+from cascade.per_object import PerObject
 from cascade.policy import parse_policy
 from cascade.pricing import Rates, tier_rates
 from tests.conftest import TWO_TIERS
@@ -66,3 +67,29 @@ def test_cached_tokens_cannot_exceed_prompt_tokens() -> None:
     rates = Rates(input=Decimal(1), cached_input=Decimal(0), output=Decimal(1))
     with pytest.raises(ValueError, match=r"cached_tokens=5 must be within 0\.\.4"):
         rates.cost(prompt_tokens=4, completion_tokens=0, cached_tokens=5)
+
+
+def test_a_reloaded_policy_is_priced_by_its_new_prices() -> None:
+    """Rates are remembered per price object: an edited policy's new price takes effect, and
+    an unchanged one is not recomputed."""
+    before = parse_policy(TWO_TIERS).tier("big")
+    after = parse_policy(TWO_TIERS.replace("output_usd_per_mtok: 10", "output_usd_per_mtok: 20"))
+    old, new = tier_rates(before), tier_rates(after.tier("big"))
+    assert old is not None
+    assert new is not None
+    assert new.output == 2 * old.output
+    assert tier_rates(before) is old
+
+
+def test_per_object_builds_once_per_object_not_per_equal_value() -> None:
+    built: list[object] = []
+
+    def build(key: object) -> int:
+        built.append(key)
+        return len(built)
+
+    remember = PerObject(build, max_entries=2)
+    first, twin = [1], [1]  # equal, distinct objects
+    assert (remember(first), remember(first), remember(twin)) == (1, 1, 2)
+    assert remember([2]) == 3  # full: starts over, still correct
+    assert remember(first) == 4

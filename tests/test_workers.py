@@ -60,20 +60,26 @@ def _wait(predicate: Callable[[], bool], seconds: float = 60) -> bool:
     return False
 
 
-def _serve(policy: Path, port: int, ledger: Path | None = None) -> subprocess.Popen[str]:
+def _serve(policy: Path, port: int, log: Path, ledger: Path | None = None) -> subprocess.Popen[str]:
+    """``cascade serve --workers 2``, its stderr in ``log`` (a pipe nobody reads could fill)."""
     command = [sys.executable, "-m", "cascade", "serve", "--policy", str(policy)]
     command += ["--port", str(port), "--workers", "2", "--log-level", "warning"]
     if ledger is None:
         command.append("--no-ledger")
     else:
         command += ["--database-url", f"sqlite:///{ledger}", "--spool", f"{ledger}.spool"]
-    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    with log.open("w") as stderr:
+        return subprocess.Popen(command, stderr=stderr, text=True)
 
 
 def _recorded(ledger: Path) -> int:
+    """Requests in the ledger's database or waiting in a worker's spool (never lost)."""
     with closing(sqlite3.connect(ledger)) as db:
         count: int = db.execute("SELECT count(*) FROM requests").fetchone()[0]
-    return count
+    spooled = sum(
+        len(path.read_text().splitlines()) for path in ledger.parent.glob("*.spool.worker*")
+    )
+    return count + spooled
 
 
 def _ask(url: str) -> int:
@@ -122,9 +128,10 @@ def test_two_workers_serve_one_port_restart_after_a_crash_and_stop_on_sigterm(
     port = closed_port()
     url = f"http://127.0.0.1:{port}"
     ledger = tmp_path / "ledger.db"
-    server = _serve(policy, port, ledger)
+    log = tmp_path / "serve.log"
+    server = _serve(policy, port, log, ledger)
     try:
-        assert _wait(lambda: len(_children(server.pid)) == 2 and _ready(url))
+        assert _wait(lambda: len(_children(server.pid)) == 2 and _ready(url)), log.read_text()
         first = _children(server.pid)
         clients = [httpx.Client(timeout=30) for _ in range(16)]  # 16 kept-alive connections
         try:
@@ -137,44 +144,44 @@ def test_two_workers_serve_one_port_restart_after_a_crash_and_stop_on_sigterm(
                 client.close()
         assert sum(per_worker) == 16
         assert min(per_worker) >= 1  # the kernel spread them (all on one: p = 2 / 2**16)
-        assert _wait(lambda: _recorded(ledger) == 16)  # written before a worker is killed
+        assert _wait(lambda: _recorded(ledger) == 16), log.read_text()  # before the kill
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
-        assert _wait(lambda: len(_children(server.pid) - first) == 1 and _ready(url))
+        restarted = _wait(lambda: len(_children(server.pid) - first) == 1 and _ready(url))
+        assert restarted, log.read_text()
         survivors = _children(server.pid)
         assert victim not in survivors
         assert len(survivors) == 2
         with ThreadPoolExecutor(8) as pool:
             assert set(pool.map(lambda _: _ask(url), range(40))) == {200}
         server.send_signal(signal.SIGTERM)
-        assert server.wait(60) == 0
+        assert server.wait(60) == 0, log.read_text()
         assert all(not Path(f"/proc/{pid}").exists() for pid in survivors)
-        assert _recorded(ledger) == 56
+        assert _recorded(ledger) == 56, log.read_text()
     finally:
         if server.poll() is None:
             server.kill()
         server.wait(10)
-        if server.stderr is not None:
-            server.stderr.close()
 
 
-def test_a_worker_that_cannot_start_stops_the_server_with_an_error(policy: Path) -> None:
+def test_a_worker_that_cannot_start_stops_the_server_with_an_error(
+    policy: Path, tmp_path: Path
+) -> None:
     """The port is held by a program without SO_REUSEPORT: no worker can bind it, and serve
     exits non-zero saying so instead of restarting workers forever."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        server = _serve(policy, port)
+        log = tmp_path / "serve.log"
+        server = _serve(policy, port, log)
         try:
             code = server.wait(120)
         finally:
             if server.poll() is None:
                 server.kill()
                 server.wait(10)
-        err = server.stderr.read() if server.stderr is not None else ""
-        if server.stderr is not None:
-            server.stderr.close()
+    err = log.read_text()
     assert code != 0
     assert "worker.bind_failed" in err
     assert "a worker exited before it was serving" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,6 +48,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _serve(ns: argparse.Namespace) -> int:
     from cascade.errors import CascadeError
     from cascade.ledger import DATABASE_URL_ENV
+    from cascade.ledger.database import run_with_engine
+    from cascade.ledger.migrate import upgrade
     from cascade.logs import configure_json_logs
     from cascade.server.app import SETTINGS_ENV, create_app
     from cascade.server.background import serve_forever
@@ -71,6 +74,11 @@ def _serve(ns: argparse.Namespace) -> int:
         spool_path=ns.spool,
     )
     if ns.workers > 1:
+        if ledger_url is not None:
+            # Migrate once, here: workers migrating one database at the same time can collide
+            # (two CREATE TABLEs), and the loser would stop the server as it starts.
+            run_with_engine(ledger_url, upgrade)
+            settings = replace(settings, migrate_on_start=False)
         # Worker processes build the app themselves, from settings handed over in the environment.
         os.environ[SETTINGS_ENV] = settings.to_json()
         serve_workers(

@@ -24,7 +24,14 @@ from starlette.types import Receive, Scope, Send
 
 from cascade.server.chat import CHAT_PATH, JSONReply, chat_completions
 from cascade.server.metrics import Metrics
-from cascade.server.openai_format import BadRequestError, error_body, error_response
+from cascade.server.openai_format import (
+    BadRequestError,
+    ClientGoneError,
+    authenticate,
+    error_body,
+    error_response,
+    read_body,
+)
 from cascade.server.proxy import Proxy
 from cascade.server.settings import ServerSettings
 from cascade.server.workers import worker_identity
@@ -93,33 +100,6 @@ def create_app(settings: ServerSettings) -> ProxyApp:
     )
 
 
-def _authenticate(request: Request, proxy: Proxy) -> None:
-    keys = proxy.settings.api_keys
-    if not keys:
-        return
-    token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if token not in keys:
-        raise BadRequestError(
-            401,
-            "missing or wrong API key (send 'Authorization: Bearer <key>')",
-            code="invalid_api_key",
-        )
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequestError(413, f"the request body is {declared} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequestError(413, f"the request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def feedback(request: Request) -> Response:
     """Mark a request's answer useless: ``{"request_id": "req_…", "useless": true}``.
 
@@ -127,8 +107,9 @@ async def feedback(request: Request) -> Response:
     """
     proxy: Proxy = request.state.proxy
     try:
-        _authenticate(request, proxy)
-        body = json.loads(await _read_body(request, 64 * 1024))
+        authenticate(request.headers.get("authorization"), proxy.settings.api_keys)
+        raw = await read_body(request.receive, request.headers.get("content-length"), 64 * 1024)
+        body = json.loads(raw)
         request_id = body.get("request_id") if isinstance(body, dict) else None
         if not isinstance(request_id, str) or not request_id:
             raise BadRequestError(
@@ -148,6 +129,8 @@ async def feedback(request: Request) -> Response:
         return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
     except ValueError as exc:
         return error_response(400, f"the request body is not valid JSON: {exc}")
+    except ClientGoneError:
+        return Response(status_code=400)  # nobody is left to read it
     return JSONResponse({"request_id": request_id, "useless": True})
 
 

@@ -35,9 +35,12 @@ from cascade.server.metrics import Metrics
 from cascade.server.openai_format import (
     BadRequestError,
     ChatRequest,
+    ClientGoneError,
+    authenticate,
     chunks_from_completion,
     error_body,
     parse_chat_request,
+    read_body,
     sse,
 )
 from cascade.server.proxy import Proxy
@@ -55,10 +58,6 @@ _WANTED = frozenset(
 )
 _JSON = (b"content-type", b"application/json")
 _CENT_FRACTION = Decimal("1e-10")
-
-
-class _ClientGoneError(Exception):
-    """The client disconnected before its request body arrived."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     request_id = new_request_id()
     try:
         reply = await _handle(scope, receive, request_id)
-    except _ClientGoneError:
+    except ClientGoneError:
         return
     except Exception:  # a bug of ours: the client gets a 500 in OpenAI's shape, the log the trace
         log.exception("request.crashed", request_id=request_id)
@@ -136,7 +135,7 @@ class _Exchange:
         outcome = "ok" if http_status == 200 else "error"
         last = final_tier or (attempts[-1].tier if attempts else decision.tier)
         self.metrics.record(decision.policy, last, outcome, attempts)
-        if self.proxy.writer is None:  # no ledger: no rows to build
+        if not self.proxy.keeps_ledger:  # no rows to build
             return
         self.proxy.record(
             request_record(
@@ -177,9 +176,9 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> JSONReply 
         proxy, metrics, request_id, headers.get("x-cascade-tenant"), time.perf_counter()
     )
     try:
-        _authenticate(headers.get("authorization"), proxy.settings.api_keys)
+        authenticate(headers.get("authorization"), proxy.settings.api_keys)
         limit = proxy.settings.max_body_bytes
-        raw = await _read_body(receive, headers.get("content-length"), limit)
+        raw = await read_body(receive, headers.get("content-length"), limit)
         chat, body = parse_chat_request(raw)
         router, pinned = proxy.resolve(chat.model)
         decision = await router.plan(body, workload=headers.get("x-cascade-workload"), tier=pinned)
@@ -257,19 +256,9 @@ def _delivered(
 
 
 def _logs_info() -> bool:
-    """Whether info lines are logged (the per-request line is skipped, fields and all, if not).
-
-    Asked once per configuration of structlog: the answer only changes when it is configured.
-    """
-    config = structlog.get_config()["wrapper_class"]
-    known = _INFO_BY_WRAPPER.get(config)
-    if known is None:
-        check = getattr(log.bind(), "is_enabled_for", None)  # structlog's filtering loggers
-        known = _INFO_BY_WRAPPER[config] = True if check is None else bool(check(logging.INFO))
-    return known
-
-
-_INFO_BY_WRAPPER: dict[object, bool] = {}
+    """Whether info lines are logged (the per-request line is skipped, fields and all, if not)."""
+    check = getattr(log, "is_enabled_for", None)  # structlog's filtering loggers have it
+    return check is None or bool(check(logging.INFO))
 
 
 def _headers_of(scope: Scope) -> dict[str, str]:
@@ -278,46 +267,22 @@ def _headers_of(scope: Scope) -> dict[str, str]:
     return {name.decode(): value.decode("latin-1") for name, value in raw if name in _WANTED}
 
 
-def _authenticate(authorization: str | None, keys: frozenset[str]) -> None:
-    if not keys:
-        return
-    token = (authorization or "").removeprefix("Bearer ").strip()
-    if token not in keys:
-        raise BadRequestError(
-            401,
-            "missing or wrong API key (send 'Authorization: Bearer <key>')",
-            code="invalid_api_key",
-        )
-
-
-async def _read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """The request body, refused with 413 once it is over ``limit`` bytes."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequestError(413, f"the request body is {declared} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGoneError
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BadRequestError(413, f"the request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+def _answer_headers(tier: str, model: str, decision: Decision, request_id: str) -> dict[str, str]:
+    """What every answer says about its routing (a stream can say no more before it starts)."""
+    return {
+        "x-cascade-tier": tier,
+        "x-cascade-model": model,
+        "x-cascade-confidence": f"{decision.confidence:.4f}",
+        "x-cascade-request-id": request_id,
+    }
 
 
 def _completion_headers(completion: Completion) -> dict[str, str]:
-    headers = {
-        "x-cascade-tier": completion.tier,
-        "x-cascade-model": completion.model,
-        "x-cascade-confidence": f"{completion.decision.confidence:.4f}",
-        "x-cascade-cost-usd": f"{completion.cost_usd.quantize(_CENT_FRACTION):f}",
-        "x-cascade-request-id": completion.request_id,
-        "x-cascade-attempts": describe_attempts(completion.attempts),
-    }
+    headers = _answer_headers(
+        completion.tier, completion.model, completion.decision, completion.request_id
+    )
+    headers["x-cascade-cost-usd"] = f"{completion.cost_usd.quantize(_CENT_FRACTION):f}"
+    headers["x-cascade-attempts"] = describe_attempts(completion.attempts)
     if completion.decision.spilled_from is not None:
         headers["x-cascade-spilled-from"] = completion.decision.spilled_from
     return headers
@@ -364,10 +329,5 @@ def _relay(
                 outcome="ok" if run.error is None else "error",
             )
 
-    headers = {
-        "x-cascade-tier": run.tier.name,
-        "x-cascade-model": run.tier.model,
-        "x-cascade-confidence": f"{decision.confidence:.4f}",
-        "x-cascade-request-id": exchange.request_id,
-    }
+    headers = _answer_headers(run.tier.name, run.tier.model, decision, exchange.request_id)
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

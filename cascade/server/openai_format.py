@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse
+from starlette.types import Receive
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -47,6 +48,42 @@ class BadRequestError(Exception):
         self.message = message
         self.param = param
         self.code = code
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+def authenticate(authorization: str | None, keys: frozenset[str]) -> None:
+    """Refuse (401) a request whose bearer token is not one of ``keys`` (none: no check)."""
+    if not keys:
+        return
+    token = (authorization or "").removeprefix("Bearer ").strip()
+    if token not in keys:
+        raise BadRequestError(
+            401,
+            "missing or wrong API key (send 'Authorization: Bearer <key>')",
+            code="invalid_api_key",
+        )
+
+
+async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The request body, refused with 413 once it is over ``limit`` bytes."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequestError(413, f"the request body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGoneError
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BadRequestError(413, f"the request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:

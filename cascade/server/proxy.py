@@ -104,6 +104,11 @@ class Proxy:
         self.writer = LedgerWriter(self.ledger, self.settings.spool_path)
         await self.writer.start()  # replays rows a previous run left in the spool
 
+    @property
+    def keeps_ledger(self) -> bool:
+        """Whether requests are recorded (callers can skip building rows when not)."""
+        return self.writer is not None
+
     def record(self, request: RequestRecord, attempts: Sequence[AttemptRecord]) -> None:
         """Hand one request's rows to the ledger writer (never blocks; no-op without a ledger)."""
         if self.writer is not None:
