@@ -13,7 +13,8 @@ process and shared by every tier started here.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 
 import anyio.to_thread
@@ -84,3 +85,13 @@ async def async_running_tier(
         yield url
     finally:
         await anyio.to_thread.run_sync(manager.__exit__, None, None, None)
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``seconds`` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False

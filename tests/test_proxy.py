@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,7 +18,7 @@ from openai.types.chat import ChatCompletionFunctionToolParam
 
 from cascade.server.app import create_app
 from cascade.server.settings import ServerSettings
-from tests.servers import serving
+from tests.servers import serving, wait_until
 from tests.upstreams import ScriptedTier, closed_port
 
 POLICY = """\
@@ -290,22 +290,13 @@ def test_health_readiness_and_metrics(stack: Stack) -> None:
     assert 'cascade_in_flight{tier="small"} 0' in text
 
 
-def _wait_for(predicate: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_policy_reload_applies_valid_changes_and_refuses_invalid_ones(stack: Stack) -> None:
     """An edited policy applies without a restart; an invalid edit is refused and the old stays."""
     original = stack.policy_file.read_text()
     stack.policy_file.write_text(
         original.replace("    overflow: big\n", "    overflow: big\n    threshold: 1.0\n")
     )
-    assert _wait_for(lambda: _ask(stack).headers["x-cascade-tier"] == "medium")
+    assert wait_until(lambda: _ask(stack).headers["x-cascade-tier"] == "medium")
     stack.policy_file.write_text(original.replace("kind: self_hosted", "kind: selfhosted", 1))
     time.sleep(0.3)  # several reload intervals: give the proxy the chance to (wrongly) apply it
     assert _ask(stack).headers["x-cascade-tier"] == "medium"

@@ -8,8 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from cascade.ledger.spool import Spool, adopt_spools
 from cascade.server.settings import ServerSettings
 from tests.ledger_databases import make_entry
-from tests.servers import serving
+from tests.servers import serving, wait_until
 from tests.upstreams import ScriptedTier, closed_port
 
 POLICY = """\
@@ -49,15 +48,6 @@ def _command_line(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
-
-
-def _wait(predicate: Callable[[], bool], seconds: float = 60) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _serve(policy: Path, port: int, log: Path, ledger: Path | None = None) -> subprocess.Popen[str]:
@@ -131,7 +121,9 @@ def test_two_workers_serve_one_port_restart_after_a_crash_and_stop_on_sigterm(
     log = tmp_path / "serve.log"
     server = _serve(policy, port, log, ledger)
     try:
-        assert _wait(lambda: len(_children(server.pid)) == 2 and _ready(url)), log.read_text()
+        assert wait_until(lambda: len(_children(server.pid)) == 2 and _ready(url), 60), (
+            log.read_text()
+        )
         first = _children(server.pid)
         clients = [httpx.Client(timeout=30) for _ in range(16)]  # 16 kept-alive connections
         try:
@@ -144,10 +136,10 @@ def test_two_workers_serve_one_port_restart_after_a_crash_and_stop_on_sigterm(
                 client.close()
         assert sum(per_worker) == 16
         assert min(per_worker) >= 1  # the kernel spread them (all on one: p = 2 / 2**16)
-        assert _wait(lambda: _recorded(ledger) == 16), log.read_text()  # before the kill
+        assert wait_until(lambda: _recorded(ledger) == 16, 60), log.read_text()  # before the kill
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
-        restarted = _wait(lambda: len(_children(server.pid) - first) == 1 and _ready(url))
+        restarted = wait_until(lambda: len(_children(server.pid) - first) == 1 and _ready(url), 60)
         assert restarted, log.read_text()
         survivors = _children(server.pid)
         assert victim not in survivors
