@@ -13,12 +13,12 @@ import statistics
 import time
 from collections.abc import Callable
 
-from cascade.capacity import StaticCapacity
-from cascade.decision import decide
+from cascade.core.capacity import StaticCapacity
+from cascade.core.decision import decide
+from cascade.core.planner import Planner
+from cascade.core.prompt import prepare_prompt
+from cascade.model.scorer import OnnxScorer
 from cascade.policy import load_policy
-from cascade.prompt import prepare_prompt
-from cascade.routing import Planner
-from cascade.scoring import OnnxScorer
 
 _TEXT = (
     "You are given a function that parses ISO-8601 timestamps and a failing unit test. "

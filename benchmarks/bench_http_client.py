@@ -1,8 +1,8 @@
-"""CPU per forwarded request: aiohttp's client against cascade's keep-alive pool (cascade.http1).
+"""CPU per forwarded request: aiohttp's client against the keep-alive pool (cascade.tiers.pool).
 
 Starts ``benchmarks.fast_upstream`` and POSTs a small chat request to it from 16 concurrent
 tasks, first through ``aiohttp.ClientSession`` (as the proxy did), then through
-:class:`cascade.http1.ConnectionPool` (as it does now), and prints CPU microseconds per request
+:class:`cascade.tiers.pool.ConnectionPool` (as it does now), and prints CPU microseconds per request
 and requests per second of this process, and how many connections each opened.
 
     .venv/bin/python -m benchmarks.bench_http_client [--requests 20000] [--concurrency 16]
@@ -22,7 +22,7 @@ import httpx
 import orjson
 import uvloop
 
-from cascade.http1 import ConnectionPool, Endpoint
+from cascade.tiers.pool import ConnectionPool, Endpoint
 
 _BODY = orjson.dumps(
     {"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
@@ -61,8 +61,8 @@ async def _run(url: str, requests: int, conc: int) -> None:
         answer = await pool.post(endpoint, _BODY, connect_timeout=5, timeout=60)
         return answer.status
 
-    await _measure("cascade.http1", via_pool, requests, conc)
-    print(f"{'':>22}  connections opened by cascade.http1: {pool.opened}")
+    await _measure("cascade.tiers.pool", via_pool, requests, conc)
+    print(f"{'':>22}  connections opened by cascade.tiers.pool: {pool.opened}")
     await pool.aclose()
 
 

@@ -14,7 +14,7 @@ import os
 import time
 
 from benchmarks.bench_decision import _percentiles, _prompts
-from cascade.scoring import OnnxScorer
+from cascade.model.scorer import OnnxScorer
 
 
 def main() -> None:

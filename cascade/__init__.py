@@ -12,29 +12,29 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from cascade.capacity import InFlightCounter
-    from cascade.decision import Decision
+    from cascade.core.capacity import InFlightCounter
+    from cascade.core.decision import Decision
+    from cascade.core.planner import Planner, route
+    from cascade.core.prompt import PreparedPrompt, prepare_prompt
     from cascade.errors import CascadeError, PolicyError, RoutingError, ScorerError
+    from cascade.model.scorer import OnnxScorer
     from cascade.policy import Policy, load_policy
-    from cascade.prompt import PreparedPrompt, prepare_prompt
-    from cascade.routing import Planner, route
-    from cascade.scoring import OnnxScorer
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "CascadeError": "cascade.errors",
-    "Decision": "cascade.decision",
-    "InFlightCounter": "cascade.capacity",
-    "OnnxScorer": "cascade.scoring",
-    "Planner": "cascade.routing",
+    "Decision": "cascade.core.decision",
+    "InFlightCounter": "cascade.core.capacity",
+    "OnnxScorer": "cascade.model.scorer",
+    "Planner": "cascade.core.planner",
     "Policy": "cascade.policy",
     "PolicyError": "cascade.errors",
-    "PreparedPrompt": "cascade.prompt",
+    "PreparedPrompt": "cascade.core.prompt",
     "RoutingError": "cascade.errors",
     "ScorerError": "cascade.errors",
     "load_policy": "cascade.policy",
-    "prepare_prompt": "cascade.prompt",
-    "route": "cascade.routing",
+    "prepare_prompt": "cascade.core.prompt",
+    "route": "cascade.core.planner",
 }
 
 __all__ = [

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from cascade.batching import LoopBatcher, MicroBatcher
 from cascade.errors import ScorerError
-from cascade.scoring import OnnxScorer
-from cascade.training import PARITY_TEXTS
+from cascade.model.batching import LoopBatcher, MicroBatcher
+from cascade.model.scorer import OnnxScorer
+from cascade.training.train import PARITY_TEXTS
 
 
 class RecordingScorer:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cascade.calibration import threshold_for, write_threshold
 from cascade.errors import LabeledDataError, PolicyError
-from cascade.evaluation import Outcomes
 from cascade.policy import parse_policy
 from cascade.resources import policy_path
+from cascade.training.calibration import threshold_for, write_threshold
+from cascade.training.evaluation import Outcomes
 
 # Ten prompts, confidence 0.05 .. 0.95; the strong tier gains only on the three least confident.
 CONFIDENCE = np.arange(10) / 10 + 0.05

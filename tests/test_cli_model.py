@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cascade.cli import main
-from cascade.manifest import load_manifest
+from cascade.model.manifest import load_manifest
 from cascade.policy import parse_policy
 from cascade.resources import policy_path
 from tests.test_training import _synthetic_rows, _write_jsonl

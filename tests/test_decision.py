@@ -6,11 +6,11 @@ from decimal import Decimal
 
 import pytest
 
-from cascade.capacity import InFlightCounter, StaticCapacity
-from cascade.decision import decide
+from cascade.core.capacity import InFlightCounter, StaticCapacity
+from cascade.core.decision import decide
+from cascade.core.prompt import PreparedPrompt, prepare_prompt
 from cascade.errors import RoutingError
 from cascade.policy import Policy, parse_policy
-from cascade.prompt import PreparedPrompt, prepare_prompt
 
 THREE_TIERS = """\
 name: three

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cascade.errors import LabeledDataError
-from cascade.evaluation import (
+from cascade.training.evaluation import (
     Outcomes,
     auroc,
     cost_quality_curve,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cascade.features import FEATURE_VERSION, MAX_CHARS, normalize
-from cascade.training import PARITY_TEXTS
+from cascade.model.features import FEATURE_VERSION, MAX_CHARS, normalize
+from cascade.training.train import PARITY_TEXTS
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 import trustme
 
-from cascade.http1 import ConnectionPool, Endpoint, HTTPConnectionError
+from cascade.tiers.pool import ConnectionPool, Endpoint, HTTPConnectionError
 
 Handler = Callable[["Peer", bytes], Awaitable[bool]]
 """Gets each request (head + body); returns False to stop serving that connection."""

@@ -9,12 +9,11 @@ from decimal import Decimal
 
 import pytest
 
+from cascade.core.pricing import Rates, tier_rates
 from cascade.errors import LedgerError
 from cascade.ledger import AttemptRecord, Ledger, LedgerEntry, RequestRecord
 from cascade.ledger.records import AttemptOutcome, AttemptRole, RequestStatus
-from cascade.policy import parse_policy
-from cascade.pricing import Rates, tier_rates
-from cascade.reports import (
+from cascade.ledger.reports import (
     GroupBy,
     Report,
     RequestFacts,
@@ -24,6 +23,7 @@ from cascade.reports import (
     parse_since,
     report_json,
 )
+from cascade.policy import parse_policy
 from tests.conftest import TWO_TIERS
 from tests.ledger_databases import KINDS, LedgerDatabase, migrate, open_database
 

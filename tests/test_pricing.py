@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from cascade.per_object import PerObject
+from cascade.core.per_object import PerObject
+from cascade.core.pricing import Rates, tier_rates
 from cascade.policy import parse_policy
-from cascade.pricing import Rates, tier_rates
 from tests.conftest import TWO_TIERS
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from cascade.core.prompt import MovedSpan, prepare_prompt
+from cascade.core.tokens import estimate_message_tokens
 from cascade.errors import RoutingError
-from cascade.prompt import MovedSpan, prepare_prompt
-from cascade.tokens import estimate_message_tokens
 
 INSTRUCTIONS = "You are a support assistant for Acme.\nAnswer in two sentences at most."
 QUESTION = "How do I reset my password?"

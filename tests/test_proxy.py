@@ -257,7 +257,7 @@ def test_a_bug_in_the_proxy_is_a_500_in_openai_shape_with_the_request_id(
     def broken(request: object, decision: object) -> dict[str, object]:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr("cascade.router.payload_for", broken)
+    monkeypatch.setattr("cascade.run.router.payload_for", broken)
     response = _ask(stack)
     assert response.status_code == 500
     error = response.json()["error"]

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 import cascade
-from cascade.batching import MicroBatcher
-from cascade.capacity import StaticCapacity
+from cascade.core.capacity import StaticCapacity
+from cascade.core.planner import Planner
 from cascade.errors import RoutingError
+from cascade.model.batching import MicroBatcher
 from cascade.policy import load_policy, parse_policy
-from cascade.routing import Planner
 from tests.conftest import TWO_TIERS
 
 WritePolicy = Callable[..., Path]

@@ -18,11 +18,11 @@ from cascade.errors import (
     RuntimeMissingError,
     ScorerError,
 )
-from cascade.features import FEATURE_VERSION
-from cascade.manifest import load_manifest
+from cascade.model.features import FEATURE_VERSION
+from cascade.model.manifest import load_manifest
+from cascade.model.scorer import OnnxScorer, choose_providers
 from cascade.resources import model_dir
-from cascade.scoring import OnnxScorer, choose_providers
-from cascade.training import PARITY_TEXTS
+from cascade.training.train import PARITY_TEXTS
 
 SHIPPED = "tfidf-lr-v1"
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cascade.tokens import estimate_message_tokens, estimate_tokens
+from cascade.core.tokens import estimate_message_tokens, estimate_tokens
 
 WEATHER_TOOL = {
     "type": "function",

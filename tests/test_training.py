@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from cascade.errors import LabeledDataError, TrainingError
-from cascade.evaluation import Outcomes
-from cascade.feature_model import feature_matrix, fit_confidence, reference_confidence
-from cascade.manifest import Manifest, load_manifest
-from cascade.scoring import OnnxScorer
-from cascade.traffic import load_labeled
-from cascade.training import PARITY_TEXTS, train_model
+from cascade.model.manifest import Manifest, load_manifest
+from cascade.model.scorer import OnnxScorer
+from cascade.training.evaluation import Outcomes
+from cascade.training.feature_model import feature_matrix, fit_confidence, reference_confidence
+from cascade.training.traffic import load_labeled
+from cascade.training.train import PARITY_TEXTS, train_model
 
 # Messy prompts that are NOT in the training rows below: out-of-vocabulary n-grams must agree too.
 # RUF001 is silenced on some lines: their confusable characters are what the test is about.
@@ -232,9 +232,9 @@ def test_missing_or_empty_files_are_errors(tmp_path: Path) -> None:
 
 
 def test_importing_training_does_not_import_scikit_learn() -> None:
-    """``import cascade.training`` stays cheap: scikit-learn and onnx load only to train."""
+    """``import cascade.training.train`` stays cheap: scikit-learn and onnx load only to train."""
     heavy = "('sklearn', 'skl2onnx', 'onnx', 'onnxruntime')"
-    code = f"import sys, cascade.training; print(sorted(set({heavy}) & set(sys.modules)))"
+    code = f"import sys, cascade.training.train; print(sorted(set({heavy}) & set(sys.modules)))"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )

@@ -31,7 +31,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _demo(ns: argparse.Namespace) -> int:
-    from cascade.demo import run_demo, summarize
+    from cascade.cli.demo_workload import run_demo, summarize
 
     database: Path = ns.database.resolve()
     for stale in (database, database.with_suffix(".spool")):

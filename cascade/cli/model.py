@@ -79,7 +79,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _train(ns: argparse.Namespace) -> int:
-    from cascade.training import DEFAULT_HOLDOUT_TASKS, train_model
+    from cascade.training.train import DEFAULT_HOLDOUT_TASKS, train_model
 
     manifest, adaptation = train_model(
         ns.data,
@@ -117,9 +117,9 @@ def _labeled_confidence(data: Sequence[Path], model: str) -> tuple[Any, Any]:
     """(confidence array, Outcomes) of a model on labeled-traffic files."""
     import numpy as np
 
-    from cascade.evaluation import Outcomes
-    from cascade.scoring import OnnxScorer
-    from cascade.traffic import load_labeled
+    from cascade.model.scorer import OnnxScorer
+    from cascade.training.evaluation import Outcomes
+    from cascade.training.traffic import load_labeled
 
     examples = load_labeled(data)
     scorer = OnnxScorer(model, device="cpu")
@@ -133,7 +133,7 @@ def _labeled_confidence(data: Sequence[Path], model: str) -> tuple[Any, Any]:
 
 
 def _eval(ns: argparse.Namespace) -> int:
-    from cascade.evaluation import oracle_confidence, random_confidence, report
+    from cascade.training.evaluation import oracle_confidence, random_confidence, report
 
     confidence, outcomes = _labeled_confidence(ns.data, ns.model)
     routers = {
@@ -176,7 +176,7 @@ def _eval(ns: argparse.Namespace) -> int:
 
 
 def _score(ns: argparse.Namespace) -> int:
-    from cascade.scoring import OnnxScorer
+    from cascade.model.scorer import OnnxScorer
 
     texts = _read_prompts(ns.input)
     scorer = OnnxScorer(ns.model, device="cpu")
@@ -188,7 +188,7 @@ def _score(ns: argparse.Namespace) -> int:
 
 
 def _calibrate(ns: argparse.Namespace) -> int:
-    from cascade.calibration import threshold_for, write_threshold
+    from cascade.training.calibration import threshold_for, write_threshold
 
     if ns.write and not (ns.policy and ns.tier):
         print(
@@ -228,8 +228,8 @@ def _read_prompts(path: Path) -> list[str]:
 
     A bad line raises :class:`~cascade.errors.LabeledDataError` naming ``file:line``.
     """
+    from cascade.core.prompt import prepare_prompt
     from cascade.errors import CascadeError, LabeledDataError
-    from cascade.prompt import prepare_prompt
 
     try:
         lines = path.read_text(encoding="utf-8").split("\n")
@@ -266,7 +266,7 @@ def _plot(routers: dict[str, Any], outcomes: Any, path: Path, title: str) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cascade.evaluation import cost_quality_curve
+    from cascade.training.evaluation import cost_quality_curve
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     for name, confidence in routers.items():

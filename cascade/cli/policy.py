@@ -32,9 +32,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _policy_check(ns: argparse.Namespace) -> int:
+    from cascade.core.planner import Planner
+    from cascade.core.probes import run_probes
     from cascade.policy import load_policy
-    from cascade.probes import run_probes
-    from cascade.routing import Planner
 
     failed = 0
     for path in ns.files:

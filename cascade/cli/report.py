@@ -5,7 +5,8 @@ exact cost, cost per useful token, tier mix, escalation/spill/error rates, prefi
 the savings against sending everything to the policy's last (frontier) tier; ``--json`` prints
 the same as JSON, ``--html FILE`` writes a self-contained page with charts.
 
-``cascade export`` writes the ledger's traffic as labeled-traffic JSONL (``cascade.traffic``).
+``cascade export`` writes the ledger's traffic as labeled-traffic JSONL
+(``cascade.training.traffic``).
 The ledger never stores prompts, so rows get their prompt only from ``--prompts FILE.jsonl``
 (``{"request_id": ..., "prompt": ...}`` per line, logged by the application); rows without one are
 written with ``"prompt": null`` and cannot be trained on until joined with their prompts.
@@ -20,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from cascade.pricing import Rates
-    from cascade.reports import GroupStats, Report
+    from cascade.core.pricing import Rates
+    from cascade.ledger.reports import GroupStats, Report
 
 _T = TypeVar("_T")
 
@@ -77,7 +78,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _report(ns: argparse.Namespace) -> int:
     from cascade.ledger.database import run_with_engine
-    from cascade.reports import build_report, fetch_requests, parse_since, report_json
+    from cascade.ledger.reports import build_report, fetch_requests, parse_since, report_json
 
     since = parse_since(ns.since)
     name, frontier, rates = _frontier(ns.policy)
@@ -86,7 +87,7 @@ def _report(ns: argparse.Namespace) -> int:
         facts, by=ns.by, policy=name, frontier_tier=frontier, frontier_rates=rates, since=since
     )
     if ns.html is not None:
-        from cascade.report_html import render_html
+        from cascade.ledger.report_html import render_html
 
         ns.html.write_text(render_html(report), encoding="utf-8")
     if ns.json:
@@ -101,7 +102,7 @@ def _report(ns: argparse.Namespace) -> int:
 def _export(ns: argparse.Namespace) -> int:
     from cascade.errors import LabeledDataError
     from cascade.ledger.database import run_with_engine
-    from cascade.reports import fetch_requests, label_requests, parse_since, prompts_by_id
+    from cascade.ledger.reports import fetch_requests, label_requests, parse_since, prompts_by_id
 
     since = parse_since(ns.since)
     _, frontier, rates = _frontier(ns.policy)
@@ -146,7 +147,7 @@ def format_report(report: Report) -> str:
 
 
 def _group_lines(by: str, stats: GroupStats) -> list[str]:
-    from cascade.report_html import money, percent
+    from cascade.ledger.report_html import money, percent
 
     per_token = stats.cost_per_useful_token
     title = f"{by} {stats.key}" if by else "total"
@@ -177,8 +178,8 @@ def _group_lines(by: str, stats: GroupStats) -> list[str]:
 
 
 def _frontier(policy: str) -> tuple[str, str, Rates | None]:
+    from cascade.core.pricing import tier_rates
     from cascade.policy import load_policy
-    from cascade.pricing import tier_rates
 
     loaded = load_policy(policy)
     last = loaded.tiers[-1]

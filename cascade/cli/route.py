@@ -32,7 +32,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _route(ns: argparse.Namespace) -> int:
-    from cascade.routing import route
+    from cascade.core.planner import route
 
     messages: list[dict[str, Any]]
     if ns.messages is not None:

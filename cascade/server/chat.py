@@ -22,15 +22,16 @@ import structlog
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from cascade.decision import Decision
+from cascade.core.decision import Decision
 from cascade.errors import RoutingError
-from cascade.router import (
+from cascade.run.router import (
     Attempt,
     Completion,
     UpstreamError,
     describe_attempts,
     new_request_id,
 )
+from cascade.run.streaming import StreamRun, open_stream
 from cascade.server.metrics import Metrics
 from cascade.server.openai_format import (
     BadRequestError,
@@ -45,7 +46,6 @@ from cascade.server.openai_format import (
 )
 from cascade.server.proxy import Proxy
 from cascade.server.recording import attempt_records, request_record
-from cascade.streaming import StreamRun, open_stream
 
 log = structlog.get_logger("cascade.proxy")
 

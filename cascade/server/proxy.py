@@ -13,26 +13,27 @@ from typing import TYPE_CHECKING
 import aiohttp
 import structlog
 
-from cascade.batching import LoopBatcher, MicroBatcher
-from cascade.capacity import InFlightCounter
+from cascade.core.capacity import InFlightCounter
+from cascade.core.planner import Planner
+from cascade.core.pricing import Rates
 from cascade.errors import CascadeError
-from cascade.http1 import ConnectionPool
 from cascade.ledger import AttemptRecord, Ledger, LedgerWriter, RequestRecord, create_engine
 from cascade.ledger.migrate import upgrade
 from cascade.ledger.spool import adopt_spools
+from cascade.model.batching import LoopBatcher, MicroBatcher
+from cascade.model.scorer import OnnxScorer, Scorer
 from cascade.policy.loading import load_policy
 from cascade.policy.model import Policy, Tier
-from cascade.pricing import Rates
 from cascade.resources import policy_path
-from cascade.router import Router
-from cascade.routing import Planner
-from cascade.scoring import OnnxScorer, Scorer
+from cascade.run.router import Router
 from cascade.server.openai_format import BadRequestError
 from cascade.server.settings import ServerSettings
-from cascade.tiers import OpenAICompatibleClient, TierClient
+from cascade.tiers.base import TierClient
+from cascade.tiers.pool import ConnectionPool
+from cascade.tiers.self_hosted import OpenAICompatibleClient
 
 if TYPE_CHECKING:
-    from cascade.api_tier import LiteLLMClient
+    from cascade.tiers.api import LiteLLMClient
 
 log = structlog.get_logger("cascade.proxy")
 
@@ -193,7 +194,7 @@ class Proxy:
 
     async def _router(self, policy: Policy) -> Router:
         if any(t.kind == "api" for t in policy.tiers) and "api" not in self._clients:
-            from cascade.api_tier import LiteLLMClient  # noqa: PLC0415 - litellm is heavy
+            from cascade.tiers.api import LiteLLMClient  # noqa: PLC0415 - litellm is heavy
 
             self._api = LiteLLMClient()
             self._clients["api"] = self._api

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
-from cascade.decision import Decision
+from cascade.core.decision import Decision
 from cascade.ledger import AttemptRecord, RequestRecord
-from cascade.router import Attempt
+from cascade.run.router import Attempt
 
 
 def attempt_records(attempts: Sequence[Attempt]) -> tuple[AttemptRecord, ...]:

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cascade.tokens import estimate_message_tokens
+from cascade.core.tokens import estimate_message_tokens
 
 __all__ = ["PrefixCache"]
 

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cascade.core.tokens import estimate_message_tokens
 from cascade.simulator.answers import Ask, compose
 from cascade.simulator.engine import ApiEngine, BatchEngine, Clock, Overloaded
 from cascade.simulator.engine import Request as Sequence_
@@ -42,7 +43,6 @@ from cascade.simulator.wire import (
     parse_chat_request,
     usage_body,
 )
-from cascade.tokens import estimate_message_tokens
 
 __all__ = ["create_app"]
 

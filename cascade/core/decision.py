@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
 
-from cascade.capacity import CapacityView
+from cascade.core.capacity import CapacityView
+from cascade.core.pricing import tier_rates
+from cascade.core.prompt import MovedSpan, PreparedPrompt
 from cascade.errors import RoutingError
 from cascade.policy.model import Policy, Tier
-from cascade.pricing import tier_rates
-from cascade.prompt import MovedSpan, PreparedPrompt
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cascade.errors import LabeledDataError
-from cascade.traffic import LabeledExample
+from cascade.training.traffic import LabeledExample
 
 __all__ = [
     "CPT_TARGETS",

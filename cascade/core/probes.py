@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cascade.capacity import StaticCapacity
+from cascade.core.capacity import StaticCapacity
+from cascade.core.planner import Messages, Planner
 from cascade.policy.model import Probe
-from cascade.routing import Messages, Planner
 
 
 @dataclass(frozen=True)

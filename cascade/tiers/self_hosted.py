@@ -1,98 +1,30 @@
-"""Tier clients: one call to one tier, in the OpenAI wire format.
+"""Self-hosted tiers (vLLM, SGLang, any OpenAI-compatible server) over HTTP.
 
-Self-hosted tiers (vLLM, SGLang, any OpenAI-compatible server): complete answers through
-:class:`cascade.http1.ConnectionPool` (keep-alive HTTP/1.1 on httptools, about 5x less CPU per
-call than aiohttp's client, which itself forwards about 8x more requests per second than
-``httpx.AsyncClient`` at 16 connections, see STACK-NOTES.md); streams through one shared aiohttp
-session. API tiers go through ``litellm.acompletion``, imported only when a policy has one,
-so ``anthropic/...``, ``openai/...`` and ``gemini/...`` model strings work with keys from the
-environment. Either way, failures become :class:`~cascade.errors.TierError` with a kind that says
-whether the request may spill, and usage is read from the answer (estimated only when absent).
+Complete answers go through :class:`cascade.tiers.pool.ConnectionPool` (keep-alive HTTP/1.1 on
+httptools, about 5x less CPU per call than aiohttp's client, which itself forwards about 8x more
+requests per second than ``httpx.AsyncClient`` at 16 connections, see STACK-NOTES.md); streams
+through one shared aiohttp session. Failures become :class:`~cascade.errors.TierError` with a kind
+that says whether the request may spill, and usage is read from the answer (estimated only when
+absent).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import orjson
 
+from cascade.core.per_object import PerObject
 from cascade.errors import TierError
-from cascade.http1 import ConnectionPool, Endpoint, HTTPConnectionError
-from cascade.per_object import PerObject
 from cascade.policy.model import Tier
-from cascade.tokens import estimate_tokens
-
-JSON = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Tokens of one call, as the tier reported them (or estimated, and flagged)."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int = 0
-    estimated: bool = False
-
-
-@dataclass(frozen=True)
-class TierAnswer:
-    """A complete (non-streamed) answer from a tier."""
-
-    body: JSON
-    """The OpenAI ``chat.completion`` object."""
-    usage: Usage
-    latency_s: float
-
-
-class TierClient(Protocol):
-    """Calls one kind of tier."""
-
-    async def complete(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer:
-        """One non-streamed call; raises TierError."""
-        ...
-
-    def stream(self, tier: Tier, payload: Mapping[str, Any]) -> AsyncIterator[JSON]:
-        """One streamed call, as parsed ``chat.completion.chunk`` objects; raises TierError."""
-        ...
-
-
-def read_usage(body: Mapping[str, Any], request: Mapping[str, Any]) -> Usage:
-    """Usage from an answer's ``usage`` object; estimated from the texts when it is missing."""
-    usage = body.get("usage")
-    # isinstance(x, dict) first: answers are parsed JSON, and an ABC check costs far more.
-    if isinstance(usage, (dict, Mapping)) and isinstance(usage.get("completion_tokens"), int):
-        details = usage.get("prompt_tokens_details") or {}
-        cached = details.get("cached_tokens") if isinstance(details, (dict, Mapping)) else None
-        return Usage(
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage["completion_tokens"]),
-            cached_tokens=int(cached or 0),
-        )
-    text = "".join(
-        str((choice.get("message") or {}).get("content") or "")
-        for choice in body.get("choices") or []
-        if isinstance(choice, Mapping)
-    )
-    prompt = estimate_tokens(json.dumps(request.get("messages", ""), ensure_ascii=False))
-    return Usage(prompt, estimate_tokens(text), 0, estimated=True)
-
-
-def _status_kind(status: int) -> str:
-    if status == 429:
-        return "rate_limited"
-    if status == 503:
-        return "unavailable"
-    if status >= 500:
-        return "server_error"
-    return "client_error"
+from cascade.tiers.base import JSON, TierAnswer, error_message, read_usage, status_kind
+from cascade.tiers.pool import ConnectionPool, Endpoint, HTTPConnectionError
 
 
 @dataclass(frozen=True)
@@ -107,7 +39,7 @@ class _Target:
 
 class OpenAICompatibleClient:
     """Self-hosted tiers over HTTP: complete answers through a lean keep-alive connection pool
-    (:mod:`cascade.http1`), streams through a shared aiohttp session."""
+    (:mod:`cascade.tiers.pool`), streams through a shared aiohttp session."""
 
     def __init__(self, session: aiohttp.ClientSession, pool: ConnectionPool) -> None:
         self._session = session
@@ -143,7 +75,7 @@ class OpenAICompatibleClient:
             raise TierError(tier.name, "connection", str(exc)) from None
         status, raw = answer.status, answer.body
         if status != 200:
-            raise TierError(tier.name, _status_kind(status), _error_message(raw), status)
+            raise TierError(tier.name, status_kind(status), error_message(raw), status)
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -174,7 +106,7 @@ class OpenAICompatibleClient:
             if response.status != 200:
                 raw = await response.read()
                 raise TierError(
-                    tier.name, _status_kind(response.status), _error_message(raw), response.status
+                    tier.name, status_kind(response.status), error_message(raw), response.status
                 )
             try:
                 async for line in response.content:
@@ -208,12 +140,3 @@ def _target(tier: Tier) -> _Target:
             total=limits.total_s, sock_connect=limits.connect_s, sock_read=limits.stream_idle_s
         ),
     )
-
-
-def _error_message(raw: bytes) -> str:
-    try:
-        body = json.loads(raw)
-        message = body.get("error", {}).get("message") if isinstance(body, dict) else None
-    except ValueError:
-        message = None
-    return str(message or raw[:200].decode("utf-8", "replace") or "no body")

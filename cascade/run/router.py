@@ -1,6 +1,6 @@
 """``cascade.Router``: the whole way of a request — plan, call, verify, escalate, spill.
 
-:mod:`cascade.routing` decides before any model runs; the Router then calls the chosen tier and
+:mod:`cascade.core.planner` decides before any model runs; the Router then calls the chosen tier and
 keeps going until an answer passes: an answer that fails the policy's checks is *escalated* to the
 next stronger tier, and a call that fails (saturated, 429, 503, 5xx, timeout, refused) *spills*
 to the tier's overflow target, or else to the next stronger tier. Calls are bounded by the
@@ -18,14 +18,14 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal
 
-from cascade.capacity import InFlightCounter
-from cascade.decision import Decision
+from cascade.core.capacity import InFlightCounter
+from cascade.core.decision import Decision
+from cascade.core.planner import AsyncScorer, Planner
+from cascade.core.pricing import Rates, tier_rates
 from cascade.errors import TierError
-from cascade.escalation import find_problem
 from cascade.policy.model import Policy, Tier
-from cascade.pricing import Rates, tier_rates
-from cascade.routing import AsyncScorer, Planner
-from cascade.tiers import TierAnswer, TierClient, Usage
+from cascade.run.checks import find_problem
+from cascade.tiers.base import TierAnswer, TierClient, Usage
 
 Role = Literal["primary", "spill", "escalation"]
 

@@ -12,13 +12,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from cascade.capacity import CapacityView, InFlightCounter
-from cascade.decision import Decision, decide
+from cascade.core.capacity import CapacityView, InFlightCounter
+from cascade.core.decision import Decision, decide
+from cascade.core.prompt import Message, PreparedPrompt, prepare_prompt
+from cascade.model.scorer import OnnxScorer, Scorer
 from cascade.policy.loading import load_policy
 from cascade.policy.model import Policy
-from cascade.prompt import Message, PreparedPrompt, prepare_prompt
 from cascade.resources import policy_path
-from cascade.scoring import OnnxScorer, Scorer
 
 Messages = str | Sequence[Message]
 Tools = Sequence[Mapping[str, Any]] | None
@@ -32,7 +32,7 @@ def as_messages(messages: Messages) -> Sequence[Message]:
 
 
 class AsyncScorer(Protocol):
-    """Scores one prompt for an async caller (a :class:`~cascade.batching.MicroBatcher`)."""
+    """Scores one prompt for an async caller (a :class:`~cascade.model.batching.MicroBatcher`)."""
 
     async def score(self, text: str) -> float:
         """Confidence for one prompt."""
@@ -43,7 +43,7 @@ class Planner:
     """Decides where requests go under one policy: pure CPU, no network.
 
     :meth:`plan` scores inline; :meth:`aplan` is for event loops, and scores through an async
-    scorer such as a :class:`~cascade.batching.MicroBatcher` so that concurrent requests share
+    scorer such as a :class:`~cascade.model.batching.MicroBatcher` so that concurrent requests share
     one model call and the loop is not blocked.
     """
 

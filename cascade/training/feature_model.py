@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from cascade.errors import TrainingError
-from cascade.evaluation import Outcomes
-from cascade.features import FEATURE_NAMES, prompt_features
+from cascade.model.features import FEATURE_NAMES, prompt_features
+from cascade.training.evaluation import Outcomes
 
 __all__ = [
     "ALPHA",

@@ -7,7 +7,7 @@ order, and lines that change on every request (timestamps, dates, clock times, U
 per-user greetings) are lifted out of the system prompt and placed, verbatim, at the start of the
 last user message, so the model still reads every line. The prefix is then hashed, which lets the
 ledger measure how often prefixes repeat.
-What counts as volatile is decided in :mod:`cascade.volatile`. Everything here is pure CPU and
+What counts as volatile is decided in :mod:`cascade.core.volatile`. Everything here is pure CPU and
 deterministic.
 """
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from cascade.core.tokens import estimate_message_tokens
+from cascade.core.volatile import split_volatile_sentences, volatile_lines
 from cascade.errors import RoutingError
-from cascade.tokens import estimate_message_tokens
-from cascade.volatile import split_volatile_sentences, volatile_lines
 
 __all__ = ["Message", "MovedSpan", "PreparedPrompt", "prepare_prompt"]
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from cascade.reports import GroupStats, Report
+from cascade.ledger.reports import GroupStats, Report
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from cascade.per_object import PerObject
+from cascade.core.per_object import PerObject
 from cascade.policy.model import GpuPrice, Tier, TokenPrice
 
 _MILLION = Decimal(1_000_000)

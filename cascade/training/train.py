@@ -1,10 +1,10 @@
 """Train the confidence model on labeled traffic, export it to ONNX and write its model folder.
 
 ``cascade train --data TRAIN.jsonl... [--dev DEV.jsonl...] --out router_models/NAME`` computes
-:func:`~cascade.features.prompt_features` for every prompt, fits
-:mod:`cascade.feature_model` on the rows outside the held-out tasks, checks that the ONNX export
-agrees with scikit-learn on messy text, measures AUROC and APGR on the held-out tasks and on the
-dev files, and writes ``model.onnx`` and ``manifest.json``. ``--base MODEL`` adapts an existing
+:func:`~cascade.model.features.prompt_features` for every prompt, fits
+:mod:`cascade.training.feature_model` on the rows outside the held-out tasks, checks that the ONNX
+export agrees with scikit-learn on messy text, measures AUROC and APGR on the held-out tasks and on
+the dev files, and writes ``model.onnx`` and ``manifest.json``. ``--base MODEL`` adapts an existing
 model to the given rows instead (:func:`adapt`). Training is deterministic: the same files and
 seed give a byte-identical ``model.onnx``.
 
@@ -23,19 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from cascade.errors import TrainingError
-from cascade.evaluation import Outcomes, auroc, report
-from cascade.feature_model import (
-    ALPHA,
-    LinearConfidence,
-    export_onnx,
-    feature_matrix,
-    fit_confidence,
-    onnx_confidence,
-    read_onnx,
-    reference_confidence,
-)
-from cascade.features import FEATURE_NAMES, PROMPT_FEATURES_VERSION
-from cascade.manifest import (
+from cascade.model.features import FEATURE_NAMES, PROMPT_FEATURES_VERSION
+from cascade.model.manifest import (
     FEATURES_PREPROCESSING,
     FORMAT_VERSION,
     CalibrationPoint,
@@ -48,7 +37,18 @@ from cascade.manifest import (
     load_manifest,
 )
 from cascade.resources import model_dir
-from cascade.traffic import load_labeled
+from cascade.training.evaluation import Outcomes, auroc, report
+from cascade.training.feature_model import (
+    ALPHA,
+    LinearConfidence,
+    export_onnx,
+    feature_matrix,
+    fit_confidence,
+    onnx_confidence,
+    read_onnx,
+    reference_confidence,
+)
+from cascade.training.traffic import load_labeled
 
 __all__ = [
     "ADAPT_ALPHAS",
@@ -226,7 +226,7 @@ def train_model(
             dev_apgr=_apgr(dev_confidence, dev_outcomes) if dev_outcomes else None,
         ),
         parity=Parity(float(f"{diff.max():.3g}"), len(parity_texts)),
-        created_by=created_by or f"cascade.training.train_model(name={name!r}, seed={seed})",
+        created_by=created_by or f"cascade.training.train.train_model(name={name!r}, seed={seed})",
         toolchain=_toolchain(),
         base_model=None if base is None else str(base),
     )
@@ -285,11 +285,3 @@ def _rate(labels: np.ndarray) -> float | None:
 def _toolchain() -> dict[str, str]:
     """Versions that decide the exported bytes: retraining with others may change the sha256."""
     return {p: version(p) for p in ("numpy", "scikit-learn", "onnx", "onnxruntime")}
-
-
-if __name__ == "__main__":  # ``python -m cascade.training`` is ``cascade train``
-    import sys
-
-    from cascade.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

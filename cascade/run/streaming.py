@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from cascade.decision import Decision
+from cascade.core.decision import Decision
 from cascade.errors import TierError
 from cascade.policy.model import Tier
-from cascade.router import Attempt, Role, Router, UpstreamError, payload_for
-from cascade.tiers import JSON, Usage
+from cascade.run.router import Attempt, Role, Router, UpstreamError, payload_for
+from cascade.tiers.base import JSON, Usage
 
 
 @dataclass

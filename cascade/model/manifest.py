@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cascade.errors import ScorerError
-from cascade.features import FEATURE_NAMES, FEATURE_VERSION, PROMPT_FEATURES_VERSION
+from cascade.model.features import FEATURE_NAMES, FEATURE_VERSION, PROMPT_FEATURES_VERSION
 
 FORMAT_VERSION = 1
+# Stable names of the input contracts, written into every manifest: they name the functions
+# by where they lived when the contract was made (now cascade.model.features) and never change.
 PREPROCESSING = "cascade.features.normalize"
 FEATURES_PREPROCESSING = "cascade.features.prompt_features"
 """The float-input contract: each prompt becomes one row of ``prompt_features`` values."""
@@ -31,8 +33,8 @@ INPUT_CONTRACTS: dict[str, tuple[str, tuple[int | None, ...], str]] = {
 class ModelInput:
     """The model's input tensor: prompts after ``preprocessing``, one per row.
 
-    ``string`` ``[N, 1]`` with :func:`~cascade.features.normalize`, or ``float`` ``[N, K]`` with
-    :func:`~cascade.features.prompt_features`.
+    ``string`` ``[N, 1]`` with :func:`~cascade.model.features.normalize`, or ``float``
+    ``[N, K]`` with :func:`~cascade.model.features.prompt_features`.
     """
 
     name: str

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Mapping
 from decimal import Decimal
 from typing import Any
 
+from cascade.core.pricing import Rates
 from cascade.errors import TierError
 from cascade.policy.model import Tier
-from cascade.pricing import Rates
-from cascade.tiers import JSON, TierAnswer, read_usage
+from cascade.tiers.base import JSON, TierAnswer, read_usage
 
 
 def _litellm() -> Any:

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
 from cascade.errors import ScorerError
-from cascade.scoring import Scorer
+from cascade.model.scorer import Scorer
 
 __all__ = ["LoopBatcher", "MicroBatcher"]
 

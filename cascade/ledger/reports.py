@@ -28,9 +28,9 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cascade.core.pricing import Rates
 from cascade.errors import LedgerError
 from cascade.ledger.models import Attempt, Request
-from cascade.pricing import Rates
 
 GroupBy = Literal["tier", "tenant", "policy", "day"]
 GROUP_BYS: tuple[GroupBy, ...] = ("tier", "tenant", "policy", "day")
@@ -356,7 +356,9 @@ def label_requests(
     frontier_rates: Rates | None,
     prompts: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The requests that teach the router something, as labeled-traffic rows (``cascade.traffic``).
+    """The requests that teach the router something, as labeled-traffic rows.
+
+    (The format of ``cascade.training.traffic``.)
 
     The weak tier is the request's first tier, the strong one the policy's ``last_tier``:
 

@@ -1,10 +1,10 @@
 """The confidence scorer: P(the weak tier suffices) for a prompt, from a shipped ONNX model.
 
 A model folder (``router_models/<name>/``) holds ``model.onnx`` and ``manifest.json`` (parsed
-and checked by :mod:`cascade.manifest`). :class:`OnnxScorer` verifies the model's sha256
+and checked by :mod:`cascade.model.manifest`). :class:`OnnxScorer` verifies the model's sha256
 against the manifest before onnxruntime ever sees the bytes, then scores text through
-:func:`cascade.features.normalize`, the same function training used. onnxruntime is imported only
-when a scorer is built, so ``import cascade.scoring`` stays cheap.
+:func:`cascade.model.features.normalize`, the same function training used. onnxruntime is
+imported only when a scorer is built, so ``import cascade.model.scorer`` stays cheap.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from cascade.errors import ModelIntegrityError, RuntimeMissingError, ScorerError
-from cascade.features import normalize, prompt_features
-from cascade.manifest import Manifest, load_manifest
+from cascade.model.features import normalize, prompt_features
+from cascade.model.manifest import Manifest, load_manifest
 from cascade.resources import model_dir
 
 __all__ = [

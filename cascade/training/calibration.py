@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from cascade.errors import LabeledDataError, PolicyError, PolicyProblem
-from cascade.evaluation import Outcomes
+from cascade.training.evaluation import Outcomes
 
 __all__ = ["Calibration", "threshold_for", "write_threshold"]
 
