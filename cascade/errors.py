@@ -78,10 +78,20 @@ class TierError(CascadeError):
         }
     )
 
-    def __init__(self, tier: str, kind: str, message: str, status: int | None = None) -> None:
+    def __init__(
+        self,
+        tier: str,
+        kind: str,
+        message: str,
+        status: int | None = None,
+        *,
+        retry_after_s: float | None = None,
+    ) -> None:
         self.tier = tier
         self.kind = kind
         self.status = status
+        self.retry_after_s = retry_after_s
+        """How long the tier asked not to be called again (its ``Retry-After``), if it said."""
         super().__init__(f"tier {tier!r}: {kind}: {message}")
 
     @property
