@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import structlog.testing
 from openai.types.chat import ChatCompletionFunctionToolParam
 
 from cascade.server.app import create_app
@@ -297,8 +299,13 @@ def test_policy_reload_applies_valid_changes_and_refuses_invalid_ones(stack: Sta
         original.replace("    overflow: big\n", "    overflow: big\n    threshold: 1.0\n")
     )
     assert wait_until(lambda: _ask(stack).headers["x-cascade-tier"] == "medium")
-    stack.policy_file.write_text(original.replace("kind: self_hosted", "kind: selfhosted", 1))
-    time.sleep(0.3)  # several reload intervals: give the proxy the chance to (wrongly) apply it
+    with structlog.testing.capture_logs() as logs:
+        stack.policy_file.write_text(original.replace("kind: self_hosted", "kind: selfhosted", 1))
+        assert wait_until(lambda: any(e["event"] == "policy.reload_refused" for e in logs))
+    [refused] = [e for e in logs if e["event"] == "policy.reload_refused"]
+    assert refused["policy"] == "proxytest"
+    assert "selfhosted" in refused["error"]
+    assert not [e for e in logs if e["event"] == "policy.reloaded"]
     assert _ask(stack).headers["x-cascade-tier"] == "medium"
 
 
@@ -334,21 +341,28 @@ async def _burst(url: str, count: int) -> list[httpx.Response]:
 
 def test_burst_above_capacity_spills_and_all_succeed(tmp_path: Path) -> None:
     """Beyond the cheap tier's max_concurrency, requests go to its overflow tier; none fail."""
+    hold = threading.Event()
     small, medium, big = (
-        ScriptedTier("small", delay_s=0.3),
+        ScriptedTier("small", hold=hold),
         ScriptedTier("medium"),
         ScriptedTier("big"),
     )
     with serving(small.app()) as s, serving(medium.app()) as m, serving(big.app()) as b:
         policy = tmp_path / "burst.yaml"
         policy.write_text(BURST_POLICY.format(small=s, medium=m, big=b))
-        with serving(create_app(ServerSettings(policies=(str(policy),)))) as url:
-            responses = asyncio.run(_burst(url, 16))
+        app = create_app(ServerSettings(policies=(str(policy),)))
+        with serving(app) as url, ThreadPoolExecutor(1) as pool:
+            burst = pool.submit(asyncio.run, _burst(url, 16))
+            try:
+                # The cheap tier holds its four answers until every other request has spilled.
+                spilled = wait_until(lambda: (small.calls, big.calls) == (4, 12))
+                assert spilled, f"small got {small.calls}, big {big.calls}"
+            finally:
+                hold.set()
+            responses = burst.result()
     assert [r.status_code for r in responses] == [200] * 16
     tiers = [r.headers["x-cascade-tier"] for r in responses]
-    assert tiers.count("small") == small.calls
-    assert 1 <= small.calls <= 4
-    assert tiers.count("big") == 16 - small.calls
+    assert sorted(tiers) == ["big"] * 12 + ["small"] * 4
     assert medium.calls == 0
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 
 import httpx
 import openai
 import pytest
 
+from cascade.simulator.answers import Reply
 from cascade.simulator.dataset import LabeledRow, iter_rows
+from cascade.simulator.streaming import sse_events
+from cascade.simulator.wire import ChatRequest, Choice
 from tests.servers import running_tier
 
 SYSTEM = "You are a concise assistant for the billing team. Answer in one short paragraph."
@@ -52,7 +56,7 @@ def test_plain_completion_has_usage(client: openai.OpenAI) -> None:
 
 
 def test_stream_matches_plain_answer_and_reports_usage(client: openai.OpenAI) -> None:
-    """A streamed answer arrives in several deltas that add up to the plain answer, then usage."""
+    """A streamed answer's deltas add up to the plain answer, the role comes first, then usage."""
     messages: list[openai.types.chat.ChatCompletionMessageParam] = [
         {"role": "user", "content": "Which planet is largest?"}
     ]
@@ -67,12 +71,51 @@ def test_stream_matches_plain_answer_and_reports_usage(client: openai.OpenAI) ->
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == plain.choices[0].message.content
-    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 2
+    # How many deltas depends on how far the engine got between two reads of its progress (a
+    # busy host coalesces steps): that is checked with scripted progress below, not here.
+    deltas = [c.choices[0].delta for c in chunks if c.choices and c.choices[0].delta.content]
+    assert [d.role for d in deltas] == ["assistant"] + [None] * (len(deltas) - 1)
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None
     assert plain.usage is not None
     assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_stream_sends_one_delta_per_engine_progress_then_finish_usage_and_done() -> None:
+    """Each time the engine reports progress, the new tokens go out as one delta (the role only
+    in the first); then the finish reason, the usage and ``[DONE]``."""
+    tokens = ("Jupiter", " is", " the", " largest", ".")
+    reply = Reply(tokens=tokens, logprobs=(-0.1,) * 5, correct=True, known=True)
+    chat = ChatRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "?"}]}
+    )
+
+    async def progress() -> AsyncGenerator[tuple[int, int], None]:
+        for count in (2, 4, 5):
+            yield 0, count
+
+    async def lines() -> list[str]:
+        usage = {"prompt_tokens": 3, "completion_tokens": 5}
+        return [
+            e async for e in sse_events(progress(), "m", [Choice(reply, None, ())], chat, usage)
+        ]
+
+    *events, done = asyncio.run(lines())
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events]
+    assert len(chunks) == 5
+    assert all(e.startswith("data: ") and e.endswith("\n\n") for e in events)
+    assert [c["choices"][0]["delta"] for c in chunks[:4]] == [
+        {"role": "assistant", "content": "Jupiter is"},
+        {"content": " the largest"},
+        {"content": "."},
+        {},
+    ]
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:4]] == [None, None, None, "stop"]
+    assert chunks[4]["choices"] == []
+    assert chunks[4]["usage"] == {"prompt_tokens": 3, "completion_tokens": 5}
+    assert len({c["id"] for c in chunks}) == 1
+    assert done == "data: [DONE]\n\n"
 
 
 def test_known_prompt_is_right_on_frontier_and_wrong_where_the_data_says() -> None:

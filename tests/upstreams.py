@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +35,9 @@ class ScriptedTier:
 
     name: str
     mode: str = "ok"
-    delay_s: float = 0.0
-    """How long each answer takes (a model generating), so calls overlap in flight."""
+    hold: threading.Event | None = None
+    """When given, each answer waits until it is set (a model still generating): calls stay in
+    flight until the test lets them finish."""
     calls: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
 
@@ -47,8 +49,8 @@ class ScriptedTier:
         body = await request.json()
         self.calls += 1
         self.requests.append(body)
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        if self.hold is not None and not await asyncio.to_thread(self.hold.wait, 30):
+            return JSONResponse({"error": {"message": "never released"}}, status_code=500)
         if self.mode in ("503", "429"):
             return JSONResponse({"error": {"message": "busy"}}, status_code=int(self.mode))
         if body.get("stream"):
