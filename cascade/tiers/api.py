@@ -16,7 +16,7 @@ from typing import Any
 from cascade.core.pricing import Rates
 from cascade.errors import TierError
 from cascade.policy.model import Tier
-from cascade.tiers.base import JSON, TierAnswer, read_usage
+from cascade.tiers.base import JSON, TierAnswer, error_message, read_usage, retry_after_s
 
 
 def _litellm() -> Any:
@@ -36,6 +36,9 @@ class LiteLLMClient:
         arguments: JSON = {k: v for k, v in payload.items() if k not in ("model", "stream")}
         arguments["model"] = tier.model
         arguments["timeout"] = tier.timeouts.total_s
+        # No retries inside the provider's SDK: on a 429 it would wait out Retry-After (twice,
+        # 15 s for "Retry-After: 7") before cascade could spill the request or cool the tier.
+        arguments["max_retries"] = 0
         if tier.endpoint:
             arguments["api_base"] = tier.endpoint
         if tier.api_key_env:
@@ -102,4 +105,27 @@ def _tier_error(tier: Tier, exc: Exception) -> TierError:
         kind = "client_error"
     else:
         kind = "server_error"
-    return TierError(tier.name, kind, f"{name}: {str(exc)[:300]}", status)
+    wait = retry_after_s(_retry_after(exc)) if kind in ("rate_limited", "unavailable") else None
+    return TierError(
+        tier.name,
+        kind,
+        f"{name}: {error_message(str(exc).encode())}",
+        status if isinstance(status, int) else None,
+        retry_after_s=wait,
+    )
+
+
+def _retry_after(exc: Exception) -> str | None:
+    """The provider's Retry-After, wherever litellm kept it: the exception's ``response`` (an
+    httpx.Response; litellm often builds one without headers) or its
+    ``litellm_response_headers``."""
+    response = getattr(exc, "response", None)
+    for headers in (
+        getattr(response, "headers", None),
+        getattr(exc, "litellm_response_headers", None),
+    ):
+        if isinstance(headers, Mapping):
+            value = next((v for k, v in headers.items() if str(k).lower() == "retry-after"), None)
+            if isinstance(value, str):
+                return value
+    return None

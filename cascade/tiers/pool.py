@@ -1,193 +1,76 @@
-"""A small pooled HTTP/1.1 client for the proxy's hot path: non-streamed calls to self-hosted tiers.
+"""Keep-alive HTTP/1.1 for self-hosted tiers: every call, complete or streamed, goes through
+:class:`ConnectionPool`.
 
-Forwarding one request through aiohttp's client costs about 137 us of CPU on this project's
-2-core machines; writing the request bytes straight to a pooled keep-alive connection and parsing
-the answer with httptools (llhttp, which uvicorn already brings) costs about 27 us
-(``benchmarks/bench_http_client.py``). At a few thousand requests a second that difference is a
-fifth of the proxy's CPU, so the one call every routed request makes goes through
-:class:`ConnectionPool`. Streams keep using aiohttp.
+Forwarding one request through aiohttp's client costs 4-5 times the CPU of writing the request
+bytes straight to a pooled keep-alive connection and parsing the answer with httptools (llhttp,
+which uvicorn already brings), about 85-100 us against 16-24 us per call on this project's 2-core
+machines; a streamed call of 20 events costs about half (``benchmarks/bench_http_client.py``).
+At a few thousand requests a second that difference is a fifth of the proxy's CPU. Streams use
+the same connections, timeouts, TLS and errors, so a tier behaves the same whether or not the
+client asked to stream.
 
-What it does: POST with a body, keep-alive connections per (scheme, host, port) reused LIFO,
-TLS for ``https``, responses framed by Content-Length, chunked encoding or connection close, a
-cap on the answer's size, a connect timeout and an overall deadline. A pooled connection that the
-server closed while idle is detected (its ``connection_lost``) and dropped; if one fails before
-any byte of the answer arrives, the request is sent once more on a new connection, as browsers
-and urllib3 do. Failures raise :class:`HTTPConnectionError` (or ``TimeoutError``).
+What it does: POST with a body on keep-alive connections per (scheme, host, port), reused LIFO;
+the answer read whole (:meth:`ConnectionPool.post`, capped in size) or as it comes
+(:meth:`ConnectionPool.open`, a :class:`~cascade.tiers.stream.Stream`), framed by
+Content-Length, chunked encoding or connection close (:mod:`cascade.tiers.connection`). TLS for
+``https`` with one context per host (``ssl.create_default_context()``, so ``SSL_CERT_FILE``
+applies). At most ``max_connections_per_host`` connections per host: a call beyond waits for
+one, no longer than its connect timeout. HTTP proxies from the environment
+(:mod:`cascade.tiers.proxies`).
+
+**A POST is never sent twice when the upstream may have received it** (it may have run, and
+billed, the request). A call moves to a new connection only when its request provably never left
+this process: the pooled connection was seen closed before the write (its ``connection_lost``,
+``transport.is_closing()``, or its socket readable while idle, which means the server's FIN or a
+stray byte arrived), or the write failed at once. A connection that breaks after the request was
+written, even before the first byte of the answer, fails the call with
+:class:`HTTPConnectionError`, and the caller spills it to another tier. To make that rare, an
+idle connection older than ``keepalive_idle_s`` (4 s, under the 5 s keep-alive most servers
+use) is closed rather than reused.
+
+Failures raise :class:`HTTPConnectionError` or ``TimeoutError``, with a message that says which
+limit or what broke.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
-from typing import cast
-from urllib.parse import urlsplit
 
-import httptools
+from cascade.tiers.connection import Connection, Host, Sent
+from cascade.tiers.http1 import Endpoint, HTTPConnectionError, Response
+from cascade.tiers.proxies import open_tunnel, route_for
+from cascade.tiers.stream import UNFINISHED, Stream
 
-__all__ = ["ConnectionPool", "Endpoint", "HTTPConnectionError", "Response"]
+__all__ = ["ConnectionPool", "Endpoint", "HTTPConnectionError", "Response", "Stream"]
 
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-
-
-class HTTPConnectionError(ConnectionError):
-    """The connection failed, closed early, or the answer was not valid HTTP/1.1."""
-
-
-@dataclass(frozen=True)
-class Response:
-    """A complete answer."""
-
-    status: int
-    body: bytes
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where requests for one URL go, parsed once."""
-
-    scheme: str
-    host: str
-    port: int
-    head: bytes
-    """The request line and the headers every request to this URL carries."""
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        """What connections are pooled by."""
-        return self.scheme, self.host, self.port
-
-    @classmethod
-    def parse(cls, url: str, headers: dict[str, str]) -> Endpoint:
-        """Parse ``url`` (http or https); ``headers`` go on every request to it."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{url!r}: expected an http:// or https:// URL with a host")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        host = parts.hostname
-        host_header = f"[{host}]" if ":" in host else host
-        if parts.port is not None:
-            host_header += f":{port}"
-        lines = [f"POST {path} HTTP/1.1", f"host: {host_header}", "user-agent: cascade-router"]
-        lines += [f"{name}: {_header_value(name, value)}" for name, value in headers.items()]
-        head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
-        return cls(parts.scheme, host, port, head)
-
-
-def _header_value(name: str, value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValueError(f"header {name}: a line break in the value is not allowed")
-    return value
-
-
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection; answers one request at a time."""
-
-    def __init__(self, pool: ConnectionPool, key: tuple[str, str, int]) -> None:
-        self._pool = pool
-        self.key = key
-        self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
-        self._answer: asyncio.Future[Response] | None = None
-        self._body: list[bytes] = []
-        self._size = 0
-        self._framed = False  # Content-Length or chunked: the parser knows where the body ends
-        self.started = False  # a byte of the current answer has arrived
-        self.closed = False
-
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-
-    def data_received(self, data: bytes) -> None:
-        self.started = True
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(HTTPConnectionError(f"the answer is not valid HTTP/1.1: {exc}"))
-            self.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._pool._forget(self)
-        if self._answer is None or self._answer.done():
-            return
-        if self.started and not self._framed and self._parser.get_status_code():
-            self._finish(self._parser.get_status_code())  # a body delimited by the close
-            return
-        where = "while answering" if self.started else "before answering"
-        self._fail(HTTPConnectionError(f"the server closed the connection {where}"))
-
-    # httptools callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        lower = name.lower()
-        if lower == b"content-length" or (
-            lower == b"transfer-encoding" and b"chunked" in value.lower()
-        ):
-            self._framed = True
-
-    def on_body(self, body: bytes) -> None:
-        self._size += len(body)
-        if self._size > self._pool.max_response_bytes:
-            self._fail(
-                HTTPConnectionError(
-                    f"the answer is over {self._pool.max_response_bytes} bytes; refused"
-                )
-            )
-            self.close()
-            return
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        self._finish(self._parser.get_status_code())
-        if not self._parser.should_keep_alive():
-            self.close()
-
-    # the request side
-    def send(self, data: bytes) -> asyncio.Future[Response]:
-        assert self.transport is not None
-        self._answer = asyncio.get_running_loop().create_future()
-        self._body, self._size, self._framed, self.started = [], 0, False, False
-        self.transport.write(data)
-        return self._answer
-
-    def expire(self) -> None:
-        """The call's deadline passed: fail it with TimeoutError and drop the connection."""
-        self._fail(TimeoutError("no complete answer before the deadline"))
-        self.close()
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-    def _finish(self, status: int) -> None:
-        answer, self._answer = self._answer, None
-        if answer is not None and not answer.done():
-            answer.set_result(Response(status, b"".join(self._body)))
-        self._body = []
-
-    def _fail(self, error: Exception) -> None:
-        answer, self._answer = self._answer, None
-        if answer is not None and not answer.done():
-            answer.set_exception(error)
+_NO_HEAD = "no answer within %ss"
 
 
 class ConnectionPool:
-    """Keep-alive HTTP/1.1 connections, pooled per (scheme, host, port); one per event loop."""
+    """Keep-alive HTTP/1.1 connections, pooled per (scheme, host, port); one per event loop.
+
+    ``keepalive_idle_s``: an idle connection older than this is closed, not reused.
+    ``ssl_context``: for every https host (default: ``ssl.create_default_context()`` per host).
+    Proxies come from the environment when a host is first called (:mod:`cascade.tiers.proxies`).
+    """
 
     def __init__(
         self,
         *,
+        max_connections_per_host: int = 1024,
         max_idle_per_host: int = 1024,
+        keepalive_idle_s: float = 4.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self.max_connections_per_host = max_connections_per_host
         self.max_idle_per_host = max_idle_per_host
+        self.keepalive_idle_s = keepalive_idle_s
         self.max_response_bytes = max_response_bytes
         self._ssl = ssl_context
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._hosts: dict[tuple[str, str, int], Host] = {}
         self._closed = False
         self.opened = 0
         """Connections opened so far (a measure of how well keep-alive works)."""
@@ -207,82 +90,201 @@ class ConnectionPool:
         connect), :class:`HTTPConnectionError` when the connection fails or the answer is not
         HTTP/1.1.
         """
-        if self._closed:
-            raise HTTPConnectionError("the connection pool is closed")
-        data = b"%scontent-length: %d\r\n%s\r\n%s" % (endpoint.head, len(body), headers, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        connection, reused = self._take(endpoint)
-        if connection is None:
-            connection = await self._connect(endpoint, connect_timeout, deadline)
-        try:
-            answer = await self._exchange(connection, data, deadline)
-        except HTTPConnectionError:
-            if not (reused and not connection.started):
-                raise
-            # The server dropped the idle connection as we sent: it never saw the request.
-            connection = await self._connect(endpoint, connect_timeout, deadline)
-            answer = await self._exchange(connection, data, deadline)
-        self._give_back(connection)
-        return answer
-
-    async def _exchange(self, connection: _Connection, data: bytes, deadline: float) -> Response:
+        host, data = self._request(endpoint, body, headers)
+        connection, answer = host.reuse(data, streaming=False) or await self._send_new(
+            endpoint, host, data, connect_timeout, deadline, streaming=False
+        )
         # One timer handle per call: asyncio.timeout() cost several times more on this path.
-        answer = connection.send(data)
-        timer = asyncio.get_running_loop().call_at(deadline, connection.expire)
+        timer = loop.call_at(deadline, connection.expire, "no complete answer within %ss", timeout)
         try:
-            return await answer
+            response = await answer
         except BaseException:
             connection.close()  # cancelled, timed out or broken: never reuse it mid-answer
             raise
         finally:
             timer.cancel()
+        connection.host.give_back(connection)
+        return response
 
-    def _take(self, endpoint: Endpoint) -> tuple[_Connection | None, bool]:
-        idle = self._idle.get(endpoint.key)
-        while idle:
-            connection = idle.pop()
-            if not connection.closed:
-                return connection, True
-        return None, False
+    async def open(
+        self,
+        endpoint: Endpoint,
+        body: bytes,
+        *,
+        headers: bytes = b"",
+        connect_timeout: float,
+        first_byte_timeout: float,
+        idle_timeout: float,
+        timeout: float,
+    ) -> Stream:
+        """POST ``body`` and return the answer once its head arrives, its body to be read as it
+        comes (see :class:`Stream`).
 
-    def _give_back(self, connection: _Connection) -> None:
-        if connection.closed or self._closed:
-            connection.close()
-            return
-        idle = self._idle.setdefault(connection.key, [])
-        if len(idle) >= self.max_idle_per_host:
-            connection.close()
-            return
-        idle.append(connection)
-
-    def _forget(self, connection: _Connection) -> None:
-        idle = self._idle.get(connection.key)
-        if idle and connection in idle:
-            idle.remove(connection)
-
-    async def _connect(self, endpoint: Endpoint, timeout: float, deadline: float) -> _Connection:
-        key = endpoint.key
+        Raises ``TimeoutError`` when the head takes over ``first_byte_timeout`` seconds from the
+        call's start, :class:`HTTPConnectionError` as :meth:`post` does.
+        """
         loop = asyncio.get_running_loop()
-        tls: ssl.SSLContext | None = None
-        if endpoint.scheme == "https":
-            tls = self._ssl or ssl.create_default_context()
+        started = loop.time()
+        deadline = started + timeout
+        host, data = self._request(endpoint, body, headers)
+        connection, answer = host.reuse(data, streaming=True) or await self._send_new(
+            endpoint, host, data, connect_timeout, deadline, streaming=True
+        )
+        if started + first_byte_timeout < deadline:
+            when, template, limit = started + first_byte_timeout, _NO_HEAD, first_byte_timeout
+        else:
+            when, template, limit = deadline, UNFINISHED, timeout
+        timer = loop.call_at(when, connection.expire, template, limit)
+        try:
+            head = await answer
+        except BaseException:
+            connection.close()
+            raise
+        finally:
+            timer.cancel()
+        return Stream(
+            connection, head, idle_timeout=idle_timeout, deadline=deadline, timeout=timeout
+        )
+
+    def _request(self, endpoint: Endpoint, body: bytes, headers: bytes) -> tuple[Host, bytes]:
+        """The host a call goes to and the request's bytes."""
+        if self._closed:
+            raise HTTPConnectionError("the connection pool is closed")
+        host = self._hosts.get(endpoint.key) or self._host(endpoint)
+        route = host.route
+        head = endpoint.absolute_head + route.authorization if route.forward else endpoint.head
+        return host, b"%scontent-length: %d\r\n%s\r\n%s" % (head, len(body), headers, body)
+
+    async def _send_new(
+        self,
+        endpoint: Endpoint,
+        host: Host,
+        data: bytes,
+        connect_timeout: float,
+        deadline: float,
+        *,
+        streaming: bool,
+    ) -> Sent:
+        """Write the request on a new connection, once the host has a free slot (or on an idle
+        connection that comes back meanwhile)."""
+        if host.open >= self.max_connections_per_host:
+            sent = await self._wait_for_slot(host, data, streaming, connect_timeout, deadline)
+            if sent is not None:
+                return sent
+        connection = await self._connect(endpoint, host, connect_timeout, deadline)
+        answer = connection.send(data, streaming=streaming)
+        if answer is None:
+            connection.close()
+            raise HTTPConnectionError(f"the connection to {host.authority} closed at once")
+        return connection, answer
+
+    async def _wait_for_slot(
+        self, host: Host, data: bytes, streaming: bool, connect_timeout: float, deadline: float
+    ) -> Sent | None:
+        """At the per-host cap: wait (at most ``connect_timeout``) for an idle connection, which
+        is returned, or a free slot (None)."""
+        loop = asyncio.get_running_loop()
+        until = min(loop.time() + connect_timeout, deadline)
+        while host.open >= self.max_connections_per_host:
+            waiter = loop.create_future()
+            host.waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(until):
+                    await waiter
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    host.wake_one()  # woken, but leaving: the next in line gets the turn
+                if isinstance(exc, TimeoutError):
+                    raise HTTPConnectionError(
+                        f"all {self.max_connections_per_host} connections to {host.authority} "
+                        f"are busy and none came free within {connect_timeout}s"
+                    ) from None
+                raise
+            if self._closed:
+                raise HTTPConnectionError("the connection pool is closed")
+            sent = host.reuse(data, streaming=streaming)
+            if sent is not None:
+                return sent
+        return None
+
+    def _host(self, endpoint: Endpoint) -> Host:
+        try:
+            route = route_for(endpoint.scheme, endpoint.host)
+        except ValueError as exc:
+            raise HTTPConnectionError(str(exc)) from None
+        host = self._hosts[endpoint.key] = Host(
+            endpoint.authority,
+            route,
+            max_idle=self.max_idle_per_host,
+            keepalive_idle_s=self.keepalive_idle_s,
+            max_response_bytes=self.max_response_bytes,
+        )
+        return host
+
+    async def _connect(
+        self, endpoint: Endpoint, host: Host, timeout: float, deadline: float
+    ) -> Connection:
+        loop = asyncio.get_running_loop()
+        host.open += 1
+        connection = Connection(host)
         try:
             async with asyncio.timeout_at(min(loop.time() + timeout, deadline)):
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(self, key), endpoint.host, endpoint.port, ssl=tls
-                )
-            self.opened += 1
-        except OSError as exc:
-            raise HTTPConnectionError(
-                f"cannot connect to {endpoint.host}:{endpoint.port}: {exc.strerror or exc}"
-            ) from None
+                await self._dial(endpoint, host, connection)
+        except BaseException as exc:
+            connection.close()
+            host.open -= 1
+            if host.waiters:
+                host.wake_one()
+            where = host.route.name and f" through the proxy {host.route.name}"
+            if isinstance(exc, TimeoutError):
+                raise TimeoutError(
+                    f"no connection to {host.authority}{where} within {timeout}s"
+                ) from None
+            if isinstance(exc, OSError) and not isinstance(exc, HTTPConnectionError):
+                raise HTTPConnectionError(
+                    f"cannot connect to {host.authority}{where}: {exc.strerror or exc}"
+                ) from None
+            raise
+        connection.counted = True
+        self.opened += 1
         return connection
+
+    async def _dial(self, endpoint: Endpoint, host: Host, connection: Connection) -> None:
+        loop = asyncio.get_running_loop()
+        route = host.route
+        tls: ssl.SSLContext | None = None
+        if endpoint.scheme == "https":
+            if host.tls is None:
+                host.tls = self._ssl or ssl.create_default_context()
+            tls = host.tls
+        if route.proxy is None:
+            await loop.create_connection(lambda: connection, endpoint.host, endpoint.port, ssl=tls)
+            return
+        if not route.tunnel:
+            await loop.create_connection(lambda: connection, *route.proxy)
+            return
+        assert tls is not None
+        transport = await open_tunnel(route, endpoint.authority)
+        try:
+            secure = await loop.start_tls(transport, connection, tls, server_hostname=endpoint.host)
+        except BaseException:
+            transport.close()
+            raise
+        assert secure is not None
+        connection.connection_made(secure)
+
+    def idle_connections(self) -> int:
+        """Connections idle in the pool now, all hosts together."""
+        return sum(len(host.idle) for host in self._hosts.values())
 
     async def aclose(self) -> None:
         """Close every idle connection; later calls fail."""
         self._closed = True
-        for idle in self._idle.values():
-            for connection in idle:
-                connection.close()
-        self._idle.clear()
+        for host in self._hosts.values():
+            host.closed = True
+            while host.idle:
+                host.idle.pop().close()
+            while host.waiters:
+                host.wake_one()
