@@ -12,17 +12,10 @@ import pytest
 from cascade.core.pricing import Rates, tier_rates
 from cascade.errors import LedgerError
 from cascade.ledger import AttemptRecord, Ledger, LedgerEntry, RequestRecord
+from cascade.ledger.labeled_traffic import label_requests
+from cascade.ledger.queries import RequestFacts, fetch_requests
 from cascade.ledger.records import AttemptOutcome, AttemptRole, RequestStatus
-from cascade.ledger.reports import (
-    GroupBy,
-    Report,
-    RequestFacts,
-    build_report,
-    fetch_requests,
-    label_requests,
-    parse_since,
-    report_json,
-)
+from cascade.ledger.reports import GroupBy, Report, build_report, parse_since, report_json
 from cascade.policy import parse_policy
 from tests.conftest import TWO_TIERS
 from tests.ledger_databases import KINDS, LedgerDatabase, migrate, open_database

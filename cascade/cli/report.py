@@ -18,13 +18,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cascade.core.pricing import Rates
-    from cascade.ledger.reports import GroupStats, Report
-
-_T = TypeVar("_T")
 
 _URL_HELP = (
     "database URL (default: $CASCADE_DATABASE_URL, else sqlite:///cascade.db in the working "
@@ -77,12 +74,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _report(ns: argparse.Namespace) -> int:
-    from cascade.ledger.database import run_with_engine
-    from cascade.ledger.reports import build_report, fetch_requests, parse_since, report_json
+    from cascade.ledger.queries import read_requests
+    from cascade.ledger.report_text import format_report
+    from cascade.ledger.reports import build_report, parse_since, report_json
 
     since = parse_since(ns.since)
     name, frontier, rates = _frontier(ns.policy)
-    facts = run_with_engine(ns.url, lambda engine: fetch_requests(engine, since))
+    facts = read_requests(ns.url, since)
     report = build_report(
         facts, by=ns.by, policy=name, frontier_tier=frontier, frontier_rates=rates, since=since
     )
@@ -101,8 +99,9 @@ def _report(ns: argparse.Namespace) -> int:
 
 def _export(ns: argparse.Namespace) -> int:
     from cascade.errors import LabeledDataError
-    from cascade.ledger.database import run_with_engine
-    from cascade.ledger.reports import fetch_requests, label_requests, parse_since, prompts_by_id
+    from cascade.ledger.labeled_traffic import label_requests, prompts_by_id
+    from cascade.ledger.queries import read_requests
+    from cascade.ledger.reports import parse_since
 
     since = parse_since(ns.since)
     _, frontier, rates = _frontier(ns.policy)
@@ -113,7 +112,7 @@ def _export(ns: argparse.Namespace) -> int:
             prompts = prompts_by_id(json.loads(line) for line in lines if line.strip())
         except (OSError, UnicodeError, json.JSONDecodeError, AttributeError) as exc:
             raise LabeledDataError(f"{ns.prompts}: cannot read prompts: {exc}") from exc
-    facts = run_with_engine(ns.url, lambda engine: fetch_requests(engine, since))
+    facts = read_requests(ns.url, since)
     rows = label_requests(facts, last_tier=frontier, frontier_rates=rates, prompts=prompts)
     with ns.out.open("w", encoding="utf-8") as out:
         for row in rows:
@@ -128,53 +127,6 @@ def _export(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
-
-
-def format_report(report: Report) -> str:
-    """The report as one block of lines per group, then the total."""
-    since = report.since.isoformat(timespec="seconds") if report.since else "all time"
-    lines = [
-        f"cascade report: policy {report.policy}, since {since}, by {report.by}; "
-        f"counterfactual tier: {report.frontier_tier}"
-        + ("" if report.frontier_priced else " (no price: savings unknown)"),
-    ]
-    if not report.total.requests:
-        lines.append("no requests in the window")
-        return "\n".join(lines)
-    for stats in (*report.groups, report.total):
-        lines += ["", *_group_lines(report.by if stats is not report.total else "", stats)]
-    return "\n".join(lines)
-
-
-def _group_lines(by: str, stats: GroupStats) -> list[str]:
-    from cascade.ledger.report_html import money, percent
-
-    per_token = stats.cost_per_useful_token
-    title = f"{by} {stats.key}" if by else "total"
-    mix = ", ".join(f"{tier} {percent(share)}" for tier, share in stats.tier_shares.items())
-    if stats.savings_usd is None:
-        savings = "unknown (the frontier tier has no price)"
-    else:
-        pct = "n/a" if stats.savings_pct is None else f"{stats.savings_pct:.2f}%"
-        counterfactual = money(stats.counterfactual_usd)
-        savings = f"{money(stats.savings_usd)} USD ({pct}) vs {counterfactual} USD"
-    return [
-        f"== {title} ==",
-        f"  requests              {stats.requests}",
-        f"  tokens                prompt {stats.prompt_tokens}, cached {stats.cached_tokens}, "
-        f"completion {stats.completion_tokens}, useful {stats.useful_tokens}",
-        f"  cost                  {money(stats.cost_usd)} USD",
-        "  cost / useful token   "
-        + ("n/a" if per_token is None else f"{per_token:.6E} USD")
-        + f" ({money(stats.cost_per_million_useful)} USD per 1M)",
-        f"  tier mix              {mix}",
-        f"  escalation rate       {percent(stats.escalation_rate)}",
-        f"  spill rate            {percent(stats.spill_rate)}",
-        f"  error rate            {percent(stats.error_rate)}",
-        f"  cache hit rate        {percent(stats.cache_hit_rate)} of prompt tokens; "
-        f"prefix seen before {percent(stats.prefix_repeat_rate)} of requests",
-        f"  savings vs frontier   {savings}",
-    ]
 
 
 def _frontier(policy: str) -> tuple[str, str, Rates | None]:

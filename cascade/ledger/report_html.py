@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
+from cascade.ledger.report_text import money, percent
 from cascade.ledger.reports import GroupStats, Report
 
 _STYLE = """
@@ -44,7 +45,7 @@ COLUMNS = (
 
 
 def table_cells(stats: GroupStats) -> list[str]:
-    """One table row of the report, as text (shared by the HTML page and the terminal table)."""
+    """One row of the page's table, as text."""
     return [
         stats.key,
         str(stats.requests),
@@ -63,16 +64,6 @@ def table_cells(stats: GroupStats) -> list[str]:
         "unknown" if stats.savings_usd is None else money(stats.savings_usd),
         percent(None if stats.savings_pct is None else stats.savings_pct / 100),
     ]
-
-
-def money(value: Decimal | None) -> str:
-    """Dollars with the ledger's 10 decimal places (exact for stored amounts); 'n/a' for None."""
-    return "n/a" if value is None else f"{value:.10f}"
-
-
-def percent(value: float | None) -> str:
-    """A 0..1 share as a percentage with two decimals; 'n/a' for None."""
-    return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
 def render_html(report: Report) -> str:

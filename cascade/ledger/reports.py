@@ -1,8 +1,7 @@
-"""What the ledger says about cost: per-group totals, rates, savings, and labeled traffic.
+"""What the ledger says about cost: per-group totals, rates and savings over a window.
 
-Two queries read the window (one per table); everything else is pure Python over the fetched
-rows, so money stays an exact :class:`~decimal.Decimal` on SQLite (where it is stored as text)
-as on Postgres. The numbers, for a group of requests:
+Pure Python over the :class:`~cascade.ledger.queries.RequestFacts` that
+:mod:`cascade.ledger.queries` reads, so money stays exact. The numbers, for a group of requests:
 
 - cost per useful token = Σ cost ÷ Σ useful tokens (None when no useful token was delivered);
 - tier shares = requests whose final tier is T ÷ requests;
@@ -13,24 +12,24 @@ as on Postgres. The numbers, for a group of requests:
 - counterfactual = what each request would have cost on the policy's last (frontier) tier: the
   final attempt's prompt tokens (its cached tokens priced as cached, which understates savings
   rather than inflate them) plus the delivered completion tokens; savings = counterfactual - cost.
+
+The report is printed by :mod:`cascade.ledger.report_text` and drawn by
+:mod:`cascade.ledger.report_html`.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from cascade.core.pricing import Rates
 from cascade.errors import LedgerError
-from cascade.ledger.models import Attempt, Request
+from cascade.ledger.queries import RequestFacts
 
 GroupBy = Literal["tier", "tenant", "policy", "day"]
 GROUP_BYS: tuple[GroupBy, ...] = ("tier", "tenant", "policy", "day")
@@ -39,54 +38,6 @@ _MILLION = Decimal(1_000_000)
 _ZERO = Decimal(0)
 _SINCE = re.compile(r"^(\d+)([dhm])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptFacts:
-    """The parts of one attempt the reports use."""
-
-    seq: int
-    tier: str
-    role: str
-    outcome: str
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
-    cost_usd: Decimal
-
-
-@dataclass(frozen=True, slots=True)
-class RequestFacts:
-    """One ledger request with its attempts (in seq order), as the reports see it."""
-
-    request_id: str
-    created_at: datetime
-    tenant: str | None
-    policy: str
-    first_tier: str | None
-    final_tier: str | None
-    status: str
-    prefix_hash: str | None
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
-    cost_usd: Decimal
-    useful_tokens: int
-    useless: bool
-    attempts: tuple[AttemptFacts, ...]
-
-    def has_role(self, role: str) -> bool:
-        """True when any attempt was made in this role (``escalation``, ``spill``)."""
-        return any(a.role == role for a in self.attempts)
-
-    def counterfactual(self, rates: Rates) -> Decimal:
-        """What this request would have cost on a tier with these rates (see module doc)."""
-        if not self.attempts:
-            return _ZERO
-        final = self.attempts[-1]
-        delivered = final.completion_tokens if self.status == "ok" else 0
-        cached = min(final.cached_tokens, final.prompt_tokens)
-        return rates.cost(final.prompt_tokens, delivered, cached)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,56 +95,6 @@ def parse_since(text: str, now: datetime | None = None) -> datetime | None:
         raise LedgerError(f"--since {text!r}: expected a number and d/h/m (7d, 24h, 30m) or 'all'")
     amount, unit = int(match.group(1)), match.group(2)
     return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
-
-
-async def fetch_requests(engine: AsyncEngine, since: datetime | None) -> list[RequestFacts]:
-    """The window's requests with their attempts, oldest first: one query per table."""
-    requests = select(
-        Request.request_id,
-        Request.created_at,
-        Request.tenant,
-        Request.policy,
-        Request.first_tier,
-        Request.final_tier,
-        Request.status,
-        Request.prefix_hash,
-        Request.prompt_tokens,
-        Request.cached_tokens,
-        Request.completion_tokens,
-        Request.cost_usd,
-        Request.useful_tokens,
-        Request.useless,
-    ).order_by(Request.created_at, Request.id)
-    attempts = (
-        select(
-            Attempt.request_id,
-            Attempt.seq,
-            Attempt.tier,
-            Attempt.role,
-            Attempt.outcome,
-            Attempt.prompt_tokens,
-            Attempt.cached_tokens,
-            Attempt.completion_tokens,
-            Attempt.cost_usd,
-        )
-        .join(Request, Request.request_id == Attempt.request_id)
-        .order_by(Attempt.request_id, Attempt.seq)
-    )
-    if since is not None:
-        requests = requests.where(Request.created_at >= since)
-        attempts = attempts.where(Request.created_at >= since)
-    async with engine.connect() as conn:
-        request_rows = (await conn.execute(requests)).mappings().all()
-        attempt_rows = (await conn.execute(attempts)).mappings().all()
-    by_request: dict[str, list[AttemptFacts]] = defaultdict(list)
-    for row in attempt_rows:
-        by_request[row["request_id"]].append(
-            AttemptFacts(**{k: v for k, v in row.items() if k != "request_id"})
-        )
-    return [
-        RequestFacts(**dict(row), attempts=tuple(by_request.get(row["request_id"], ())))
-        for row in request_rows
-    ]
 
 
 def build_report(
@@ -347,75 +248,3 @@ def _repeated_prefixes(facts: Iterable[RequestFacts]) -> frozenset[str]:
 
 def _share(facts: Sequence[RequestFacts], test: Callable[[RequestFacts], bool]) -> float:
     return sum(1 for f in facts if test(f)) / len(facts) if facts else 0.0
-
-
-def label_requests(
-    facts: Iterable[RequestFacts],
-    *,
-    last_tier: str,
-    frontier_rates: Rates | None,
-    prompts: Mapping[str, str] | None = None,
-) -> list[dict[str, Any]]:
-    """The requests that teach the router something, as labeled-traffic rows.
-
-    (The format of ``cascade.training.traffic``.)
-
-    The weak tier is the request's first tier, the strong one the policy's ``last_tier``:
-
-    - escalated (the first tier's answer was rejected): ``weak_score 0, strong_score 1``;
-    - marked useless and answered below ``last_tier``: ``weak_score 0, strong_score 1`` (assumes
-      the frontier would have done better: the ledger cannot know);
-    - answered by the first tier, no escalation, status ok, not useless: ``1, 1``.
-
-    Anything else is skipped: requests whose first tier is ``last_tier`` (no weak outcome to learn
-    from), errors, spills, useless answers from the frontier. ``weak_cost_usd`` is the first
-    attempt's cost; ``strong_cost_usd`` the cost of the attempt on ``last_tier`` when there was
-    one, else the counterfactual at ``frontier_rates`` (None when the tier has no price). The
-    ledger never stores prompts: ``prompt`` comes from ``prompts`` (request id → prompt) or is None,
-    and such rows cannot be trained on until joined with their prompts.
-    """
-    rows: list[dict[str, Any]] = []
-    for fact in facts:
-        scores = _label(fact, last_tier)
-        if scores is None:
-            continue
-        strong = next((a.cost_usd for a in fact.attempts if a.tier == last_tier), None)
-        if strong is None and frontier_rates is not None:
-            strong = fact.counterfactual(frontier_rates)
-        rows.append(
-            {
-                "id": fact.request_id,
-                "task": fact.policy,
-                "prompt": (prompts or {}).get(fact.request_id),
-                "weak_score": scores[0],
-                "strong_score": scores[1],
-                "weak_cost_usd": float(fact.attempts[0].cost_usd),
-                "strong_cost_usd": None if strong is None else float(strong),
-                "weak_tier": fact.attempts[0].tier,
-                "strong_tier": last_tier,
-            }
-        )
-    return rows
-
-
-def _label(fact: RequestFacts, last_tier: str) -> tuple[float, float] | None:
-    if not fact.attempts or fact.attempts[0].tier == last_tier:
-        return None
-    if fact.has_role("escalation"):
-        return (0.0, 1.0)
-    if fact.status != "ok" or fact.has_role("spill"):
-        return None
-    if fact.useless:
-        return (0.0, 1.0) if fact.final_tier != last_tier else None
-    if fact.final_tier == fact.attempts[0].tier:
-        return (1.0, 1.0)
-    return None
-
-
-def prompts_by_id(rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """``{request_id: prompt}`` from rows with ``request_id`` (or ``id``) and ``prompt``."""
-    return {
-        str(row.get("request_id", row.get("id"))): row["prompt"]
-        for row in rows
-        if isinstance(row.get("prompt"), str)
-    }

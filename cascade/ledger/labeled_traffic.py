@@ -1,0 +1,82 @@
+"""The ledger's traffic as labeled-traffic rows (the format of ``cascade.training.traffic``).
+
+What ``cascade export`` writes, for ``cascade train`` to learn from the requests the proxy routed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cascade.core.pricing import Rates
+from cascade.ledger.queries import RequestFacts
+
+
+def label_requests(
+    facts: Iterable[RequestFacts],
+    *,
+    last_tier: str,
+    frontier_rates: Rates | None,
+    prompts: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The requests that teach the router something, as labeled-traffic rows.
+
+    The weak tier is the request's first tier, the strong one the policy's ``last_tier``:
+
+    - escalated (the first tier's answer was rejected): ``weak_score 0, strong_score 1``;
+    - marked useless and answered below ``last_tier``: ``weak_score 0, strong_score 1`` (assumes
+      the frontier would have done better: the ledger cannot know);
+    - answered by the first tier, no escalation, status ok, not useless: ``1, 1``.
+
+    Anything else is skipped: requests whose first tier is ``last_tier`` (no weak outcome to learn
+    from), errors, spills, useless answers from the frontier. ``weak_cost_usd`` is the first
+    attempt's cost; ``strong_cost_usd`` the cost of the attempt on ``last_tier`` when there was
+    one, else the counterfactual at ``frontier_rates`` (None when the tier has no price). The
+    ledger never stores prompts: ``prompt`` comes from ``prompts`` (request id → prompt) or is None,
+    and such rows cannot be trained on until joined with their prompts.
+    """
+    rows: list[dict[str, Any]] = []
+    for fact in facts:
+        scores = _label(fact, last_tier)
+        if scores is None:
+            continue
+        strong = next((a.cost_usd for a in fact.attempts if a.tier == last_tier), None)
+        if strong is None and frontier_rates is not None:
+            strong = fact.counterfactual(frontier_rates)
+        rows.append(
+            {
+                "id": fact.request_id,
+                "task": fact.policy,
+                "prompt": (prompts or {}).get(fact.request_id),
+                "weak_score": scores[0],
+                "strong_score": scores[1],
+                "weak_cost_usd": float(fact.attempts[0].cost_usd),
+                "strong_cost_usd": None if strong is None else float(strong),
+                "weak_tier": fact.attempts[0].tier,
+                "strong_tier": last_tier,
+            }
+        )
+    return rows
+
+
+def _label(fact: RequestFacts, last_tier: str) -> tuple[float, float] | None:
+    if not fact.attempts or fact.attempts[0].tier == last_tier:
+        return None
+    if fact.has_role("escalation"):
+        return (0.0, 1.0)
+    if fact.status != "ok" or fact.has_role("spill"):
+        return None
+    if fact.useless:
+        return (0.0, 1.0) if fact.final_tier != last_tier else None
+    if fact.final_tier == fact.attempts[0].tier:
+        return (1.0, 1.0)
+    return None
+
+
+def prompts_by_id(rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """``{request_id: prompt}`` from rows with ``request_id`` (or ``id``) and ``prompt``."""
+    return {
+        str(row.get("request_id", row.get("id"))): row["prompt"]
+        for row in rows
+        if isinstance(row.get("prompt"), str)
+    }

@@ -1,0 +1,132 @@
+"""What the reports read from the ledger: every query of ``cascade report`` and ``cascade export``.
+
+Two queries read a window (one per table) into :class:`RequestFacts`; everything after is pure
+Python over them (:mod:`cascade.ledger.reports`, :mod:`cascade.ledger.labeled_traffic`), so money
+stays an exact :class:`~decimal.Decimal` on SQLite (where it is stored as text) as on Postgres.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cascade.core.pricing import Rates
+from cascade.ledger.database import run_with_engine
+from cascade.ledger.models import Attempt, Request
+
+_ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFacts:
+    """The parts of one attempt the reports use."""
+
+    seq: int
+    tier: str
+    role: str
+    outcome: str
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """One ledger request with its attempts (in seq order), as the reports see it."""
+
+    request_id: str
+    created_at: datetime
+    tenant: str | None
+    policy: str
+    first_tier: str | None
+    final_tier: str | None
+    status: str
+    prefix_hash: str | None
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+    useful_tokens: int
+    useless: bool
+    attempts: tuple[AttemptFacts, ...]
+
+    def has_role(self, role: str) -> bool:
+        """True when any attempt was made in this role (``escalation``, ``spill``)."""
+        return any(a.role == role for a in self.attempts)
+
+    def counterfactual(self, rates: Rates) -> Decimal:
+        """What this request would have cost on a tier with these rates.
+
+        The final attempt's prompt tokens (its cached tokens priced as cached, which understates
+        savings rather than inflate them) plus the delivered completion tokens.
+        """
+        if not self.attempts:
+            return _ZERO
+        final = self.attempts[-1]
+        delivered = final.completion_tokens if self.status == "ok" else 0
+        cached = min(final.cached_tokens, final.prompt_tokens)
+        return rates.cost(final.prompt_tokens, delivered, cached)
+
+
+async def fetch_requests(engine: AsyncEngine, since: datetime | None) -> list[RequestFacts]:
+    """The window's requests with their attempts, oldest first: one query per table."""
+    requests = select(
+        Request.request_id,
+        Request.created_at,
+        Request.tenant,
+        Request.policy,
+        Request.first_tier,
+        Request.final_tier,
+        Request.status,
+        Request.prefix_hash,
+        Request.prompt_tokens,
+        Request.cached_tokens,
+        Request.completion_tokens,
+        Request.cost_usd,
+        Request.useful_tokens,
+        Request.useless,
+    ).order_by(Request.created_at, Request.id)
+    attempts = (
+        select(
+            Attempt.request_id,
+            Attempt.seq,
+            Attempt.tier,
+            Attempt.role,
+            Attempt.outcome,
+            Attempt.prompt_tokens,
+            Attempt.cached_tokens,
+            Attempt.completion_tokens,
+            Attempt.cost_usd,
+        )
+        .join(Request, Request.request_id == Attempt.request_id)
+        .order_by(Attempt.request_id, Attempt.seq)
+    )
+    if since is not None:
+        requests = requests.where(Request.created_at >= since)
+        attempts = attempts.where(Request.created_at >= since)
+    async with engine.connect() as conn:
+        request_rows = (await conn.execute(requests)).mappings().all()
+        attempt_rows = (await conn.execute(attempts)).mappings().all()
+    by_request: dict[str, list[AttemptFacts]] = defaultdict(list)
+    for row in attempt_rows:
+        by_request[row["request_id"]].append(
+            AttemptFacts(**{k: v for k, v in row.items() if k != "request_id"})
+        )
+    return [
+        RequestFacts(**dict(row), attempts=tuple(by_request.get(row["request_id"], ())))
+        for row in request_rows
+    ]
+
+
+def read_requests(url: str | None, since: datetime | None) -> list[RequestFacts]:
+    """:func:`fetch_requests` for a synchronous caller (the CLI), on an engine of its own.
+
+    ``url`` None: ``$CASCADE_DATABASE_URL``, else ``./cascade.db``; errors name the database.
+    """
+    return run_with_engine(url, lambda engine: fetch_requests(engine, since))
