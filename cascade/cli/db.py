@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import TypeVar
-
-_T = TypeVar("_T")
 
 _URL_HELP = (
     "database URL (default: $CASCADE_DATABASE_URL, else sqlite:///cascade.db in the working "
@@ -43,7 +40,7 @@ def _upgrade(ns: argparse.Namespace) -> int:
     from cascade.ledger import migrate
     from cascade.ledger.database import run_with_engine
 
-    run_with_engine(ns.url, lambda engine: migrate.upgrade(engine, ns.revision))
+    migrate.upgrade_database(ns.url, ns.revision)
     print(f"ledger database at revision {run_with_engine(ns.url, migrate.current_revision)}")
     return 0
 

@@ -2,7 +2,8 @@
 
 The migrations live in ``migrations/`` (a source checkout) or inside the installed wheel;
 :func:`cascade.resources.resource_dir` finds either. Each function takes the ledger's async
-engine and runs Alembic on one of its connections, inside one transaction.
+engine and runs Alembic on one of its connections, inside one transaction;
+:func:`upgrade_database` does the same for a synchronous caller given a URL.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cascade.ledger.database import run_with_engine
 from cascade.ledger.models import metadata
 from cascade.resources import resource_dir
 
@@ -37,6 +39,15 @@ def head_revision() -> str | None:
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Migrate the database up to ``revision`` (default: the newest)."""
     await _with_connection(engine, lambda config: command.upgrade(config, revision))
+
+
+def upgrade_database(url: str | None, revision: str = "head") -> None:
+    """Migrate the database at ``url`` up to ``revision`` on an engine of its own (closed after).
+
+    For synchronous callers: ``cascade db upgrade``, and ``cascade serve --workers``, which
+    migrates once before it starts workers that then skip it. Errors name the database.
+    """
+    run_with_engine(url, lambda engine: upgrade(engine, revision))
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:

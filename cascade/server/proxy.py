@@ -10,15 +10,14 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import aiohttp
 import structlog
 
 from cascade.core.capacity import InFlightCounter
 from cascade.core.planner import Planner
 from cascade.core.pricing import Rates
 from cascade.errors import CascadeError
-from cascade.ledger import AttemptRecord, Ledger, LedgerWriter, RequestRecord, create_engine
-from cascade.ledger.migrate import upgrade
-from cascade.ledger.spool import adopt_spools
+from cascade.ledger import AttemptRecord, LedgerService, RequestRecord, open_ledger
 from cascade.model.batching import LoopBatcher, MicroBatcher
 from cascade.model.scorer import OnnxScorer, Scorer
 from cascade.policy.loading import load_policy
@@ -51,15 +50,18 @@ class Proxy:
         self._clients: dict[str, TierClient] = {}
         self._api: LiteLLMClient | None = None
         self._stack = AsyncExitStack()
-        self.ledger: Ledger | None = None
-        self.writer: LedgerWriter | None = None
+        self.ledger: LedgerService | None = None
         self._reloader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Load every policy and open the shared connection pool (fails fast on a bad policy)."""
+        """Load every policy and open the shared HTTP session (fails fast on a bad policy)."""
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
+        )
+        await self._stack.enter_async_context(session)
         pool = ConnectionPool()
         self._stack.push_async_callback(pool.aclose)
-        self._clients["self_hosted"] = OpenAICompatibleClient(pool)
+        self._clients["self_hosted"] = OpenAICompatibleClient(session, pool)
         for name in self.settings.policies:
             path = policy_path(name).resolve()
             policy = load_policy(path)
@@ -69,7 +71,7 @@ class Proxy:
             self.routers[policy.name] = await self._router(policy)
             self.default = self.default or policy.name
         if self.settings.database_url is not None:
-            await self._open_ledger(self.settings.database_url)
+            await self._open_ledger(self.settings.database_url)  # closed with the stack
         if self.settings.reload_interval_s > 0:
             self._reloader = asyncio.create_task(self._watch())
         # Everything loaded so far (model, policies, litellm) lives as long as the process: keep
@@ -78,13 +80,9 @@ class Proxy:
         gc.freeze()
 
     async def close(self) -> None:
-        """Stop reloading, flush the ledger, finish queued scoring, close the HTTP session."""
+        """Stop reloading, finish queued scoring, flush the ledger, close the HTTP session."""
         if self._reloader is not None:
             self._reloader.cancel()
-        if self.writer is not None:
-            await self.writer.aclose()  # every acknowledged row: in the database or the spool
-        if self.ledger is not None:
-            await self.ledger.aclose()
         for batcher in self._batchers.values():
             await batcher.aclose()
         if self._api is not None:
@@ -92,31 +90,29 @@ class Proxy:
         await self._stack.aclose()
 
     async def _open_ledger(self, url: str) -> None:
-        engine = create_engine(url)
-        if self.settings.migrate_on_start:
-            await upgrade(engine)
-        self.ledger = Ledger(engine)
-        adopt_spools(self.settings.adopt_spools, into=self.settings.spool_path)
-        self.writer = LedgerWriter(self.ledger, self.settings.spool_path)
-        await self.writer.start()  # replays rows a previous run left in the spool
+        ledger = open_ledger(
+            url,
+            spool_path=self.settings.spool_path,
+            migrate=self.settings.migrate_on_start,
+            adopt_spools=self.settings.adopt_spools,
+        )
+        # Closing the stack flushes every acknowledged row to the database or the spool.
+        self.ledger = await self._stack.enter_async_context(ledger)
 
     @property
     def keeps_ledger(self) -> bool:
         """Whether requests are recorded (callers can skip building rows when not)."""
-        return self.writer is not None
+        return self.ledger is not None
 
     def record(self, request: RequestRecord, attempts: Sequence[AttemptRecord]) -> None:
-        """Hand one request's rows to the ledger writer (never blocks; no-op without a ledger)."""
-        if self.writer is not None:
-            self.writer.submit(request, attempts)
+        """Hand one request's rows to the ledger (never blocks; no-op without a ledger)."""
+        if self.ledger is not None:
+            self.ledger.submit(request, attempts)
 
     async def mark_useless(self, request_id: str) -> bool:
         """Mark a request's answer useless; False when the ledger has no such request."""
-        if self.ledger is None or self.writer is None:
+        if self.ledger is None:
             raise BadRequestError(404, "this proxy keeps no ledger (start it with a database)")
-        if await self.ledger.mark_useless(request_id):
-            return True
-        await self.writer.flush()  # the row may still be on its way to the database
         return await self.ledger.mark_useless(request_id)
 
     def resolve(self, model: str) -> tuple[Router, str | None]:
