@@ -1,8 +1,12 @@
-"""``cascade serve --workers N``: worker processes on one port, supervised, stopped cleanly."""
+"""``cascade serve --workers N``: worker processes on one port, supervised, stopped cleanly,
+each with a spool of its own and no secret in its environment."""
 
 from __future__ import annotations
 
+import functools
 import os
+import pickle
+import secrets
 import signal
 import socket
 import sqlite3
@@ -17,6 +21,7 @@ import httpx
 import pytest
 
 from cascade.ledger.spool import Spool, adopt_spools
+from cascade.server.app import create_worker_app
 from cascade.server.settings import ServerSettings
 from tests.ledger_databases import make_entry
 from tests.servers import serving, wait_until
@@ -31,8 +36,11 @@ tiers:
       price: {{input_usd_per_mtok: 2, output_usd_per_mtok: 4}}}}
 """
 
-pytestmark = pytest.mark.skipif(
+needs_reuse_port = pytest.mark.skipif(
     not hasattr(socket, "SO_REUSEPORT"), reason="workers share a port with SO_REUSEPORT"
+)
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/environ").exists(), reason="the tests watch workers through /proc"
 )
 
 
@@ -50,16 +58,44 @@ def _command_line(pid: int) -> bytes:
         return b""
 
 
-def _serve(policy: Path, port: int, log: Path, ledger: Path | None = None) -> subprocess.Popen[str]:
-    """``cascade serve --workers 2``, its stderr in ``log`` (a pipe nobody reads could fill)."""
+def _serve(
+    policy: Path,
+    port: int,
+    log: Path,
+    ledger: Path | None = None,
+    *,
+    key_env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """``cascade serve --workers 2``, its stderr in ``log`` (a pipe nobody reads could fill);
+    ``key_env``: ``{VARIABLE: key}``, the client key given with ``--api-key-env VARIABLE``."""
     command = [sys.executable, "-m", "cascade", "serve", "--policy", str(policy)]
     command += ["--port", str(port), "--workers", "2", "--log-level", "warning"]
     if ledger is None:
         command.append("--no-ledger")
     else:
         command += ["--database-url", f"sqlite:///{ledger}", "--spool", f"{ledger}.spool"]
+    for name in key_env or {}:
+        command += ["--api-key-env", name]
     with log.open("w") as stderr:
-        return subprocess.Popen(command, stderr=stderr, text=True)
+        return subprocess.Popen(
+            command, stderr=stderr, text=True, env={**os.environ, **(key_env or {})}
+        )
+
+
+def _shut_down(server: subprocess.Popen[str]) -> None:
+    """Stop a server a test left running (it failed): its workers too, never orphaned."""
+    if server.poll() is not None:
+        return
+    workers = _children(server.pid)
+    server.terminate()
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(10)
+    for pid in workers:
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
 
 
 def _recorded(ledger: Path) -> int:
@@ -109,6 +145,7 @@ def policy(tmp_path: Path) -> Iterator[Path]:
         yield path
 
 
+@needs_reuse_port
 def test_two_workers_serve_one_port_restart_after_a_crash_and_stop_on_sigterm(
     policy: Path, tmp_path: Path
 ) -> None:
@@ -151,11 +188,10 @@ def test_two_workers_serve_one_port_restart_after_a_crash_and_stop_on_sigterm(
         assert all(not Path(f"/proc/{pid}").exists() for pid in survivors)
         assert _recorded(ledger) == 56, log.read_text()
     finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait(10)
+        _shut_down(server)
 
 
+@needs_reuse_port
 def test_a_worker_that_cannot_start_stops_the_server_with_an_error(
     policy: Path, tmp_path: Path
 ) -> None:
@@ -170,9 +206,7 @@ def test_a_worker_that_cannot_start_stops_the_server_with_an_error(
         try:
             code = server.wait(120)
         finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait(10)
+            _shut_down(server)
     err = log.read_text()
     assert code != 0
     assert "worker.bind_failed" in err
@@ -203,7 +237,9 @@ def test_each_worker_spools_to_a_file_of_its_own_and_worker_0_adopts_orphans(
     assert second.spool_path == f"{base}.worker1"
     assert first.adopt_spools == (str(base), f"{base}.worker3")
     assert second.adopt_spools == ()
-    assert ServerSettings.from_json(first.to_json()) == first
+    # What a worker receives: the settings, pickled with its app factory.
+    handed = pickle.loads(pickle.dumps(functools.partial(create_worker_app, first)))
+    assert handed.args == (first,)
 
     assert adopt_spools(first.adopt_spools, into=first.spool_path) == 3
     ids = [e.request.request_id for e in Spool(first.spool_path).read()]
@@ -211,3 +247,91 @@ def test_each_worker_spools_to_a_file_of_its_own_and_worker_0_adopts_orphans(
     assert not base.exists()
     assert not Path(f"{base}.worker3").exists()
     assert len(Spool(f"{base}.worker1").read()) == 1  # a live worker's spool is left alone
+
+
+def test_no_worker_has_the_client_api_key_in_its_environment(policy: Path, tmp_path: Path) -> None:
+    """With a client key given as ``--api-key-env``, no worker's /proc/<pid>/environ holds the
+    key (anything that dumps its environment would print it), yet every worker enforces it."""
+    key = f"sk-test-{secrets.token_hex(16)}"
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    server = _serve(policy, port, log, key_env={"CASCADE_TEST_CLIENT_KEY": key})
+    try:
+        assert wait_until(lambda: len(_children(server.pid)) == 2 and _ready(url), 60), (
+            log.read_text()
+        )
+        workers = _children(server.pid)
+        for pid in workers:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert key.encode() not in environ, f"worker {pid} has the key in its environment"
+        body = {"model": "cascade", "messages": [{"role": "user", "content": "hi"}]}
+        auth = {"authorization": f"Bearer {key}"}
+        for _ in range(8):  # a connection each: the kernel spreads them across both workers
+            with httpx.Client(timeout=30) as client:
+                assert client.post(f"{url}/v1/chat/completions", json=body).status_code == 401
+            with httpx.Client(timeout=30) as client:
+                answer = client.post(f"{url}/v1/chat/completions", json=body, headers=auth)
+                assert answer.status_code == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0, log.read_text()
+    finally:
+        _shut_down(server)
+
+
+_SHARED_SOCKET_SERVER = """\
+import functools, sys
+from cascade.logs import configure_json_logs
+from cascade.server.app import create_worker_app
+from cascade.server.settings import ServerSettings
+from cascade.server.workers import serve_workers
+
+policy, database, spool, port = sys.argv[1:]
+configure_json_logs("warning")
+settings = ServerSettings(
+    policies=(policy,), database_url=database, spool_path=spool, migrate_on_start=False
+)
+serve_workers(
+    functools.partial(create_worker_app, settings),
+    host="127.0.0.1", port=int(port), log_level="warning", workers=2, reuse_port=False,
+)
+"""
+
+
+def test_workers_on_one_shared_socket_each_spool_to_a_file_of_their_own(
+    policy: Path, tmp_path: Path
+) -> None:
+    """Without SO_REUSEPORT (forced here) the workers serve one socket the supervisor binds,
+    and still each writes a spool of its own: with the database unreachable, every request
+    waits in a worker's spool, both workers' spools fill, and none goes to a shared file."""
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}"
+    unreachable = f"sqlite:///{tmp_path / 'missing-folder' / 'ledger.db'}"
+    spool = tmp_path / "ledger.spool"
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-c", _SHARED_SOCKET_SERVER, str(policy), unreachable]
+    command += [str(spool), str(port)]
+    with log.open("w") as stderr:
+        server = subprocess.Popen(command, stderr=stderr, text=True)
+    sent = 0
+
+    def both_workers_spooled() -> bool:
+        nonlocal sent
+        with ThreadPoolExecutor(16) as pool:  # a connection each, all at once
+            assert set(pool.map(lambda _: _ask(url), range(16))) == {200}
+        sent += 16
+        return all(Path(f"{spool}.worker{n}").exists() for n in (0, 1))
+
+    try:
+        assert wait_until(lambda: len(_children(server.pid)) == 2 and _ready(url), 60), (
+            log.read_text()
+        )
+        assert wait_until(both_workers_spooled, 60), log.read_text()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0, log.read_text()
+    finally:
+        _shut_down(server)
+    assert not spool.exists()
+    per_worker = [len(Spool(f"{spool}.worker{n}").read()) for n in (0, 1)]
+    assert min(per_worker) >= 1
+    assert sum(per_worker) == sent

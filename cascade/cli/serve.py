@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from dataclasses import replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cascade.server.settings import ServerSettings
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,7 +33,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     serve.add_argument(
         "--api-key-env",
-        help="name of an environment variable holding the key clients must send (default: none)",
+        help="name of an environment variable holding the key clients must send (default: "
+        "none); it is read at start and removed from the environment, so no worker inherits it",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
@@ -47,25 +53,22 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _serve(ns: argparse.Namespace) -> int:
     from cascade.errors import CascadeError
-    from cascade.ledger import DATABASE_URL_ENV
-    from cascade.ledger.database import run_with_engine
-    from cascade.ledger.migrate import upgrade
+    from cascade.ledger import database_url
     from cascade.logs import configure_json_logs
-    from cascade.server.app import SETTINGS_ENV, create_app
-    from cascade.server.background import serve_forever
     from cascade.server.settings import ServerSettings
-    from cascade.server.workers import serve_workers
 
     keys: frozenset[str] = frozenset()
     if ns.api_key_env:
-        key = os.environ.get(ns.api_key_env)
+        # Taken out of the environment: worker processes (and anything that dumps its
+        # environment) never see it; the workers receive their settings pickled over a pipe.
+        key = os.environ.pop(ns.api_key_env, None)
         if not key:
             raise CascadeError(f"--api-key-env {ns.api_key_env}: that variable is not set")
         keys = frozenset({key})
     configure_json_logs(ns.log_level)
     ledger_url = None
     if not ns.no_ledger:
-        ledger_url = ns.database_url or os.environ.get(DATABASE_URL_ENV) or "sqlite:///cascade.db"
+        ledger_url = database_url(ns.database_url).render_as_string(hide_password=False)
     settings = ServerSettings(
         policies=tuple(ns.policy or ["default"]),
         max_body_bytes=ns.max_body_bytes,
@@ -74,20 +77,30 @@ def _serve(ns: argparse.Namespace) -> int:
         spool_path=ns.spool,
     )
     if ns.workers > 1:
-        if ledger_url is not None:
-            # Migrate once, here: workers migrating one database at the same time can collide
-            # (two CREATE TABLEs), and the loser would stop the server as it starts.
-            run_with_engine(ledger_url, upgrade)
-            settings = replace(settings, migrate_on_start=False)
-        # Worker processes build the app themselves, from settings handed over in the environment.
-        os.environ[SETTINGS_ENV] = settings.to_json()
-        serve_workers(
-            "cascade.server.app:create_app_from_env",
-            host=ns.host,
-            port=ns.port,
-            log_level=ns.log_level,
-            workers=ns.workers,
-        )
+        _serve_workers(settings, ns)
     else:
+        from cascade.server.app import create_app
+        from cascade.server.background import serve_forever
+
+        # The proxy migrates the ledger as it starts (open_ledger), once.
         serve_forever(create_app(settings), host=ns.host, port=ns.port, log_level=ns.log_level)
     return 0
+
+
+def _serve_workers(settings: ServerSettings, ns: argparse.Namespace) -> None:
+    from cascade.ledger.migrate import upgrade_database
+    from cascade.server.app import create_worker_app
+    from cascade.server.workers import serve_workers
+
+    if settings.database_url is not None:
+        # Migrate once, here, and not in the workers: workers migrating one database at the
+        # same time can collide (two CREATE TABLEs), and the loser would stop the server.
+        upgrade_database(settings.database_url)
+        settings = replace(settings, migrate_on_start=False)
+    serve_workers(
+        functools.partial(create_worker_app, settings),
+        host=ns.host,
+        port=ns.port,
+        log_level=ns.log_level,
+        workers=ns.workers,
+    )

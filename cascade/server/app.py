@@ -10,7 +10,6 @@ body with a 4xx status; upstream failures 502/503/504 with the reason; never a t
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -34,9 +33,6 @@ from cascade.server.openai_format import (
 )
 from cascade.server.proxy import Proxy
 from cascade.server.settings import ServerSettings
-from cascade.server.workers import worker_identity
-
-SETTINGS_ENV = "CASCADE_SERVE_SETTINGS"
 
 
 class ProxyApp:
@@ -63,14 +59,13 @@ def _route_path(scope: Scope) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
-def create_app_from_env() -> ProxyApp:
-    """The app for worker processes: settings come as JSON in CASCADE_SERVE_SETTINGS, and
-    each worker of ``cascade serve --workers`` gets a spool file of its own."""
-    settings = ServerSettings.from_json(os.environ[SETTINGS_ENV])
-    identity = worker_identity()
-    if identity is not None:
-        settings = settings.for_worker(*identity)
-    return create_app(settings)
+def create_worker_app(settings: ServerSettings, index: int, count: int) -> ProxyApp:
+    """The app of worker ``index`` of ``count`` (``cascade serve --workers``): a spool of its own.
+
+    :func:`cascade.server.workers.serve_workers` calls it in each worker process, with the
+    settings it received pickled from the parent.
+    """
+    return create_app(settings.for_worker(index, count))
 
 
 def create_app(settings: ServerSettings) -> ProxyApp:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -17,8 +16,9 @@ class ServerSettings:
     """Policy files or shipped policy names; the first is used for the model name ``cascade``."""
     max_body_bytes: int = 4 * 1024 * 1024
     """Larger request bodies are refused with 413."""
-    api_keys: frozenset[str] = field(default_factory=frozenset)
-    """Bearer tokens clients must send; empty means no authentication (a sidecar on loopback)."""
+    api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
+    """Bearer tokens clients must send; empty means no authentication (a sidecar on loopback).
+    Left out of the settings' repr, so that logging the settings never logs a key."""
     reload_interval_s: float = 1.0
     """How often policy files are checked for changes (0 disables reloading)."""
     database_url: str | None = None
@@ -26,7 +26,8 @@ class ServerSettings:
     spool_path: str = "cascade-ledger.spool"
     """Where ledger rows wait while the database is unreachable (replayed when it is back)."""
     migrate_on_start: bool = True
-    """Bring the ledger's schema up to date at start-up (``cascade db upgrade`` does it by hand)."""
+    """Bring the ledger's schema up to date at start-up (``cascade db upgrade`` does it by hand;
+    ``cascade serve --workers`` does it once before starting workers, which then skip it)."""
     batch_scoring: Literal["auto", "loop", "always", "never"] = "auto"
     """How the scorer is called. ``loop``: the requests of one event-loop turn are scored in one
     call, on the loop (no thread). ``always``: micro-batches in a worker thread, waiting up to
@@ -58,19 +59,3 @@ class ServerSettings:
             ]
             adopt = (str(base), *others)
         return replace(self, spool_path=f"{base}.worker{index}", adopt_spools=adopt)
-
-    def to_json(self) -> str:
-        """The settings as JSON (to hand them to worker processes)."""
-        data = asdict(self)
-        data["policies"] = [str(p) for p in self.policies]
-        data["api_keys"] = sorted(self.api_keys)
-        return json.dumps(data)
-
-    @classmethod
-    def from_json(cls, text: str) -> ServerSettings:
-        """Settings written by :meth:`to_json`."""
-        data = json.loads(text)
-        data["policies"] = tuple(data["policies"])
-        data["api_keys"] = frozenset(data["api_keys"])
-        data["adopt_spools"] = tuple(data.get("adopt_spools", ()))
-        return cls(**data)
