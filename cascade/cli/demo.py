@@ -34,8 +34,6 @@ def _demo(ns: argparse.Namespace) -> int:
     from cascade.cli.demo_workload import run_demo, summarize
 
     database: Path = ns.database.resolve()
-    for stale in (database, database.with_suffix(".spool")):
-        stale.unlink(missing_ok=True)  # each demo reports on its own run
     result = run_demo(database=database, steady=ns.steady, burst=ns.burst, time_scale=ns.time_scale)
     print(summarize(result))
     print()

@@ -144,8 +144,15 @@ def run_demo(
     time_scale: float = 1.0,
     seed: int = 0,
 ) -> DemoResult:
-    """Start everything, send the workload, stop everything (the ledger is flushed on stop)."""
+    """Start everything, send the workload, stop everything (the ledger is flushed on stop).
+
+    ``database`` and its spool (``<database>.spool``) are emptied first: each demo reports on
+    its own run.
+    """
     started = time.perf_counter()
+    spool = database.with_suffix(".spool")
+    for stale in (database, spool):
+        stale.unlink(missing_ok=True)
     default = load_policy("default")
     os.environ.setdefault(_KEY_ENV, "demo-key-not-secret")
     prompts = _prompts(steady + burst, seed)
@@ -167,7 +174,7 @@ def run_demo(
         settings = ServerSettings(
             policies=(str(policy),),
             database_url=f"sqlite:///{database}",
-            spool_path=str(database.with_suffix(".spool")),
+            spool_path=str(spool),
             reload_interval_s=0,
         )
         proxy = stack.enter_context(serve_in_thread(create_app(settings), name="cascade-proxy"))
