@@ -10,7 +10,6 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import aiohttp
 import structlog
 
 from cascade.core.capacity import InFlightCounter
@@ -54,14 +53,10 @@ class Proxy:
         self._reloader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Load every policy and open the shared HTTP session (fails fast on a bad policy)."""
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
-        )
-        await self._stack.enter_async_context(session)
+        """Load every policy and open the shared connection pool (fails fast on a bad policy)."""
         pool = ConnectionPool()
         self._stack.push_async_callback(pool.aclose)
-        self._clients["self_hosted"] = OpenAICompatibleClient(session, pool)
+        self._clients["self_hosted"] = OpenAICompatibleClient(pool)
         for name in self.settings.policies:
             path = policy_path(name).resolve()
             policy = load_policy(path)
