@@ -16,13 +16,19 @@ if TYPE_CHECKING:
     from cascade.core.decision import Decision
     from cascade.core.planner import Planner, route
     from cascade.core.prompt import PreparedPrompt, prepare_prompt
-    from cascade.errors import CascadeError, PolicyError, RoutingError, ScorerError
+    from cascade.core.request import ChatRequest
+    from cascade.errors import CascadeError, PolicyError, RoutingError, ScorerError, TierError
     from cascade.model.scorer import OnnxScorer
     from cascade.policy import Policy, load_policy
+    from cascade.run.attempts import Attempt, Completion, UpstreamError, describe_attempts
+    from cascade.run.router import Router
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
+    "Attempt": "cascade.run.attempts",
     "CascadeError": "cascade.errors",
+    "ChatRequest": "cascade.core.request",
+    "Completion": "cascade.run.attempts",
     "Decision": "cascade.core.decision",
     "InFlightCounter": "cascade.core.capacity",
     "OnnxScorer": "cascade.model.scorer",
@@ -30,15 +36,22 @@ _EXPORTS: dict[str, str] = {
     "Policy": "cascade.policy",
     "PolicyError": "cascade.errors",
     "PreparedPrompt": "cascade.core.prompt",
+    "Router": "cascade.run.router",
     "RoutingError": "cascade.errors",
     "ScorerError": "cascade.errors",
+    "TierError": "cascade.errors",
+    "UpstreamError": "cascade.run.attempts",
+    "describe_attempts": "cascade.run.attempts",
     "load_policy": "cascade.policy",
     "prepare_prompt": "cascade.core.prompt",
     "route": "cascade.core.planner",
 }
 
 __all__ = [
+    "Attempt",
     "CascadeError",
+    "ChatRequest",
+    "Completion",
     "Decision",
     "InFlightCounter",
     "OnnxScorer",
@@ -46,9 +59,13 @@ __all__ = [
     "Policy",
     "PolicyError",
     "PreparedPrompt",
+    "Router",
     "RoutingError",
     "ScorerError",
+    "TierError",
+    "UpstreamError",
     "__version__",
+    "describe_attempts",
     "load_policy",
     "prepare_prompt",
     "route",

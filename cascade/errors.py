@@ -10,6 +10,7 @@ catch one type. Each message says what went wrong, where, and what is allowed::
      │    ├── ModelIntegrityError   the model file does not match its manifest's sha256
      │    └── RuntimeMissingError   onnxruntime is not installed
      ├── RoutingError           a request cannot be routed (empty messages, unknown workload, …)
+     │    └── InvalidRequestError   a field of the request has the wrong type or range
      ├── TierError              a call to a tier failed (saturated, 429, 5xx, timeout, refused, …)
      ├── LedgerError            the ledger cannot store or read a row (bad record, URL, spool)
      ├── LabeledDataError       a labeled-traffic file is unreadable or has an invalid row
@@ -43,6 +44,14 @@ class RuntimeMissingError(ScorerError):
 
 class RoutingError(CascadeError):
     """A request cannot be routed as given."""
+
+
+class InvalidRequestError(RoutingError):
+    """A field of a chat request has the wrong type or range; ``param`` names it."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class LedgerError(CascadeError):

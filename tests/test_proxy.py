@@ -18,6 +18,7 @@ import pytest
 import structlog.testing
 from openai.types.chat import ChatCompletionFunctionToolParam
 
+from cascade.core.request import ChatRequest
 from cascade.server.app import create_app
 from cascade.server.settings import ServerSettings
 from tests.servers import serving, wait_until
@@ -256,10 +257,10 @@ def test_a_bug_in_the_proxy_is_a_500_in_openai_shape_with_the_request_id(
     """An unexpected exception while handling a request never reaches the client as a
     traceback: it gets OpenAI's error body and the id to find the logged trace by."""
 
-    def broken(request: object, decision: object) -> dict[str, object]:
+    def broken(request: object, messages: object, tools: object) -> dict[str, object]:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr("cascade.run.router.payload_for", broken)
+    monkeypatch.setattr(ChatRequest, "payload", broken)
     response = _ask(stack)
     assert response.status_code == 500
     error = response.json()["error"]

@@ -38,8 +38,14 @@ class ScriptedTier:
     hold: threading.Event | None = None
     """When given, each answer waits until it is set (a model still generating): calls stay in
     flight until the test lets them finish."""
+    stream_gate: threading.Event | None = None
+    """When given, a stream sends its first chunk and then waits until it is set."""
+    retry_after: str | None = None
+    """The ``Retry-After`` header sent with a 429 or 503."""
     calls: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
+    streams_ended_early: int = 0
+    """Streams whose reader went away before the last chunk (the proxy closed the call)."""
 
     def app(self) -> Starlette:
         """The tier as an ASGI app."""
@@ -52,7 +58,13 @@ class ScriptedTier:
         if self.hold is not None and not await asyncio.to_thread(self.hold.wait, 30):
             return JSONResponse({"error": {"message": "never released"}}, status_code=500)
         if self.mode in ("503", "429"):
-            return JSONResponse({"error": {"message": "busy"}}, status_code=int(self.mode))
+            headers = {"retry-after": self.retry_after} if self.retry_after else None
+            return JSONResponse(
+                {"error": {"message": "busy"}}, status_code=int(self.mode), headers=headers
+            )
+        if self.mode == "400":
+            error = {"message": "temperature: expected a number"}
+            return JSONResponse({"error": error}, status_code=400)
         if body.get("stream"):
             return StreamingResponse(self._chunks(body), media_type="text/event-stream")
         message: dict[str, Any] = {"role": "assistant", "content": f"answer from {self.name}"}
@@ -95,15 +107,23 @@ class ScriptedTier:
             "model": body.get("model"),
         }
         words = ["answer ", "from ", self.name]
-        for i, word in enumerate(words):
-            if self.mode == "cut" and i == 1:
-                raise ConnectionResetError("the tier died mid-stream")
-            delta = {"content": word} if i else {"role": "assistant", "content": word}
-            choice = {"index": 0, "delta": delta, "finish_reason": None}
-            yield f"data: {json.dumps({**base, 'choices': [choice]})}\n\n".encode()
-        end = {"index": 0, "delta": {}, "finish_reason": "stop"}
-        yield f"data: {json.dumps({**base, 'choices': [end]})}\n\n".encode()
-        if (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": 100, "completion_tokens": 3}
-            yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n".encode()
-        yield b"data: [DONE]\n\n"
+        ended = False
+        try:
+            for i, word in enumerate(words):
+                if self.mode == "cut" and i == 1:
+                    raise ConnectionResetError("the tier died mid-stream")
+                if i == 1 and self.stream_gate is not None:
+                    await asyncio.to_thread(self.stream_gate.wait, 30)
+                delta = {"content": word} if i else {"role": "assistant", "content": word}
+                choice = {"index": 0, "delta": delta, "finish_reason": None}
+                yield f"data: {json.dumps({**base, 'choices': [choice]})}\n\n".encode()
+            end = {"index": 0, "delta": {}, "finish_reason": "stop"}
+            yield f"data: {json.dumps({**base, 'choices': [end]})}\n\n".encode()
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": 100, "completion_tokens": 3}
+                yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+            ended = True
+        finally:
+            if not ended and self.mode != "cut":
+                self.streams_ended_early += 1

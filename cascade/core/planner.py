@@ -146,6 +146,12 @@ class _PlannerCache:
 _cache = _PlannerCache()
 
 
+def planner_for(policy: Policy | str | Path | None = None) -> Planner:
+    """The planner for ``policy`` (a Policy, a policy file, or a shipped policy's name; default
+    ``default``): built once per file and scorer model, rebuilt when the file changes."""
+    return _cache.for_policy(policy)
+
+
 def route(
     messages: Messages,
     *,
@@ -164,7 +170,7 @@ def route(
     per tier (default: none). Returns the tier, model, confidence, reason, cache-friendly messages
     and estimated cost.
     """
-    planner = _cache.for_policy(policy)
+    planner = planner_for(policy)
     return planner.plan(
         messages, tools=tools, workload=workload, max_tokens=max_tokens, capacity=capacity
     )

@@ -11,9 +11,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from cascade.core.request import ChatRequest
 from cascade.policy.model import Escalation
 
-Check = Callable[[Mapping[str, Any], Mapping[str, Any], Escalation], str | None]
+Check = Callable[[ChatRequest, Mapping[str, Any], Escalation], str | None]
 
 # Openings of answers that decline the task. Anchored at the start: a refusal says so at once,
 # while a helpful answer may quote such a phrase later on.
@@ -36,30 +37,28 @@ def _message(body: Mapping[str, Any]) -> Mapping[str, Any]:
     return message if isinstance(message, Mapping) else {}
 
 
-def _length(request: Mapping[str, Any], body: Mapping[str, Any], rules: Escalation) -> str | None:
+def _length(request: ChatRequest, body: Mapping[str, Any], rules: Escalation) -> str | None:
     if _choice(body).get("finish_reason") == "length":
         return "the answer was cut at max_tokens (finish_reason length)"
     return None
 
 
-def _empty(request: Mapping[str, Any], body: Mapping[str, Any], rules: Escalation) -> str | None:
+def _empty(request: ChatRequest, body: Mapping[str, Any], rules: Escalation) -> str | None:
     message = _message(body)
     if not str(message.get("content") or "").strip() and not message.get("tool_calls"):
         return "the answer is empty"
     return None
 
 
-def _refusal(request: Mapping[str, Any], body: Mapping[str, Any], rules: Escalation) -> str | None:
+def _refusal(request: ChatRequest, body: Mapping[str, Any], rules: Escalation) -> str | None:
     message = _message(body)
     if message.get("refusal") or _REFUSAL.match(str(message.get("content") or "")):
         return "the answer refuses the task"
     return None
 
 
-def _invalid_json(
-    request: Mapping[str, Any], body: Mapping[str, Any], rules: Escalation
-) -> str | None:
-    wanted = request.get("response_format")
+def _invalid_json(request: ChatRequest, body: Mapping[str, Any], rules: Escalation) -> str | None:
+    wanted = request.response_format
     if not isinstance(wanted, Mapping) or wanted.get("type") not in ("json_object", "json_schema"):
         return None
     content = _message(body).get("content")
@@ -73,14 +72,14 @@ def _invalid_json(
 
 
 def _invalid_tool_call(
-    request: Mapping[str, Any], body: Mapping[str, Any], rules: Escalation
+    request: ChatRequest, body: Mapping[str, Any], rules: Escalation
 ) -> str | None:
     calls = _message(body).get("tool_calls")
     if not calls:
         return None
     offered = {
         (tool.get("function") or {}).get("name")
-        for tool in request.get("tools") or []
+        for tool in request.tools or []
         if isinstance(tool, Mapping)
     }
     for call in calls:
@@ -98,9 +97,7 @@ def _invalid_tool_call(
     return None
 
 
-def _low_logprob(
-    request: Mapping[str, Any], body: Mapping[str, Any], rules: Escalation
-) -> str | None:
+def _low_logprob(request: ChatRequest, body: Mapping[str, Any], rules: Escalation) -> str | None:
     logprobs = _choice(body).get("logprobs")
     tokens = logprobs.get("content") if isinstance(logprobs, Mapping) else None
     values = [t["logprob"] for t in tokens or [] if isinstance(t, Mapping) and "logprob" in t]
@@ -122,9 +119,7 @@ CHECKS: dict[str, Check] = {
 }
 
 
-def find_problem(
-    request: Mapping[str, Any], body: Mapping[str, Any], rules: Escalation
-) -> str | None:
+def find_problem(request: ChatRequest, body: Mapping[str, Any], rules: Escalation) -> str | None:
     """The first failed check, as ``"<check>: <what is wrong>"``, or None if the answer passes."""
     for name in rules.checks:
         problem = CHECKS[name](request, body, rules)

@@ -1,106 +1,61 @@
 """``cascade.Router``: the whole way of a request — plan, call, verify, escalate, spill.
 
-:mod:`cascade.core.planner` decides before any model runs; the Router then calls the chosen tier and
-keeps going until an answer passes: an answer that fails the policy's checks is *escalated* to the
-next stronger tier, and a call that fails (saturated, 429, 503, 5xx, timeout, refused) *spills*
-to the tier's overflow target, or else to the next stronger tier. Calls are bounded by the
-policy's ``escalation.max_attempts``; a tier that keeps failing is skipped for its cool-down and
-then tried again. Every call is an :class:`Attempt` with its tokens, cost and outcome.
+:mod:`cascade.core.planner` decides before any model runs; the Router then calls the chosen tier
+and keeps going until an answer passes: an answer that fails the policy's checks is *escalated*
+to the next stronger tier, and a call that fails (saturated, 429, 503, 5xx, timeout, refused)
+*spills* to the tier's overflow target, or else to the next stronger tier. Calls are bounded by
+the policy's ``escalation.max_attempts``; a tier that keeps failing is skipped for its cool-down
+and then tried again. Every call is an :class:`~cascade.run.attempts.Attempt` with its tokens,
+cost and outcome.
+
+Complete and streamed answers take the same loop (:meth:`Router._walk`); they differ only in
+the call (a whole answer, or a stream up to its first chunk) and in that a stream, relayed as it
+comes, cannot be verified.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 from cascade.core.capacity import InFlightCounter
 from cascade.core.decision import Decision
-from cascade.core.planner import AsyncScorer, Planner
+from cascade.core.planner import AsyncScorer, Planner, planner_for
 from cascade.core.pricing import Rates, tier_rates
+from cascade.core.request import ChatRequest
 from cascade.errors import TierError
 from cascade.policy.model import Policy, Tier
+from cascade.run.attempts import Attempt, Completion, Outcome, Role, UpstreamError
 from cascade.run.checks import find_problem
-from cascade.tiers.base import TierAnswer, TierClient, Usage
-
-Role = Literal["primary", "spill", "escalation"]
+from cascade.run.health import TierHealth
+from cascade.run.ids import new_request_id
+from cascade.run.streaming import StreamRun
+from cascade.tiers.base import JSON, TierAnswer, TierClient, Usage
 
 
 @dataclass(frozen=True)
-class Attempt:
-    """One call to one tier."""
+class _Opened:
+    """A stream that sent its first chunk; ``hold`` keeps the tier's in-flight count."""
 
-    tier: str
-    model: str
+    first: JSON
+    rest: Any  # the client's async generator of chunks
+    hold: ExitStack
+
+
+_Call = Callable[[Tier, Mapping[str, Any]], Awaitable[TierAnswer | _Opened]]
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    tier: Tier
     role: Role
-    outcome: Literal["ok", "rejected", "error"]
-    reason: str | None
-    """Why the answer was rejected, or how the call failed."""
-    error_class: str | None
-    usage: Usage | None
-    cost_usd: Decimal
-    latency_s: float
-
-
-def describe_attempts(attempts: Sequence[Attempt]) -> str:
-    """Attempts in one line: ``small:rejected(length),medium:error(timeout),big:ok``."""
-    parts = []
-    for attempt in attempts:
-        why = attempt.error_class or (attempt.reason or "").split(":", 1)[0]
-        parts.append(f"{attempt.tier}:{attempt.outcome}" + (f"({why})" if why else ""))
-    return ",".join(parts)
-
-
-@dataclass(frozen=True)
-class Completion:
-    """A finished request: the answer the client gets, and everything it took."""
-
-    request_id: str
-    decision: Decision
-    body: dict[str, Any]
-    tier: str
-    model: str
-    attempts: tuple[Attempt, ...]
-
-    @property
-    def cost_usd(self) -> Decimal:
-        """All money spent on the request: every attempt, wasted ones too."""
-        return sum((a.cost_usd for a in self.attempts), Decimal(0))
-
-
-class UpstreamError(TierError):
-    """No tier produced an answer; ``attempts`` says what was tried."""
-
-    def __init__(self, last: TierError, attempts: Sequence[Attempt]) -> None:
-        super().__init__(last.tier, last.kind, str(last).split(": ", 2)[-1], last.status)
-        self.attempts = tuple(attempts)
-
-
-@dataclass
-class TierHealth:
-    """Consecutive failures per tier, and until when a failing tier is skipped."""
-
-    clock: Callable[[], float] = time.monotonic
-    failures: dict[str, int] = field(default_factory=dict)
-    skipped_until: dict[str, float] = field(default_factory=dict)
-
-    def available(self, tier: Tier) -> bool:
-        """False while the tier is cooling down after repeated failures."""
-        return self.clock() >= self.skipped_until.get(tier.name, 0.0)
-
-    def succeeded(self, tier: Tier) -> None:
-        self.failures[tier.name] = 0
-
-    def failed(self, tier: Tier) -> None:
-        count = self.failures.get(tier.name, 0) + 1
-        self.failures[tier.name] = count
-        if count >= tier.max_failures:
-            self.skipped_until[tier.name] = self.clock() + tier.cooldown_s
-            self.failures[tier.name] = 0
+    result: TierAnswer | _Opened
+    started: float
 
 
 class Router:
@@ -123,53 +78,142 @@ class Router:
         self.health = health if health is not None else TierHealth()
         self._api_rates = api_rates
 
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, policy: Policy | str | Path | None = None) -> AsyncIterator[Router]:
+        """A Router for ``policy`` (a Policy, a policy file, or a shipped policy's name; default
+        ``default``) with tier clients of its own, closed on leaving the block::
+
+            async with cascade.Router.open("policies/mine.yaml") as router:
+                completion = await router.complete({"messages": [...]})
+
+        Self-hosted tiers are called over a keep-alive connection pool; API tiers through
+        litellm (imported only when the policy has one).
+        """
+        from cascade.tiers.pool import ConnectionPool  # noqa: PLC0415 - clients only when opened
+        from cascade.tiers.self_hosted import OpenAICompatibleClient  # noqa: PLC0415
+
+        planner = planner_for(policy)
+        async with AsyncExitStack() as stack:
+            pool = ConnectionPool()
+            stack.push_async_callback(pool.aclose)
+            clients: dict[str, TierClient] = {"self_hosted": OpenAICompatibleClient(pool)}
+            api_rates = None
+            if any(t.kind == "api" for t in planner.policy.tiers):
+                from cascade.tiers.api import LiteLLMClient  # noqa: PLC0415 - litellm is heavy
+
+                api = LiteLLMClient()
+                stack.push_async_callback(api.aclose)
+                clients["api"], api_rates = api, api.rates
+            yield cls(planner, clients, api_rates=api_rates)
+
     @property
     def policy(self) -> Policy:
         """The policy requests are routed under."""
         return self.planner.policy
 
     async def plan(
-        self, request: Mapping[str, Any], *, workload: str | None = None, tier: str | None = None
+        self,
+        request: ChatRequest | Mapping[str, Any],
+        *,
+        workload: str | None = None,
+        tier: str | None = None,
     ) -> Decision:
         """Decide the first tier (or honour ``tier``, a pinned tier name)."""
-        messages = request.get("messages") or []
-        tools = request.get("tools")
-        max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
-        kwargs: dict[str, Any] = {"tools": tools, "workload": workload, "max_tokens": max_tokens}
+        chat = ChatRequest.of(request)
+        max_tokens = chat.max_output_tokens
         if self.batcher is not None:
             decision = await self.planner.aplan(
-                messages, self.batcher, capacity=self.capacity, **kwargs
+                chat.messages,
+                self.batcher,
+                tools=chat.tools,
+                workload=workload,
+                max_tokens=max_tokens,
+                capacity=self.capacity,
             )
         else:
-            decision = self.planner.plan(messages, capacity=self.capacity, **kwargs)
+            decision = self.planner.plan(
+                chat.messages,
+                tools=chat.tools,
+                workload=workload,
+                max_tokens=max_tokens,
+                capacity=self.capacity,
+            )
         if tier is None or tier == decision.tier:
             return decision
-        pinned = self.policy.tier(tier)
-        return _pinned(decision, pinned)
+        return _pinned(decision, self.policy.tier(tier))
 
     async def complete(
         self,
-        request: Mapping[str, Any],
+        request: ChatRequest | Mapping[str, Any],
         *,
         workload: str | None = None,
         tier: str | None = None,
         request_id: str | None = None,
     ) -> Completion:
         """Run one non-streamed request to an accepted answer (raises UpstreamError if none)."""
-        decision = await self.plan(request, workload=workload, tier=tier)
-        return await self.run(request, decision, request_id=request_id)
+        chat = ChatRequest.of(request)
+        decision = await self.plan(chat, workload=workload, tier=tier)
+        return await self.run(chat, decision, request_id=request_id)
 
     async def run(
-        self, request: Mapping[str, Any], decision: Decision, *, request_id: str | None = None
+        self,
+        request: ChatRequest | Mapping[str, Any],
+        decision: Decision,
+        *,
+        request_id: str | None = None,
     ) -> Completion:
         """Call, verify, escalate and spill, starting from ``decision``."""
-        payload = payload_for(request, decision)
+        chat = ChatRequest.of(request)
+        attempts: list[Attempt] = []
+        accepted = await self._walk(chat, decision, attempts, stream=False)
+        assert isinstance(accepted.result, TierAnswer)
+        tier = accepted.tier
+        return Completion(
+            request_id=request_id or new_request_id(),
+            decision=decision,
+            body=accepted.result.body,
+            tier=tier.name,
+            model=tier.model,
+            attempts=tuple(attempts),
+        )
+
+    async def stream(
+        self, request: ChatRequest | Mapping[str, Any], decision: Decision
+    ) -> StreamRun:
+        """Start a stream on the decided tier, spilling until one tier sends its first chunk;
+        iterate the returned run's ``chunks()`` to relay the rest."""
+        chat = ChatRequest.of(request)
+        attempts: list[Attempt] = []
+        accepted = await self._walk(chat, decision, attempts, stream=True)
+        opened = accepted.result
+        assert isinstance(opened, _Opened)
+        return StreamRun(
+            self,
+            accepted.tier,
+            accepted.role,
+            first=opened.first,
+            rest=opened.rest,
+            hold=opened.hold,
+            attempts=attempts,
+            started=accepted.started,
+            payload={"messages": decision.messages},
+        )
+
+    async def _walk(
+        self, request: ChatRequest, decision: Decision, attempts: list[Attempt], *, stream: bool
+    ) -> _Accepted:
+        """The loop: call, verify, escalate, spill — until a tier's answer is accepted."""
+        payload = request.payload(decision.messages, decision.tools)
+        call: _Call = self._call
+        if stream:
+            call = self._open
+            payload["stream_options"] = {"include_usage": True}  # usage prices the request
         allowed = self.allowed(decision.workload)
         spill = self.policy.workloads[decision.workload].spill
-        attempts: list[Attempt] = []
         current: Tier | None = self.policy.tier(decision.tier)
         role: Role = "spill" if decision.spilled_from else "primary"
-        rejected: tuple[Tier, TierAnswer] | None = None
+        rejected: _Accepted | None = None
         last_error: TierError | None = None
         while current is not None and len(attempts) < self.policy.escalation.max_attempts:
             tier = current
@@ -182,40 +226,62 @@ class Router:
                     continue
             called = time.perf_counter()
             try:
-                answer = await self._call(tier, payload)
+                result = await call(tier, payload)
             except TierError as error:
-                attempts.append(self._failed(tier, role, error, time.perf_counter() - called))
+                self.health.failed(tier, error)
+                attempts.append(self.failed(tier, role, error, time.perf_counter() - called))
                 if not error.spillable:
                     raise UpstreamError(error, attempts) from None
                 last_error, role = error, "spill"
                 current = self.spill_target(tier, allowed, spill)
                 continue
-            problem = find_problem(request, answer.body, self.policy.escalation)
+            self.health.succeeded(tier)
+            accepted = _Accepted(tier, role, result, called)
+            if isinstance(result, _Opened):  # a stream is relayed as it comes: nothing to verify
+                return accepted
+            problem = find_problem(request, result.body, self.policy.escalation)
             stronger = self._stronger(tier, allowed)
             if problem is not None and stronger is not None:
-                attempts.append(self._answered(tier, role, answer, "rejected", problem))
-                rejected, role, current = (tier, answer), "escalation", stronger
+                attempts.append(self.answered(tier, role, result, "rejected", problem))
+                rejected, role, current = accepted, "escalation", stronger
                 continue
-            attempts.append(self._answered(tier, role, answer, "ok", problem))
-            return self._completion(request_id, decision, tier, answer, attempts)
+            attempts.append(self.answered(tier, role, result, "ok", problem))
+            return accepted
         if rejected is not None:  # out of attempts: the best answer we have beats none
-            tier, answer = rejected
-            return self._completion(request_id, decision, tier, answer, attempts)
-        assert last_error is not None
+            return rejected
+        if (
+            last_error is None
+        ):  # max_attempts spent on nothing: cannot happen with max_attempts >= 1
+            last_error = TierError(decision.tier, "saturated", "no tier could be tried")
         raise UpstreamError(last_error, attempts)
 
-    async def _call(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer:
+    def _client(self, tier: Tier) -> TierClient:
         client = self.clients.get(tier.kind)
         if client is None:
             raise TierError(tier.name, "connection", f"no client for {tier.kind} tiers")
+        return client
+
+    async def _call(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer:
+        client = self._client(tier)
         with self.capacity.track(tier.name):
-            try:
-                answer = await client.complete(tier, payload)
-            except TierError:
-                self.health.failed(tier)
-                raise
-        self.health.succeeded(tier)
-        return answer
+            return await client.complete(tier, payload)
+
+    async def _open(self, tier: Tier, payload: Mapping[str, Any]) -> _Opened:
+        client = self._client(tier)
+        hold = ExitStack()
+        hold.enter_context(self.capacity.track(tier.name))
+        rest = client.stream(tier, payload)
+        try:
+            first = await anext(rest)
+        except StopAsyncIteration:
+            hold.close()
+            raise TierError(
+                tier.name, "bad_response", "the stream ended before its first chunk"
+            ) from None
+        except BaseException:
+            hold.close()
+            raise
+        return _Opened(first, rest, hold)
 
     def allowed(self, workload: str) -> list[Tier]:
         """The policy's tiers that ``workload`` may use, cheapest first."""
@@ -249,93 +315,44 @@ class Router:
             rates = self._api_rates(tier)
         return rates
 
-    def _answered(
+    def attempt(
         self,
         tier: Tier,
         role: Role,
-        answer: TierAnswer,
-        outcome: Literal["ok", "rejected"],
-        reason: str | None,
+        outcome: Outcome,
+        *,
+        usage: Usage | None,
+        latency_s: float,
+        reason: str | None = None,
+        error_class: str | None = None,
     ) -> Attempt:
+        """One call's record, priced at the tier's rates (nothing known costs nothing)."""
         rates = self.rates(tier)
-        usage = answer.usage
-        cost = (
-            Decimal(0)
-            if rates is None
-            else rates.cost(
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                min(usage.cached_tokens, usage.prompt_tokens),
-            )
-        )
+        cost = Decimal(0)
+        if usage is not None and rates is not None:
+            cached = min(usage.cached_tokens, usage.prompt_tokens)
+            cost = rates.cost(usage.prompt_tokens, usage.completion_tokens, cached)
         return Attempt(
-            tier.name, tier.model, role, outcome, reason, None, usage, cost, answer.latency_s
+            tier.name, tier.model, role, outcome, reason, error_class, usage, cost, latency_s
         )
 
-    def _failed(self, tier: Tier, role: Role, error: TierError, latency_s: float) -> Attempt:
-        return Attempt(
-            tier.name,
-            tier.model,
+    def answered(
+        self, tier: Tier, role: Role, answer: TierAnswer, outcome: Outcome, reason: str | None
+    ) -> Attempt:
+        return self.attempt(
+            tier, role, outcome, usage=answer.usage, latency_s=answer.latency_s, reason=reason
+        )
+
+    def failed(self, tier: Tier, role: Role, error: TierError, latency_s: float) -> Attempt:
+        return self.attempt(
+            tier,
             role,
             "error",
-            str(error),
-            error.kind,
-            None,
-            Decimal(0),
-            latency_s,
+            usage=None,
+            latency_s=latency_s,
+            reason=str(error),
+            error_class=error.kind,
         )
-
-    def _completion(
-        self,
-        request_id: str | None,
-        decision: Decision,
-        tier: Tier,
-        answer: TierAnswer,
-        attempts: list[Attempt],
-    ) -> Completion:
-        return Completion(
-            request_id=request_id or new_request_id(),
-            decision=decision,
-            body=answer.body,
-            tier=tier.name,
-            model=tier.model,
-            attempts=tuple(attempts),
-        )
-
-
-def new_request_id() -> str:
-    """A fresh request id (``req_`` + 24 random hex digits, unguessable)."""
-    return "req_" + _randomness.take(12).hex()
-
-
-class _RandomBytes:
-    """os.urandom bought in bulk: one system call per 256 request ids (thread-safe)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._bytes = b""
-        self._at = 0
-        self._lock = threading.Lock()
-
-    def take(self, count: int) -> bytes:
-        with self._lock:
-            if self._at + count > len(self._bytes):
-                self._bytes, self._at = os.urandom(self._size), 0
-            source, start = self._bytes, self._at
-            self._at += count
-        return source[start : start + count]
-
-
-_randomness = _RandomBytes(12 * 256)
-
-
-def payload_for(request: Mapping[str, Any], decision: Decision) -> dict[str, Any]:
-    """The body sent to a tier: the client's parameters with the cache-friendly messages."""
-    payload = {k: v for k, v in request.items() if k not in ("model", "stream", "stream_options")}
-    payload["messages"] = list(decision.messages)
-    if decision.tools is not None:
-        payload["tools"] = list(decision.tools)
-    return payload
 
 
 def _pinned(decision: Decision, tier: Tier) -> Decision:

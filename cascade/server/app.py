@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from cascade.server.chat import CHAT_PATH, JSONReply, chat_completions
+from cascade.server.chat import CHAT_PATH, chat_completions
 from cascade.server.metrics import Metrics
 from cascade.server.openai_format import (
     BadRequestError,
@@ -32,6 +32,7 @@ from cascade.server.openai_format import (
     read_body,
 )
 from cascade.server.proxy import Proxy
+from cascade.server.replies import JSONReply
 from cascade.server.settings import ServerSettings
 
 

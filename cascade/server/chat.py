@@ -3,92 +3,62 @@
 Every routed request passes through here, so it skips Starlette's request and response objects
 and its middleware (about a quarter of a bare pass-through's CPU on 2 cores, measured with
 ``benchmarks/bench_proxy.py``): headers are read once from the scope, the body straight from
-``receive``, and answers go out as pre-encoded bytes. Streams still use Starlette's
-``StreamingResponse``, which watches for the client going away. Client mistakes get OpenAI's
+``receive``, the request parsed once into a :class:`~cascade.core.request.ChatRequest`, and
+answers go out as pre-encoded bytes (:mod:`cascade.server.replies`). Client mistakes get OpenAI's
 error body with a 4xx status; upstream failures 502/503/504 with the reason; anything unexpected
 a 500 in the same shape, logged with its traceback. Never a traceback to the client.
+
+Every request that reached a tier is counted and recorded exactly once — answered, failed, or a
+stream the client abandoned half-way (recorded with status 499, as nginx names it).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 import orjson
 import structlog
-from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from cascade.core.decision import Decision
-from cascade.errors import RoutingError
-from cascade.run.router import (
-    Attempt,
-    Completion,
-    UpstreamError,
-    describe_attempts,
-    new_request_id,
-)
-from cascade.run.streaming import StreamRun, open_stream
+from cascade.core.request import ChatRequest, parse_chat_request
+from cascade.errors import InvalidRequestError, RoutingError
+from cascade.run.attempts import Attempt, Completion, UpstreamError, describe_attempts
+from cascade.run.ids import new_request_id
+from cascade.run.streaming import StreamRun
 from cascade.server.metrics import Metrics
 from cascade.server.openai_format import (
     BadRequestError,
-    ChatRequest,
     ClientGoneError,
     authenticate,
     chunks_from_completion,
-    error_body,
-    parse_chat_request,
     read_body,
     sse,
 )
 from cascade.server.proxy import Proxy
 from cascade.server.recording import attempt_records, request_record
+from cascade.server.replies import JSONReply, StreamReply, error_reply
 
 log = structlog.get_logger("cascade.proxy")
 
 CHAT_PATH = "/v1/chat/completions"
+CLIENT_CLOSED = 499
+"""The status recorded for a stream whose client went away before its end (nginx's code)."""
+PROMPT_LOG_CHARS = 16_384
+"""With ``prompt.log_prompts``, the longest prompt text a log line carries."""
 
 # Which status an upstream failure becomes: the client can retry a 503 later, a 504 sooner.
 _UPSTREAM_STATUS = {"timeout": 504, "saturated": 503, "rate_limited": 503, "unavailable": 503}
 _WANTED = frozenset(
     {b"authorization", b"content-length", b"x-cascade-tenant", b"x-cascade-workload"}
 )
-_JSON = (b"content-type", b"application/json")
 _CENT_FRACTION = Decimal("1e-10")
 
-
-@dataclass(frozen=True)
-class JSONReply:
-    """A complete JSON answer, encoded once, sent as one ASGI response."""
-
-    status: int
-    body: bytes
-    headers: dict[str, str]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [
-            _JSON,
-            (b"content-length", str(len(self.body)).encode()),
-            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()),
-        ]
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": self.body})
-
-
-def error_reply(
-    status: int,
-    message: str,
-    *,
-    request_id: str,
-    param: str | None = None,
-    code: str | None = None,
-) -> JSONReply:
-    """An error in OpenAI's shape, with the request id to quote when asking about it."""
-    body = orjson.dumps(error_body(status, message, param=param, code=code))
-    return JSONReply(status, body, {"x-cascade-request-id": request_id})
+Reply = JSONReply | StreamReply
 
 
 async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
@@ -124,48 +94,56 @@ class _Exchange:
 
     def finish(
         self,
+        chat: ChatRequest,
         decision: Decision,
         attempts: Sequence[Attempt],
         *,
         final_tier: str | None,
         http_status: int,
-        stream: bool,
+        **log_fields: object,
     ) -> None:
-        """Count the request in the metrics and hand its rows to the ledger."""
+        """Count the request in the metrics, hand its rows to the ledger, and log it."""
         outcome = "ok" if http_status == 200 else "error"
         last = final_tier or (attempts[-1].tier if attempts else decision.tier)
         self.metrics.record(decision.policy, last, outcome, attempts)
-        if not self.proxy.keeps_ledger:  # no rows to build
+        if self.proxy.keeps_ledger:  # else: no rows to build
+            self.proxy.record(
+                request_record(
+                    request_id=self.request_id,
+                    decision=decision,
+                    attempts=attempts,
+                    final_tier=final_tier,
+                    http_status=http_status,
+                    latency_ms=self.elapsed_ms(),
+                    tenant=self.tenant,
+                    stream=chat.stream,
+                ),
+                attempt_records(attempts),
+            )
+        if http_status == 200 and not _logs_info():
             return
-        self.proxy.record(
-            request_record(
-                request_id=self.request_id,
-                decision=decision,
-                attempts=attempts,
-                final_tier=final_tier,
-                http_status=http_status,
-                latency_ms=self.elapsed_ms(),
-                tenant=self.tenant,
-                stream=stream,
-            ),
-            attempt_records(attempts),
-        )
-
-    def log_completed(self, decision: Decision, **fields: object) -> None:
-        """Log the finished request (callers check :func:`_logs_info` before building fields)."""
-        log.info(
-            "request.completed",
-            request_id=self.request_id,
-            policy=decision.policy,
-            policy_version=decision.policy_version,
-            confidence=round(decision.confidence, 4),
-            reason=decision.reason,
-            latency_ms=round(self.elapsed_ms(), 2),
-            **fields,
-        )
+        fields = {
+            "request_id": self.request_id,
+            "policy": decision.policy,
+            "policy_version": decision.policy_version,
+            "confidence": round(decision.confidence, 4),
+            "reason": decision.reason,
+            "tier": final_tier,
+            "attempts": describe_attempts(attempts),
+            "status": http_status,
+            "latency_ms": round(self.elapsed_ms(), 2),
+            "stream": chat.stream,
+            **log_fields,
+        }
+        if self.proxy.routers[decision.policy].policy.prompt.log_prompts:
+            fields["prompt"] = _prompt_text(chat)
+        if http_status == 200:
+            log.info("request.completed", **fields)
+        else:
+            log.warning("request.failed", **fields)
 
 
-async def _handle(scope: Scope, receive: Receive, request_id: str) -> JSONReply | StreamingResponse:
+async def _handle(scope: Scope, receive: Receive, request_id: str) -> Reply:
     state = scope.get("state") or {}
     proxy: Proxy | None = state.get("proxy")
     metrics: Metrics | None = state.get("metrics")
@@ -178,21 +156,20 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> JSONReply 
     try:
         authenticate(headers.get("authorization"), proxy.settings.api_keys)
         limit = proxy.settings.max_body_bytes
-        raw = await read_body(receive, headers.get("content-length"), limit)
-        chat, body = parse_chat_request(raw)
+        chat = parse_chat_request(await read_body(receive, headers.get("content-length"), limit))
         router, pinned = proxy.resolve(chat.model)
-        decision = await router.plan(body, workload=headers.get("x-cascade-workload"), tier=pinned)
+        decision = await router.plan(chat, workload=headers.get("x-cascade-workload"), tier=pinned)
         metrics.observe_decision(time.perf_counter() - exchange.started)
         if chat.stream and router.policy.escalation.streaming == "passthrough":
-            run = await open_stream(router, body, decision)
-            return _relay(run, chat, decision, exchange)
-        completion = await router.run(body, decision, request_id=request_id)
+            return _relay(await router.stream(chat, decision), chat, decision, exchange)
+        completion = await router.run(chat, decision, request_id=request_id)
     except BadRequestError as exc:
         return error_reply(
             exc.status, exc.message, param=exc.param, code=exc.code, request_id=request_id
         )
     except RoutingError as exc:
-        return error_reply(400, str(exc), request_id=request_id)
+        param = exc.param if isinstance(exc, InvalidRequestError) else None
+        return error_reply(400, str(exc), param=param, request_id=request_id)
     except UpstreamError as exc:
         return _failed(exc, chat, decision, exchange)
     return _delivered(completion, chat, exchange)
@@ -208,57 +185,56 @@ def _failed(
         else (_UPSTREAM_STATUS.get(exc.kind, 502))
     )
     tried = ", ".join(f"{a.tier} ({a.error_class})" for a in exc.attempts)
-    log.warning(
-        "request.failed",
-        request_id=exchange.request_id,
-        status=status,
-        error=str(exc),
-        attempts=tried,
+    exchange.finish(
+        chat, decision, exc.attempts, final_tier=None, http_status=status, error=str(exc)
     )
-    exchange.finish(decision, exc.attempts, final_tier=None, http_status=status, stream=chat.stream)
-    return error_reply(
+    reply = error_reply(
         status,
         f"no tier could answer: {exc} (tried {tried})",
         code=exc.kind,
         request_id=exchange.request_id,
     )
+    if exc.retry_after_s is not None and status in (429, 503):
+        reply.headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+    return reply
 
 
-def _delivered(
-    completion: Completion, chat: ChatRequest, exchange: _Exchange
-) -> JSONReply | StreamingResponse:
+def _delivered(completion: Completion, chat: ChatRequest, exchange: _Exchange) -> Reply:
     """An accepted answer: count, record and log it, and send it as JSON or as a stream."""
-    decision = completion.decision
+    reply_headers = _completion_headers(completion)
     exchange.finish(
-        decision,
+        chat,
+        completion.decision,
         completion.attempts,
         final_tier=completion.tier,
         http_status=200,
-        stream=chat.stream,
+        cost_usd=str(completion.cost_usd),
     )
-    reply_headers = _completion_headers(completion)
-    if _logs_info():
-        exchange.log_completed(
-            decision,
-            tier=completion.tier,
-            attempts=reply_headers["x-cascade-attempts"],
-            cost_usd=str(completion.cost_usd),
-            stream=chat.stream,
-        )
     if chat.stream:
-        include_usage = bool((chat.stream_options or {}).get("include_usage"))
-        return StreamingResponse(
-            iter(list(chunks_from_completion(completion.body, include_usage=include_usage))),
-            media_type="text/event-stream",
-            headers=reply_headers,
+        return StreamReply(
+            _replayed(chunks_from_completion(completion.body, include_usage=chat.include_usage)),
+            reply_headers,
         )
     return JSONReply(200, orjson.dumps(completion.body), reply_headers)
+
+
+async def _replayed(events: Iterable[bytes]) -> AsyncGenerator[bytes, None]:
+    for event in events:
+        yield event
 
 
 def _logs_info() -> bool:
     """Whether info lines are logged (the per-request line is skipped, fields and all, if not)."""
     check = getattr(log, "is_enabled_for", None)  # structlog's filtering loggers have it
     return check is None or bool(check(logging.INFO))
+
+
+def _prompt_text(chat: ChatRequest) -> str:
+    """The request's messages for a log line that asked for them, bounded in length."""
+    text = orjson.dumps(chat.messages, default=str).decode()
+    if len(text) > PROMPT_LOG_CHARS:
+        return text[:PROMPT_LOG_CHARS] + f"... ({len(text) - PROMPT_LOG_CHARS} more characters)"
+    return text
 
 
 def _headers_of(scope: Scope) -> dict[str, str]:
@@ -288,46 +264,44 @@ def _completion_headers(completion: Completion) -> dict[str, str]:
     return headers
 
 
-def _relay(
-    run: StreamRun, chat: ChatRequest, decision: Decision, exchange: _Exchange
-) -> StreamingResponse:
-    """Relay a started stream; a break after the first chunk ends with an error event."""
-    wants_usage = bool((chat.stream_options or {}).get("include_usage"))
+def _relay(run: StreamRun, chat: ChatRequest, decision: Decision, exchange: _Exchange) -> Reply:
+    """Relay a started stream; a break after the first chunk ends with an error event, and a
+    client that leaves mid-stream is recorded all the same."""
 
-    async def events() -> AsyncIterator[bytes]:
-        async for chunk in run.chunks():
-            if chunk.get("usage") is not None and not chunk.get("choices") and not wants_usage:
-                continue
-            yield sse(chunk)
-        if run.error is None:
-            yield sse("[DONE]")
-        else:
-            yield sse(
-                {
-                    "error": {
-                        "message": f"the answer was cut: {run.error}",
-                        "type": "api_error",
-                        "param": None,
-                        "code": "stream_interrupted",
+    async def events() -> AsyncGenerator[bytes, None]:
+        chunks = run.chunks()
+        try:
+            async for chunk in chunks:
+                usage_only = chunk.get("usage") is not None and not chunk.get("choices")
+                if usage_only and not chat.include_usage:
+                    continue
+                yield sse(chunk)
+            if run.error is None:
+                yield sse("[DONE]")
+            else:
+                yield sse(
+                    {
+                        "error": {
+                            "message": f"the answer was cut: {run.error}",
+                            "type": "api_error",
+                            "param": None,
+                            "code": "stream_interrupted",
+                        }
                     }
-                }
-            )
-        exchange.finish(
-            decision,
-            run.attempts,
-            final_tier=run.tier.name,
-            http_status=200 if run.error is None else 502,
-            stream=True,
-        )
-        if _logs_info():
-            exchange.log_completed(
+                )
+        finally:
+            await (
+                chunks.aclose()
+            )  # left at a yield when the client went: end it (and its tier call)
+            status = 200 if run.finished else (502 if run.error is not None else CLIENT_CLOSED)
+            exchange.finish(
+                chat,
                 decision,
-                tier=run.tier.name,
-                attempts=describe_attempts(run.attempts),
+                run.attempts,
+                final_tier=run.tier.name,
+                http_status=status,
                 cost_usd=str(run.cost_usd),
-                stream=True,
-                outcome="ok" if run.error is None else "error",
             )
 
     headers = _answer_headers(run.tier.name, run.tier.model, decision, exchange.request_id)
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    return StreamReply(events(), headers)

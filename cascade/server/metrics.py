@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cascade.run.router import Attempt
+from cascade.run.attempts import Attempt
 
 DECISION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 """Upper bounds, in seconds, of the decision-time histogram's buckets."""

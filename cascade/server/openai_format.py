@@ -1,14 +1,13 @@
-"""The OpenAI wire format at the proxy's edge: request checks, error bodies, SSE chunks."""
+"""The OpenAI wire format at the proxy's edge: authentication, the body's size, error bodies,
+SSE chunks. (The request itself is read by :mod:`cascade.core.request`.)"""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse
 from starlette.types import Receive
 
@@ -19,22 +18,6 @@ _ERROR_TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
-
-
-class ChatRequest(BaseModel):
-    """The fields of a Chat Completions request the proxy reads; the rest pass through."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(min_length=1)
-    messages: list[Any] = Field(min_length=1)
-    """Checked message by message in the prompt step (without copying every message here)."""
-    stream: bool = False
-    tools: list[dict[str, Any]] | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    n: int = Field(default=1, ge=1, le=8)
-    stream_options: dict[str, Any] | None = None
 
 
 class BadRequestError(Exception):
@@ -84,64 +67,6 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
-    """The validated request and its body as a dict; BadRequestError when it is not valid."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequestError(400, f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequestError(
-            400, f"the request body must be a JSON object, got {type(body).__name__}"
-        )
-    request = _well_typed(body)
-    if request is not None:
-        return request, body
-    try:
-        request = ChatRequest.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        given = first.get("input")
-        shown = "" if isinstance(given, dict | list) else f" (got {json.dumps(given, default=str)})"
-        raise BadRequestError(400, f"{where}: {first['msg']}{shown}", param=where) from None
-    return request, body
-
-
-_OPTIONAL_COUNTS = ("max_tokens", "max_completion_tokens")
-
-
-def _well_typed(body: dict[str, Any]) -> ChatRequest | None:
-    """The request without pydantic's validation when every field it checks already has its
-    exact type and range (the usual case; about a tenth of the cost). None: validate it."""
-    model, messages = body.get("model"), body.get("messages")
-    if not (type(model) is str and model and type(messages) is list and messages):
-        return None
-    stream = body.get("stream", False)
-    tools, options = body.get("tools"), body.get("stream_options")
-    n = body.get("n", 1)
-    if type(stream) is not bool or type(n) is not int or not 1 <= n <= 8:
-        return None
-    if options is not None and type(options) is not dict:
-        return None
-    if tools is not None and not (type(tools) is list and all(type(t) is dict for t in tools)):
-        return None
-    for key in _OPTIONAL_COUNTS:
-        count = body.get(key)
-        if count is not None and (type(count) is not int or count < 1):
-            return None
-    return ChatRequest.model_construct(
-        model=model,
-        messages=messages,
-        stream=stream,
-        tools=tools,
-        max_tokens=body.get("max_tokens"),
-        max_completion_tokens=body.get("max_completion_tokens"),
-        n=n,
-        stream_options=options,
-    )
 
 
 def error_body(

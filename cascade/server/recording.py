@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from cascade.core.decision import Decision
 from cascade.ledger import AttemptRecord, RequestRecord
-from cascade.run.router import Attempt
+from cascade.run.attempts import Attempt
 
 
 def attempt_records(attempts: Sequence[Attempt]) -> tuple[AttemptRecord, ...]:
