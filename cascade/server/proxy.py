@@ -75,7 +75,7 @@ class Proxy:
         gc.freeze()
 
     async def close(self) -> None:
-        """Stop reloading, finish queued scoring, flush the ledger, close the HTTP session."""
+        """Stop reloading, finish queued scoring, flush the ledger, close the connection pool."""
         if self._reloader is not None:
             self._reloader.cancel()
         for batcher in self._batchers.values():
