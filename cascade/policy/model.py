@@ -167,7 +167,8 @@ class PromptSettings(_Strict):
     """Move volatile lines (timestamps, dates, ids, per-user greetings) out of the system prompt to
     the start of the last user message, so the stable prefix stays cacheable."""
     log_prompts: bool = False
-    """Log prompt text. Off by default: prompts are often personal data."""
+    """Put the request's messages on its log line (``request.completed`` or ``request.failed``,
+    at most 16,384 characters). Off by default: prompts are often personal data."""
 
 
 class ScorerSettings(_Strict):

@@ -1,12 +1,12 @@
 """The labeled data the simulated tiers answer from, shipped inside the package.
 
-``data/labels.jsonl.xz`` is a compact copy of the project's routing data (``../shared/data``):
+``data/labels.jsonl.xz`` is a compact copy of the team's labeled routing data (not shipped):
 every row of the dev file (LLMRouter, 13 tasks), the GSM8K file (with both models' answers) and
 the MMLU file, keeping ``id``, ``task``, ``prompt``, ``weak_score``, ``strong_score`` and, where
 present, ``weak_response`` and ``strong_response``. xz keeps all of it under 2.5 MB. Rebuild it
 with::
 
-    python -m cascade.simulator.dataset /path/to/shared/data
+    python -m cascade.simulator.dataset /path/to/routing-data
 """
 
 from __future__ import annotations
@@ -70,9 +70,9 @@ def build(source_dir: Path, out: Path = DATA_FILE) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Rebuild the shipped file from a directory laid out like ``../shared/data``."""
+    """Rebuild the shipped file from the routing data's directory (``dev/``, ``train/``)."""
     if len(argv) != 1:
-        print("usage: python -m cascade.simulator.dataset SHARED_DATA_DIR", file=sys.stderr)
+        print("usage: python -m cascade.simulator.dataset ROUTING_DATA_DIR", file=sys.stderr)
         return 2
     print(f"{build(Path(argv[0]))} rows -> {DATA_FILE}")
     return 0

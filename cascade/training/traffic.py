@@ -1,8 +1,8 @@
 """Labeled traffic: prompts with the real outcome of a weak and a strong tier on each.
 
-The format of ``../shared/data`` (JSONL, one object per line: ``id``, ``task``, ``prompt``,
-``weak_score``, ``strong_score``, ``weak_cost_usd``, ``strong_cost_usd``); ``cascade train`` reads
-it, and the ledger will export the project's own traffic in it.
+JSONL, one object per line: ``id``, ``task``, ``prompt``, ``weak_score``, ``strong_score``,
+``weak_cost_usd``, ``strong_cost_usd``. The team's routing data comes in it, ``cascade train``,
+``eval`` and ``calibrate`` read it, and ``cascade export`` writes the ledger's traffic in it.
 """
 
 from __future__ import annotations
