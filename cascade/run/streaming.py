@@ -91,6 +91,11 @@ class StreamRun:
         finally:
             await self._end()
 
+    async def aclose(self) -> None:
+        """End the run where it stands (closing the tier's stream if still open); idempotent.
+        What a caller does that will not, or can no longer, iterate :meth:`chunks`."""
+        await self._end()
+
     async def _end(self) -> None:
         hold, self._hold = self._hold, None
         if hold is None:

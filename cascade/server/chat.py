@@ -266,7 +266,25 @@ def _completion_headers(completion: Completion) -> dict[str, str]:
 
 def _relay(run: StreamRun, chat: ChatRequest, decision: Decision, exchange: _Exchange) -> Reply:
     """Relay a started stream; a break after the first chunk ends with an error event, and a
-    client that leaves mid-stream is recorded all the same."""
+    client that leaves mid-stream — even before the first byte went out — is recorded all the
+    same, with the tier's call closed."""
+    recorded = False
+
+    async def end() -> None:
+        nonlocal recorded
+        if recorded:
+            return
+        recorded = True
+        await run.aclose()  # the tier's call, its in-flight place and its attempt, if still open
+        status = 200 if run.finished else (502 if run.error is not None else CLIENT_CLOSED)
+        exchange.finish(
+            chat,
+            decision,
+            run.attempts,
+            final_tier=run.tier.name,
+            http_status=status,
+            cost_usd=str(run.cost_usd),
+        )
 
     async def events() -> AsyncGenerator[bytes, None]:
         chunks = run.chunks()
@@ -290,18 +308,8 @@ def _relay(run: StreamRun, chat: ChatRequest, decision: Decision, exchange: _Exc
                     }
                 )
         finally:
-            await (
-                chunks.aclose()
-            )  # left at a yield when the client went: end it (and its tier call)
-            status = 200 if run.finished else (502 if run.error is not None else CLIENT_CLOSED)
-            exchange.finish(
-                chat,
-                decision,
-                run.attempts,
-                final_tier=run.tier.name,
-                http_status=status,
-                cost_usd=str(run.cost_usd),
-            )
+            await chunks.aclose()  # left at a yield if the client went
+            await end()
 
     headers = _answer_headers(run.tier.name, run.tier.model, decision, exchange.request_id)
-    return StreamReply(events(), headers)
+    return StreamReply(events(), headers, closing=end)

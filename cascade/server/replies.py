@@ -11,7 +11,7 @@ source in every case.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -64,6 +64,9 @@ class StreamReply:
 
     events: AsyncGenerator[bytes, None]
     headers: dict[str, str]
+    closing: Callable[[], Awaitable[None]] | None = None
+    """Awaited last, however the reply ended: what ``events`` would do in its ``finally`` had
+    it started (a generator closed before its first step runs none of its code)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -95,4 +98,8 @@ class StreamReply:
         finally:
             relaying = False
             watcher.cancel()
-            await self.events.aclose()  # a no-op when the relay ran to its end
+            try:
+                await self.events.aclose()  # a no-op when the relay ran to its end
+            finally:
+                if self.closing is not None:
+                    await self.closing()
