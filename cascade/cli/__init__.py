@@ -8,9 +8,11 @@ or a probe routes elsewhere than it expects.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
+from cascade import __version__
 from cascade.cli import db, demo, model, policy, report, route, serve, simulate
 from cascade.errors import CascadeError
 
@@ -37,6 +39,12 @@ def _guarded(run: Callable[[], int]) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`cascade report --json | head`): stop quietly, as cat does.
+        # Point stdout at /dev/null so the interpreter's final flush does not complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Cost-aware model cascade router: send each LLM request to the cheapest "
         "tier that can handle it.",
     )
+    parser.add_argument("--version", action="version", version=f"cascade {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for group in (demo, route, policy, model, serve, simulate, db, report):
         group.register(commands)

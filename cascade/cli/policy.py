@@ -13,7 +13,9 @@ from cascade.errors import PolicyError
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``policy`` command group."""
     policy = commands.add_parser("policy", help="validate policies, print their JSON Schema")
-    policy_commands = policy.add_subparsers(title="policy commands", metavar="COMMAND")
+    policy_commands = policy.add_subparsers(
+        title="policy commands", metavar="COMMAND", required=True
+    )
     check = policy_commands.add_parser(
         "check",
         help="validate policy files and run their probes",

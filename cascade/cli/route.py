@@ -36,9 +36,13 @@ def _route(ns: argparse.Namespace) -> int:
 
     messages: list[dict[str, Any]]
     if ns.messages is not None:
+        if ns.prompt is not None or ns.system is not None:
+            raise CascadeError("give either --messages FILE or a prompt (with --system), not both")
         messages = _read_messages(ns.messages)
     else:
         text = sys.stdin.read() if ns.prompt in (None, "-") else ns.prompt
+        if not text.strip():
+            raise CascadeError("the prompt is empty; give the user's text (or '-' to read stdin)")
         messages = [{"role": "user", "content": text}]
         if ns.system:
             messages.insert(0, {"role": "system", "content": ns.system})

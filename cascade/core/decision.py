@@ -18,7 +18,7 @@ from typing import Any
 from cascade.core.capacity import CapacityView
 from cascade.core.pricing import tier_rates
 from cascade.core.prompt import MovedSpan, PreparedPrompt
-from cascade.errors import RoutingError
+from cascade.errors import InvalidRequestError, RoutingError
 from cascade.policy.model import Policy, Tier
 
 
@@ -90,6 +90,10 @@ def decide(
     if allowed_names is not None:
         reason = f"{reason} (workload {workload_name} allows {', '.join(t.name for t in tiers)})"
 
+    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
+        raise InvalidRequestError(
+            f"max_tokens must be a whole number of at least 1, got {max_tokens!r}", "max_tokens"
+        )
     output_tokens = max_tokens if max_tokens is not None else settings.expected_output_tokens
     rates = tier_rates(target)
     cost = None if rates is None else rates.cost(prompt.prompt_tokens, output_tokens)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from cascade.core.capacity import CapacityView, InFlightCounter
 from cascade.core.decision import Decision, decide
 from cascade.core.prompt import Message, PreparedPrompt, prepare_prompt
+from cascade.errors import RoutingError
 from cascade.model.scorer import OnnxScorer, Scorer
 from cascade.policy.loading import load_policy
 from cascade.policy.model import Policy
@@ -48,8 +49,13 @@ class Planner:
     """
 
     def __init__(
-        self, policy: Policy, scorer: Scorer | None = None, capacity: CapacityView | None = None
+        self,
+        policy: Policy | str | Path,
+        scorer: Scorer | None = None,
+        capacity: CapacityView | None = None,
     ) -> None:
+        if not isinstance(policy, Policy):
+            policy = load_policy(_policy_file(policy))
         self.policy = policy
         self.scorer: Scorer = (
             scorer
@@ -120,7 +126,7 @@ class _PlannerCache:
     def for_policy(self, policy: Policy | str | Path | None) -> Planner:
         if isinstance(policy, Policy):
             return Planner(policy, self._scorer(policy))
-        path = policy_path("default" if policy is None else policy).resolve()
+        path = _policy_file("default" if policy is None else policy)
         mtime = os.stat(path).st_mtime
         with self._lock:
             cached = self._by_file.get(path)
@@ -141,6 +147,16 @@ class _PlannerCache:
             with self._lock:
                 self._scorers.setdefault(key, scorer)
         return scorer
+
+
+def _policy_file(policy: object) -> Path:
+    """The file of a policy given by name or path; RoutingError for anything else."""
+    if not isinstance(policy, str | Path):
+        raise RoutingError(
+            f"policy must be a cascade.Policy, a policy file's path or a shipped policy's name, "
+            f"got {type(policy).__name__}"
+        )
+    return policy_path(policy).resolve()
 
 
 _cache = _PlannerCache()

@@ -1,0 +1,108 @@
+"""Rough edges a new user meets in the first hour: each misuse gets one clear line, never a
+traceback, and the package says what it is."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cascade
+from cascade.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_version_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    """``cascade --version`` names the package's version."""
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cascade {cascade.__version__}"
+
+
+def test_a_command_group_alone_asks_for_its_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """``cascade policy`` says which commands it takes, not the top-level help."""
+    with pytest.raises(SystemExit) as done:
+        main(["policy"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "cascade policy" in err
+    assert "required: COMMAND" in err
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    """``cascade policy schema | head -1``: the reader leaving is no traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cascade", "policy", "schema"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first write
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in err
+    assert "BrokenPipe" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["route", ""], "the prompt is empty"),
+        (["route", "--max-tokens", "-1", "hi"], "max_tokens must be a whole number"),
+    ],
+)
+def test_route_refuses_what_it_cannot_mean(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty prompt or a negative token count is one clear error (exit 2), no decision."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert fragment in captured.err
+    assert captured.out == ""
+
+
+def test_route_with_a_messages_file_and_a_prompt_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An extra prompt beside --messages is not silently dropped."""
+    messages = tmp_path / "m.json"
+    messages.write_text('[{"role": "user", "content": "hi"}]')
+    assert main(["route", "--messages", str(messages), "extra"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_the_planner_takes_a_policy_name_like_route_does() -> None:
+    """``cascade.Planner("default")`` loads the shipped policy (it raised AttributeError)."""
+    planner = cascade.Planner("default")
+    assert planner.policy.name == "default"
+    assert planner.plan("What is 2+2?").tier in {t.name for t in planner.policy.tiers}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "fragment"),
+    [
+        ({"max_tokens": "a"}, cascade.RoutingError, "max_tokens must be a whole number"),
+        ({"max_tokens": 0}, cascade.RoutingError, "max_tokens must be a whole number"),
+        ({"policy": 42}, cascade.RoutingError, "policy must be a cascade.Policy"),
+    ],
+)
+def test_misusing_the_public_api_raises_a_cascade_error_that_says_what_is_expected(
+    kwargs: dict[str, object], error: type[Exception], fragment: str
+) -> None:
+    """Wrong argument types reach no arithmetic or pathlib call: a CascadeError explains."""
+    with pytest.raises(error, match=fragment):
+        cascade.route("hi", **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_package_carries_its_license() -> None:
+    """The Apache-2.0 license the package declares is in the repository."""
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text
+    assert "Version 2.0" in text
