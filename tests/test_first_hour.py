@@ -106,3 +106,26 @@ def test_the_package_carries_its_license() -> None:
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text
     assert "Version 2.0" in text
+
+
+def test_serve_with_a_bad_policy_prints_located_errors_and_exits_1(tmp_path: Path) -> None:
+    """``cascade serve`` with an invalid or missing policy says what ``policy check`` says, in
+    a few lines and exit status 1, instead of a server lifespan traceback."""
+    bad = tmp_path / "team-a.yaml"
+    bad.write_text("name: x\ntiers:\n  - name: a\n    modle: m\n")
+    for policy, fragment in (
+        (bad, "team-a.yaml:4: tiers[0].modle: unknown key; did you mean model?"),
+        (tmp_path / "missing.yaml", "not found"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "cascade", "serve", "--policy", str(policy), "--no-ledger"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1
+        assert fragment in done.stderr
+        assert "Traceback" not in done.stderr
+        assert len(done.stderr.splitlines()) <= 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from cascade.errors import PolicyError
@@ -33,6 +34,34 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     reference.set_defaults(command=_policy_reference)
 
 
+def describe_problems(path: object, error: PolicyError) -> str:
+    """A policy's problems as ``cascade policy check`` prints them: a FAIL line, then one
+    located line per problem."""
+    lines = [f"FAIL {path}: {len(error.problems)} problem(s)"]
+    lines += [f"  {problem}" for problem in error.problems]
+    return "\n".join(lines)
+
+
+def check_policies(names: Sequence[str]) -> bool:
+    """Load each policy (a file or a shipped name) and print what is wrong with those that do
+    not load, to stderr; True when all load. For commands that need valid policies to start."""
+    from cascade.errors import CascadeError
+    from cascade.policy import load_policy
+    from cascade.resources import policy_path
+
+    ok = True
+    for name in names:
+        try:
+            load_policy(policy_path(name))
+        except PolicyError as exc:
+            ok = False
+            print(describe_problems(name, exc), file=sys.stderr)
+        except CascadeError as exc:
+            ok = False
+            print(f"FAIL {name}: {exc}", file=sys.stderr)
+    return ok
+
+
 def _policy_check(ns: argparse.Namespace) -> int:
     from cascade.core.planner import Planner
     from cascade.core.probes import run_probes
@@ -44,9 +73,7 @@ def _policy_check(ns: argparse.Namespace) -> int:
             planner = Planner(load_policy(path))
         except PolicyError as exc:
             failed += 1
-            print(f"FAIL {path}: {len(exc.problems)} problem(s)")
-            for problem in exc.problems:
-                print(f"  {problem}")
+            print(describe_problems(path, exc))
             continue
         results = run_probes(planner)
         bad = [r for r in results if not r.passed]

@@ -52,11 +52,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _serve(ns: argparse.Namespace) -> int:
+    from cascade.cli.policy import check_policies
     from cascade.errors import CascadeError
     from cascade.ledger import database_url
     from cascade.logs import configure_json_logs
     from cascade.server.settings import ServerSettings
 
+    policies = tuple(ns.policy or ["default"])
+    if not check_policies(policies):  # located errors, not a lifespan traceback
+        return 1
     keys: frozenset[str] = frozenset()
     if ns.api_key_env:
         # Taken out of the environment: worker processes (and anything that dumps its
@@ -70,7 +74,7 @@ def _serve(ns: argparse.Namespace) -> int:
     if not ns.no_ledger:
         ledger_url = database_url(ns.database_url).render_as_string(hide_password=False)
     settings = ServerSettings(
-        policies=tuple(ns.policy or ["default"]),
+        policies=policies,
         max_body_bytes=ns.max_body_bytes,
         api_keys=keys,
         database_url=ledger_url,
