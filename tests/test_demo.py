@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
-import pytest
 
-from cascade.cli import main
-
-
-def test_demo_answers_every_request_and_records_each_one(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A small demo run answers all requests and leaves one ledger row per request."""
+def test_demo_answers_every_request_and_records_each_one(tmp_path: Path) -> None:
+    """A small demo run, as a user starts it, answers all requests, leaves one ledger row per
+    request, and prints its story: the per-request log lines go to the file it names."""
     database = tmp_path / "demo.db"
     args = ["demo", "--database", str(database), "--steady", "24", "--burst", "24"]
-    assert main([*args, "--time-scale", "0.05"]) == 0
-    out = capsys.readouterr().out
+    done = subprocess.run(
+        [sys.executable, "-m", "cascade", *args, "--time-scale", "0.05"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     assert "48 requests in " in out
     assert "48 answered, 0 failed" in out
+    assert "request.completed" not in out + done.stderr
+    assert "simulator.request" not in out + done.stderr
+    log_file = database.with_suffix(".log")
+    assert f"logs: {log_file}" in out
+    assert log_file.read_text().count('"event":"request.completed"') == 48
+    assert len(out.splitlines()) < 80
     with sqlite3.connect(database) as conn:
         (requests,) = conn.execute("select count(*) from requests").fetchone()
         (attempts,) = conn.execute("select count(*) from attempts").fetchone()
