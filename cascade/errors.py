@@ -6,6 +6,7 @@ catch one type. Each message says what went wrong, where, and what is allowed::
     CascadeError
      ├── PolicyError            a policy is invalid (file, line, key, what is allowed)
      ├── ResourceNotFoundError  a shipped model, policy or migration cannot be found
+     ├── MissingExtraError      an optional dependency is not installed (names the extra)
      ├── ScorerError            the confidence model cannot be loaded or run
      │    ├── ModelIntegrityError   the model file does not match its manifest's sha256
      │    └── RuntimeMissingError   onnxruntime is not installed
@@ -28,6 +29,35 @@ class CascadeError(Exception):
 
 class ResourceNotFoundError(CascadeError):
     """A shipped resource (model, policy, migration) is missing."""
+
+
+class MissingExtraError(CascadeError):
+    """A command or tier needs an optional dependency that is not installed."""
+
+
+EXTRAS = {
+    "litellm": ("api", "API tiers"),
+    "mcp": ("api", "API tiers with tools"),
+    "sklearn": ("train", "training and evaluating models"),
+    "skl2onnx": ("train", "exporting trained models"),
+    "onnx": ("train", "exporting trained models"),
+    "matplotlib": ("train", "charts (report --html, eval --plot)"),
+    "onnxruntime": ("cpu", "scoring (on a CUDA machine, the gpu extra instead)"),
+}
+"""Optional top-level modules -> (the pip extra that installs them, what needs them)."""
+
+
+def missing_extra(module: str | None) -> MissingExtraError | None:
+    """The error to raise for a missing optional module, naming the extra; None if ``module``
+    is not one of cascade's optional dependencies."""
+    top = (module or "").split(".")[0]
+    if top not in EXTRAS:
+        return None
+    extra, purpose = EXTRAS[top]
+    return MissingExtraError(
+        f"the {top!r} package is not installed; cascade needs it for {purpose}: "
+        f"pip install 'cascade-router[{extra}]'"
+    )
 
 
 class ScorerError(CascadeError):

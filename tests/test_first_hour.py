@@ -3,6 +3,7 @@ traceback, and the package says what it is."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,51 @@ def test_serve_with_a_bad_policy_prints_located_errors_and_exits_1(tmp_path: Pat
         assert fragment in done.stderr
         assert "Traceback" not in done.stderr
         assert len(done.stderr.splitlines()) <= 5
+
+
+def _without(module: str, argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as if the optional ``module`` were not installed."""
+    code = (
+        f"import sys; sys.modules[{module!r}] = None\n"
+        "from cascade.cli import main\n"
+        f"sys.exit(main({argv!r}))\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_serving_an_api_tier_without_litellm_names_the_extra(tmp_path: Path) -> None:
+    """The production install without the api extra: ``cascade serve`` on the default policy
+    (which has an API tier) says which extra to install, in one line, before starting."""
+    done = _without("litellm", ["serve", "--no-ledger"], tmp_path)
+    assert done.returncode == 1
+    assert "pip install 'cascade-router[api]'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_plot_without_matplotlib_names_the_extra(tmp_path: Path) -> None:
+    """``cascade eval --plot`` without matplotlib is one line naming the train extra."""
+    data = tmp_path / "rows.jsonl"
+    rows = [
+        {
+            "id": str(i),
+            "task": "t",
+            "prompt": f"question {i}?",
+            "weak_score": i % 2,
+            "strong_score": 1,
+            "weak_cost_usd": 0.001,
+            "strong_cost_usd": 0.01,
+        }
+        for i in range(40)
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    done = _without("matplotlib", ["eval", "--data", str(data), "--plot", "c.png"], tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'cascade-router[train]'" in done.stderr
+    assert "Traceback" not in done.stderr

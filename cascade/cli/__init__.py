@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from cascade import __version__
 from cascade.cli import db, demo, model, policy, report, route, serve, simulate
-from cascade.errors import CascadeError
+from cascade.errors import CascadeError, missing_extra
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -39,6 +39,12 @@ def _guarded(run: Callable[[], int]) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        missing = missing_extra(exc.name)  # an optional dependency: say which extra brings it
+        if missing is None:
+            raise
+        print(f"cascade: error: {missing}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader went away (`cascade report --json | head`): stop quietly, as cat does.
         # Point stdout at /dev/null so the interpreter's final flush does not complain again.

@@ -45,14 +45,20 @@ def describe_problems(path: object, error: PolicyError) -> str:
 def check_policies(names: Sequence[str]) -> bool:
     """Load each policy (a file or a shipped name) and print what is wrong with those that do
     not load, to stderr; True when all load. For commands that need valid policies to start."""
-    from cascade.errors import CascadeError
+    from importlib.util import find_spec
+
+    from cascade.errors import CascadeError, missing_extra
     from cascade.policy import load_policy
     from cascade.resources import policy_path
 
     ok = True
     for name in names:
         try:
-            load_policy(policy_path(name))
+            policy = load_policy(policy_path(name))
+            if any(t.kind == "api" for t in policy.tiers) and find_spec("litellm") is None:
+                missing = missing_extra("litellm")
+                assert missing is not None
+                raise missing
         except PolicyError as exc:
             ok = False
             print(describe_problems(name, exc), file=sys.stderr)

@@ -14,15 +14,17 @@ from decimal import Decimal
 from typing import Any
 
 from cascade.core.pricing import Rates
-from cascade.errors import TierError
+from cascade.errors import TierError, missing_extra
 from cascade.policy.model import Tier
 from cascade.tiers.base import JSON, TierAnswer, error_message, read_usage, retry_after_s
 
 
 def _litellm() -> Any:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm  # noqa: PLC0415 - heavy optional dependency, loaded only for API tiers
-
+    try:
+        import litellm  # noqa: PLC0415 - heavy optional dependency, loaded only for API tiers
+    except ModuleNotFoundError as exc:
+        raise missing_extra(exc.name) or exc from None
     return litellm
 
 
