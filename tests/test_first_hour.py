@@ -4,6 +4,7 @@ traceback, and the package says what it is."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +179,28 @@ def test_a_plot_without_matplotlib_names_the_extra(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "pip install 'cascade-router[train]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_report_on_a_missing_ledger_points_at_db_upgrade(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cascade report`` on a SQLite file that does not exist creates nothing and says how to
+    make a ledger, instead of creating an empty file and failing on 'no such table'."""
+    missing = tmp_path / "nothing.db"
+    assert main(["report", "--url", f"sqlite:///{missing}"]) == 2
+    err = capsys.readouterr().err
+    assert "there is no ledger at" in err
+    assert "cascade db upgrade --url" in err
+    assert not missing.exists()
+
+
+def test_a_report_on_a_database_without_tables_points_at_db_upgrade(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An existing database that holds no ledger gets the same pointer."""
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    assert main(["report", "--url", f"sqlite:///{empty}"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no ledger tables" in err
+    assert "cascade db upgrade" in err

@@ -112,15 +112,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def run_with_engine(url: str | None, run: Callable[[AsyncEngine], Awaitable[_T]]) -> _T:
+def run_with_engine(
+    url: str | None, run: Callable[[AsyncEngine], Awaitable[_T]], *, existing: bool = False
+) -> _T:
     """Run one async job on a fresh engine from a synchronous caller (the CLI).
 
     Database errors become a :class:`~cascade.errors.LedgerError` naming the URL (without its
-    password) and the driver's first line, instead of a traceback.
+    password) and the driver's first line, instead of a traceback. ``existing``: the job only
+    reads a ledger, so a SQLite file that does not exist is an error (not created empty), and a
+    database without the ledger's tables says how to create them.
     """
     resolved = database_url(url)
+    where = resolved.render_as_string(hide_password=True)
+    create = f"`cascade db upgrade --url {where}` creates its tables (a running proxy does too)"
     if resolved.get_backend_name() == "sqlite":
         _check_sqlite_folder(resolved)
+        name = resolved.database
+        if existing and name and name != ":memory:" and not Path(name).expanduser().exists():
+            raise LedgerError(f"database {where}: there is no ledger at {name}; {create}")
 
     async def go() -> _T:
         engine = create_engine(resolved)
@@ -132,6 +141,7 @@ def run_with_engine(url: str | None, run: Callable[[AsyncEngine], Awaitable[_T]]
     try:
         return asyncio.run(go())
     except (SQLAlchemyError, OSError) as exc:
-        where = resolved.render_as_string(hide_password=True)
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if existing and ("no such table" in first_line or "does not exist" in first_line):
+            raise LedgerError(f"database {where}: it holds no ledger tables; {create}") from exc
         raise LedgerError(f"database {where}: {first_line}") from exc

@@ -129,4 +129,4 @@ def read_requests(url: str | None, since: datetime | None) -> list[RequestFacts]
 
     ``url`` None: ``$CASCADE_DATABASE_URL``, else ``./cascade.db``; errors name the database.
     """
-    return run_with_engine(url, lambda engine: fetch_requests(engine, since))
+    return run_with_engine(url, lambda engine: fetch_requests(engine, since), existing=True)
