@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -72,3 +73,52 @@ def test_a_503_with_a_string_error_spills_to_the_overflow_tier_and_is_recorded(
     assert (failed["outcome"], failed["error_class"]) == ("error", "unavailable")
     assert "model is overloaded" in str(failed["reason"])
     assert sorted(str(a["tier"]) for a in attempts) == ["big", "small"]
+
+
+API_FIRST = """\
+name: apifirst
+tiers:
+  - name: frontier
+    model: openai/gpt-4o
+    kind: api
+    endpoint: {frontier}/v1
+    api_key_env: CASCADE_TEST_FRONTIER_KEY
+    overflow: backup
+    max_failures: 2
+    cooldown_s: 60
+  - name: backup
+    model: distill-7b
+    kind: self_hosted
+    endpoint: {backup}/v1
+    price: {{gpu_usd_per_hour: 3.6, tokens_per_second: 1000}}
+"""
+
+
+def test_fields_litellm_cannot_use_are_the_clients_mistake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``response_format`` or ``metadata`` that is not an object, sent to an API tier, is
+    answered 400 every time (never a spill to another tier, never a 5xx), and the API tier stays
+    in service however many such requests came: the next normal request goes to it."""
+    monkeypatch.setenv("CASCADE_TEST_FRONTIER_KEY", "sk-test")
+    frontier, backup = ScriptedTier("frontier"), ScriptedTier("backup")
+    with serving(frontier.app()) as f, serving(backup.app()) as b:
+        policy = tmp_path / "apifirst.yaml"
+        policy.write_text(API_FIRST.format(frontier=f, backup=b))
+        with serving(create_app(ServerSettings(policies=(str(policy),)))) as url:
+
+            def ask(**extra: object) -> httpx.Response:
+                body = {"model": "cascade", "messages": [{"role": "user", "content": "hi"}]}
+                return httpx.post(
+                    f"{url}/v1/chat/completions", json={**body, **extra}, timeout=60
+                )
+
+            refused = [ask(response_format="hot") for _ in range(3)]
+            refused += [ask(metadata=[1]) for _ in range(3)]
+            normal = ask()
+    assert [r.status_code for r in refused] == [400] * 6, [r.text for r in refused]
+    assert "response_format must be an object" in refused[0].json()["error"]["message"]
+    assert "metadata must be an object" in refused[-1].json()["error"]["message"]
+    assert normal.status_code == 200
+    assert normal.headers["x-cascade-tier"] == "frontier"
+    assert (frontier.calls, backup.calls) == (1, 0)

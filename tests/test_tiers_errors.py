@@ -172,3 +172,67 @@ def test_api_tier_errors_carry_the_providers_retry_after(monkeypatch: pytest.Mon
     error = asyncio.run(scenario())
     assert (error.kind, error.status, error.retry_after_s) == ("rate_limited", 429, 7.0)
     assert "slow down" in str(error)
+
+
+LITELLM_ERRORS = [
+    ("BadRequestError", {}, "client_error", 400),
+    ("ContextWindowExceededError", {}, "client_error", 400),
+    ("ContentPolicyViolationError", {}, "client_error", 400),
+    ("UnprocessableEntityError", {"response": "422"}, "client_error", 422),
+    ("AuthenticationError", {}, "client_error", 401),
+    ("NotFoundError", {}, "client_error", 404),
+    ("RateLimitError", {}, "rate_limited", 429),
+    ("Timeout", {}, "timeout", 408),
+    ("APIConnectionError", {}, "connection", 500),
+    ("ServiceUnavailableError", {}, "unavailable", 503),
+    ("InternalServerError", {}, "server_error", 500),
+    ("APIError", {"status_code": 502}, "server_error", 502),
+    ("APIError", {"status_code": 409}, "client_error", 409),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "kind", "status"),
+    LITELLM_ERRORS,
+    ids=[f"{row[0]}-{row[3]}" for row in LITELLM_ERRORS],
+)
+def test_litellm_errors_are_classified_by_their_type(
+    name: str, extra: dict[str, object], kind: str, status: int | None
+) -> None:
+    """Each of litellm's exceptions becomes the TierError kind its type stands for (a client's
+    mistake stays a client error with its status), whatever status code litellm attached."""
+    import httpx  # noqa: PLC0415
+
+    from cascade.tiers.api import LiteLLMClient  # noqa: PLC0415 - litellm is heavy
+
+    client = LiteLLMClient()
+    litellm = client._litellm
+    arguments: dict[str, object] = {"message": "m", "llm_provider": "openai", "model": "gpt-4o"}
+    if "response" in extra:
+        request = httpx.Request("POST", "http://provider/v1/chat/completions")
+        arguments["response"] = httpx.Response(int(str(extra["response"])), request=request)
+    elif extra:
+        arguments.update(extra)
+    exc = getattr(litellm, name)(**arguments)
+    error = client._error(tier("http://127.0.0.1:9"), exc)
+    assert (error.kind, error.status) == (kind, status)
+    assert error.spillable == (kind != "client_error")
+
+
+def test_litellm_failing_on_the_requests_own_fields_is_a_client_error() -> None:
+    """What litellm raises on request fields it cannot use before calling anyone (a TypeError
+    it reports as a connection error, a bare AttributeError) is the client's mistake."""
+    from cascade.tiers.api import LiteLLMClient  # noqa: PLC0415 - litellm is heavy
+
+    client = LiteLLMClient()
+    litellm = client._litellm
+    wrapped = litellm.APIConnectionError(
+        message="Unsupported response_format type - hot", llm_provider="openai", model="gpt-4o"
+    )
+    wrapped.__context__ = TypeError("Unsupported response_format type - hot")
+    for exc in (wrapped, AttributeError("'list' object has no attribute 'get'")):
+        error = client._error(tier("http://127.0.0.1:9"), exc)
+        assert (error.kind, error.status) == ("client_error", 400)
+    refused = litellm.APIConnectionError(message="refused", llm_provider="openai", model="x")
+    refused.__context__ = ConnectionRefusedError("refused")
+    assert client._error(tier("http://127.0.0.1:9"), refused).kind == "connection"

@@ -3,6 +3,11 @@
 litellm is imported on first use (it costs ~1.9 s and ~160 MB), with its price map read from the
 bundled copy (``LITELLM_LOCAL_MODEL_COST_MAP=True``): no network fetch, no retry thread. Keys come
 from the environment, either the provider's usual variable or the tier's ``api_key_env``.
+
+litellm's exceptions are classified by their type, not by the status code it attaches (it reports
+a request field it cannot use as a 500 ``APIConnectionError``): the provider's 4xx, and whatever
+litellm raises on the request's own fields before calling anyone, are the client's mistake
+(``client_error``: answered with its 4xx, never spilled, never counted against the tier).
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from typing import Any
 from cascade.core.pricing import Rates
 from cascade.errors import TierError, missing_extra
 from cascade.policy.model import Tier
-from cascade.tiers.base import JSON, TierAnswer, error_message, read_usage, retry_after_s
+from cascade.tiers.base import (
+    JSON,
+    TierAnswer,
+    error_message,
+    read_usage,
+    retry_after_s,
+    status_kind,
+)
 
 
 def _litellm() -> Any:
@@ -33,8 +45,20 @@ class LiteLLMClient:
 
     def __init__(self) -> None:
         self._litellm = _litellm()
+        self._kinds = _kinds(self._litellm)
 
     def _arguments(self, tier: Tier, payload: Mapping[str, Any]) -> JSON:
+        for name in _OBJECTS:
+            value = payload.get(name)
+            if value is not None and not isinstance(value, dict):
+                # litellm fails on these before any call (a TypeError it reports as a connection
+                # error, or an AttributeError): the request's mistake, not the tier's.
+                raise TierError(
+                    tier.name,
+                    "client_error",
+                    f"{name} must be an object, not {_json_type(value)}",
+                    400,
+                )
         arguments: JSON = {k: v for k, v in payload.items() if k not in ("model", "stream")}
         arguments["model"] = tier.model
         arguments["timeout"] = tier.timeouts.total_s
@@ -50,21 +74,34 @@ class LiteLLMClient:
     async def complete(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer:
         """One non-streamed call."""
         started = time.perf_counter()
+        arguments = self._arguments(tier, payload)
         try:
-            response = await self._litellm.acompletion(**self._arguments(tier, payload))
+            response = await self._litellm.acompletion(**arguments)
         except Exception as exc:  # litellm raises its own tree; each is mapped to a kind below
-            raise _tier_error(tier, exc) from None
+            raise self._error(tier, exc) from None
         body: JSON = response.model_dump(exclude_none=True)
         return TierAnswer(body, read_usage(body, payload), time.perf_counter() - started)
 
     async def stream(self, tier: Tier, payload: Mapping[str, Any]) -> AsyncIterator[JSON]:
         """One streamed call, chunk by chunk."""
+        arguments = self._arguments(tier, payload)
         try:
-            chunks = await self._litellm.acompletion(**self._arguments(tier, payload), stream=True)
+            chunks = await self._litellm.acompletion(**arguments, stream=True)
             async for chunk in chunks:
                 yield chunk.model_dump(exclude_none=True)
         except Exception as exc:  # see complete()
-            raise _tier_error(tier, exc) from None
+            raise self._error(tier, exc) from None
+
+    def _error(self, tier: Tier, exc: Exception) -> TierError:
+        kind, status = _classify(exc, self._kinds)
+        wait = retry_after_s(_retry_after(exc)) if kind in ("rate_limited", "unavailable") else None
+        return TierError(
+            tier.name,
+            kind,
+            f"{type(exc).__name__}: {error_message(str(exc).encode())}",
+            status,
+            retry_after_s=wait,
+        )
 
     async def aclose(self) -> None:
         """Close litellm's cached HTTP clients, which live on the calling event loop."""
@@ -90,31 +127,55 @@ class LiteLLMClient:
         )
 
 
-def _tier_error(tier: Tier, exc: Exception) -> TierError:
-    name = type(exc).__name__
-    status = getattr(exc, "status_code", None)
-    if "Timeout" in name:
-        kind = "timeout"
-    elif "Connection" in name:
-        kind = "connection"
-    elif status == 429 or "RateLimit" in name:
-        kind = "rate_limited"
-    elif status == 503 or "ServiceUnavailable" in name:
-        kind = "unavailable"
-    elif isinstance(status, int) and status >= 500:
-        kind = "server_error"
-    elif isinstance(status, int):
-        kind = "client_error"
-    else:
-        kind = "server_error"
-    wait = retry_after_s(_retry_after(exc)) if kind in ("rate_limited", "unavailable") else None
-    return TierError(
-        tier.name,
-        kind,
-        f"{name}: {error_message(str(exc).encode())}",
-        status if isinstance(status, int) else None,
-        retry_after_s=wait,
+_OBJECTS = ("response_format", "metadata")
+"""Request fields litellm reads as objects before it calls the provider."""
+
+_INPUT_ERRORS = (TypeError, ValueError, AttributeError, KeyError)
+"""What litellm's own code raises on arguments it cannot use, before any network call."""
+
+_Kinds = tuple[tuple[type[BaseException], str, int | None], ...]
+
+
+def _kinds(litellm: Any) -> _Kinds:
+    """litellm's exceptions, subclasses before their bases, with the TierError kind each is and
+    the status it stands for (None: the exception's own ``status_code``)."""
+    return (
+        (litellm.Timeout, "timeout", None),  # a subclass of APIConnectionError
+        (litellm.BadRequestError, "client_error", 400),  # context window, content policy, …
+        (litellm.UnprocessableEntityError, "client_error", 422),
+        (litellm.AuthenticationError, "client_error", 401),
+        (litellm.PermissionDeniedError, "client_error", 403),
+        (litellm.NotFoundError, "client_error", 404),
+        (litellm.RateLimitError, "rate_limited", 429),
+        (litellm.ServiceUnavailableError, "unavailable", 503),
+        (litellm.APIConnectionError, "connection", None),
+        (litellm.InternalServerError, "server_error", None),
+        (litellm.BadGatewayError, "server_error", 502),
     )
+
+
+def _classify(exc: Exception, kinds: _Kinds) -> tuple[str, int | None]:
+    """The TierError kind and status of an exception from ``litellm.acompletion``: by its type
+    first; a status code only for the types not listed (``APIError`` and the like)."""
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) and 100 <= status <= 599 else None
+    for kind_of, kind, fixed in kinds:
+        if isinstance(exc, kind_of):
+            if kind == "connection" and isinstance(exc.__cause__ or exc.__context__, _INPUT_ERRORS):
+                return "client_error", 400  # litellm failed on the request before sending it
+            if kind == "client_error":
+                return kind, status if status is not None and 400 <= status < 500 else fixed
+            return kind, fixed if fixed is not None else status
+    if status is not None:
+        return status_kind(status), status  # an APIError (or openai's) with the provider's status
+    if isinstance(exc, _INPUT_ERRORS):
+        return "client_error", 400  # raised by litellm's argument handling, outside its tree
+    return "server_error", None
+
+
+def _json_type(value: object) -> str:
+    names = {str: "a string", list: "an array", bool: "a boolean", int: "a number"}
+    return names.get(type(value), "a number" if isinstance(value, float) else type(value).__name__)
 
 
 def _retry_after(exc: Exception) -> str | None:
