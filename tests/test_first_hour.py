@@ -3,6 +3,7 @@ traceback, and the package says what it is."""
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import subprocess
@@ -204,3 +205,31 @@ def test_a_report_on_a_database_without_tables_points_at_db_upgrade(
     err = capsys.readouterr().err
     assert "holds no ledger tables" in err
     assert "cascade db upgrade" in err
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "score", "calibrate", "demo", "export"])
+def test_every_command_describes_itself_and_its_options(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--help`` of each command has a description and a help line for every option."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    usage, _, rest = out.partition("\n\n")
+    description, _, options = rest.partition("options:")
+    assert description.strip(), f"{command} has no description"
+    for line in options.splitlines()[2:]:  # after -h
+        if line.startswith("  -") and "  " not in line.strip():
+            # an option alone on its line: its help must follow on the next line
+            following = options.splitlines()[options.splitlines().index(line) + 1]
+            assert following.startswith(" " * 8), f"{command}: {line.strip()} has no help"
+    assert "about a minute" not in out
+
+
+def test_score_reads_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cascade score --input -`` reads the JSONL from stdin."""
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"prompt": "What is 2+2?"}\n'))
+    assert main(["score", "--input", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["confidence"] > 0

@@ -17,6 +17,9 @@ DEFAULT_MODEL = "prompt-features-v1"
 _BATCH = 512
 
 
+_MODEL_HELP = "a shipped model's name or a model folder (default: %(default)s)"
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the router model commands."""
     train = commands.add_parser(
@@ -25,7 +28,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Fit the prompt-features confidence model (or adapt --base to your rows), "
         "export it to ONNX, check parity, measure it and write DIR/model.onnx + manifest.json.",
     )
-    train.add_argument("--data", nargs="+", type=Path, required=True, metavar="FILE")
+    train.add_argument(
+        "--data", nargs="+", type=Path, required=True, metavar="FILE", help="labeled-traffic JSONL"
+    )
     train.add_argument(
         "--dev", nargs="*", type=Path, default=[], metavar="FILE", help="measured only"
     )
@@ -37,9 +42,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="tasks kept out of fitting and measured (default: six MMLU subjects; "
         "none given: no holdout)",
     )
-    train.add_argument("--out", type=Path, required=True, metavar="DIR")
+    train.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="the model folder to write"
+    )
     train.add_argument("--name", help="model name (default: the --out folder's name)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the fit (default: %(default)s; same seed, "
+        "same data, same toolchain: the same bytes)",
+    )
     train.add_argument(
         "--base", metavar="MODEL", help="adapt this model (name or folder) to --data"
     )
@@ -48,9 +61,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     evaluate = commands.add_parser(
         "eval",
         help="cost-quality curve of a model on labeled traffic, beside random and oracle",
+        description="Score every prompt of the labeled traffic, sweep the threshold and print "
+        "AUROC, APGR (the area under the share of the quality gap recovered against the share "
+        "of calls sent to the strong tier; random 0.5) and the strong-call share needed for "
+        "50/80/95% of the gap, per file and task, beside random and the oracle.",
     )
-    evaluate.add_argument("--data", nargs="+", type=Path, required=True, metavar="FILE")
-    evaluate.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR")
+    evaluate.add_argument(
+        "--data", nargs="+", type=Path, required=True, metavar="FILE", help="labeled-traffic JSONL"
+    )
+    evaluate.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR", help=_MODEL_HELP)
     evaluate.add_argument("--plot", type=Path, metavar="PNG", help="draw the PGR and cost curves")
     evaluate.add_argument("--json", action="store_true", help="print machine-readable results")
     evaluate.set_defaults(command=_eval)
@@ -58,21 +77,38 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     score = commands.add_parser(
         "score",
         help='print {"confidence": x} for each line of a JSONL file of prompts or messages',
+        description='Read JSONL lines with "prompt" (a string) or "messages" (OpenAI chat '
+        'messages) and print one {"confidence": x} line per input line, in order: the model\'s '
+        "estimate that the cheap tier's answer will be good enough.",
     )
-    score.add_argument("--input", type=Path, required=True, metavar="FILE")
-    score.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR")
+    score.add_argument(
+        "--input", type=Path, required=True, metavar="FILE", help="the JSONL file ('-': stdin)"
+    )
+    score.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR", help=_MODEL_HELP)
     score.set_defaults(command=_score)
 
     calibrate = commands.add_parser(
         "calibrate",
         help="pick a tier threshold that meets a target on your labeled traffic",
+        description="Find the confidence threshold that keeps at most SHARE of the traffic "
+        "off the cheap tier (--max-strong-share) or recovers at least PGR of the quality gap "
+        "(--min-pgr) on the labeled traffic; with --write, set it in the policy file.",
     )
-    calibrate.add_argument("--data", nargs="+", type=Path, required=True, metavar="FILE")
-    calibrate.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR")
+    calibrate.add_argument(
+        "--data", nargs="+", type=Path, required=True, metavar="FILE", help="labeled-traffic JSONL"
+    )
+    calibrate.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR", help=_MODEL_HELP)
     target = calibrate.add_mutually_exclusive_group(required=True)
-    target.add_argument("--max-strong-share", type=float, metavar="SHARE")
-    target.add_argument("--min-pgr", type=float, metavar="PGR")
-    calibrate.add_argument("--policy", type=Path, metavar="FILE")
+    target.add_argument(
+        "--max-strong-share",
+        type=float,
+        metavar="SHARE",
+        help="the most traffic (0..1) that may go past the cheap tier",
+    )
+    target.add_argument(
+        "--min-pgr", type=float, metavar="PGR", help="the least share (0..1) of the quality gap"
+    )
+    calibrate.add_argument("--policy", type=Path, metavar="FILE", help="the policy to write into")
     calibrate.add_argument("--tier", metavar="NAME", help="the tier whose threshold to set")
     calibrate.add_argument("--write", action="store_true", help="write the threshold into --policy")
     calibrate.set_defaults(command=_calibrate)
@@ -232,9 +268,10 @@ def _read_prompts(path: Path) -> list[str]:
     from cascade.errors import CascadeError, LabeledDataError
 
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
     except (OSError, UnicodeError) as exc:
         raise LabeledDataError(f"{path}: cannot read prompts: {exc}") from exc
+    lines = text.split("\n")
     texts = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

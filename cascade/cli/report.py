@@ -62,8 +62,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     export.add_argument("--url", help=_URL_HELP)
     export.add_argument("--since", default="all", help=_SINCE_HELP)
-    export.add_argument("--policy", default="default", help=_POLICY_HELP)
-    export.add_argument("--out", type=Path, required=True, metavar="FILE.jsonl")
+    export.add_argument(
+        "--policy",
+        default="default",
+        help="policy file or shipped name whose last tier is each label's strong side and prices "
+        "its strong cost (default: %(default)s)",
+    )
+    export.add_argument(
+        "--out", type=Path, required=True, metavar="FILE.jsonl", help="where to write the rows"
+    )
     export.add_argument(
         "--prompts",
         type=Path,
@@ -118,6 +125,13 @@ def _export(ns: argparse.Namespace) -> int:
         for row in rows:
             out.write(json.dumps(row) + "\n")
     print(f"wrote {len(rows)} labeled rows of {len(facts)} requests to {ns.out}")
+    unprompted = sum(1 for row in rows if row.get("prompt") is None)
+    if unprompted:
+        print(
+            f"{unprompted} of them have no prompt (the ledger stores none): join them with "
+            "--prompts FILE.jsonl before training on them",
+            file=sys.stderr,
+        )
     missing = sum(1 for row in rows if row["prompt"] is None)
     if missing:
         print(
