@@ -125,13 +125,6 @@ def _export(ns: argparse.Namespace) -> int:
         for row in rows:
             out.write(json.dumps(row) + "\n")
     print(f"wrote {len(rows)} labeled rows of {len(facts)} requests to {ns.out}")
-    unprompted = sum(1 for row in rows if row.get("prompt") is None)
-    if unprompted:
-        print(
-            f"{unprompted} of them have no prompt (the ledger stores none): join them with "
-            "--prompts FILE.jsonl before training on them",
-            file=sys.stderr,
-        )
     missing = sum(1 for row in rows if row["prompt"] is None)
     if missing:
         print(
