@@ -215,7 +215,7 @@ def test_every_command_describes_itself_and_its_options(
     with pytest.raises(SystemExit):
         main([command, "--help"])
     out = capsys.readouterr().out
-    usage, _, rest = out.partition("\n\n")
+    _usage, _, rest = out.partition("\n\n")
     description, _, options = rest.partition("options:")
     assert description.strip(), f"{command} has no description"
     for line in options.splitlines()[2:]:  # after -h
@@ -233,3 +233,53 @@ def test_score_reads_stdin(
     monkeypatch.setattr("sys.stdin", io.StringIO('{"prompt": "What is 2+2?"}\n'))
     assert main(["score", "--input", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["confidence"] > 0
+
+
+def _rows(tmp_path: Path) -> Path:
+    data = tmp_path / "rows.jsonl"
+    rows = [
+        {
+            "id": str(i),
+            "task": "t",
+            "prompt": f"What is {i} plus {i}?",
+            "weak_score": i % 2,
+            "strong_score": 1,
+            "weak_cost_usd": 0.001,
+            "strong_cost_usd": 0.01,
+        }
+        for i in range(40)
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return data
+
+
+def test_calibrate_never_writes_a_threshold_that_breaks_the_tier_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A threshold above the cheaper tier's is refused with what to calibrate first; the
+    policy file is untouched."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text((ROOT / "policies" / "default.yaml").read_text())
+    before = policy.read_text()
+    argv = ["calibrate", "--data", str(_rows(tmp_path)), "--max-strong-share", "0.3"]
+    assert main([*argv, "--policy", str(policy), "--tier", "medium", "--write"]) == 2
+    err = capsys.readouterr().err
+    assert "would be above small's" in err
+    assert "Calibrate small first" in err
+    assert policy.read_text() == before
+
+
+def test_calibrate_reports_probes_and_keeps_the_policy_when_one_would_fail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After calibrating, the policy's probes run; one that would route elsewhere is named and
+    nothing is written (exit 1)."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text((ROOT / "policies" / "default.yaml").read_text())
+    before = policy.read_text()
+    argv = ["calibrate", "--data", str(_rows(tmp_path)), "--max-strong-share", "0.3"]
+    assert main([*argv, "--policy", str(policy), "--tier", "small", "--write"]) == 1
+    captured = capsys.readouterr()
+    assert "probe FAIL 'arithmetic fact' expected small, got medium" in captured.out
+    assert "update those probes" in captured.err
+    assert policy.read_text() == before
