@@ -25,7 +25,8 @@ def test_train_writes_a_model_and_prints_its_metrics(
 ) -> None:
     """``cascade train`` writes a loadable folder, prints metrics and records its own command."""
     out = tmp_path / "m"
-    assert main(["train", "--data", str(labeled), "--out", str(out), "--holdout-tasks"]) == 0
+    argv = ["train", "--data", str(labeled), "--out", str(out), "--holdout-tasks", "--json"]
+    assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     manifest = load_manifest(out)
     assert printed["sha256"] == manifest.sha256
@@ -96,3 +97,23 @@ def test_calibrate_writes_the_threshold_into_the_policy(
     assert parse_policy(policy.read_text("utf-8")).tier("small").threshold == threshold
     assert "# calibrated:" in policy.read_text("utf-8")
     assert "rows.jsonl" in policy.read_text("utf-8")
+
+
+def test_train_on_your_own_data_says_what_it_chose(
+    labeled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's "adapt to your traffic" command works on data without the shipped tasks:
+    no holdout (said why), and the base model adapted or kept, in words."""
+    out = tmp_path / "ours"
+    argv = ["train", "--data", str(labeled), "--base", "prompt-features-v1", "--out", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "holdout: none" in captured.err
+    assert "the default holdout" in captured.err
+    assert f"wrote {out}/model.onnx" in captured.out
+    assert "prompt-features-v1" in captured.out
+    assert ("kept prompt-features-v1 unchanged" in captured.out) != (
+        "adapted prompt-features-v1" in captured.out
+    )
+    assert "cross-validation" in captured.out
+    load_manifest(out)

@@ -56,6 +56,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     train.add_argument(
         "--base", metavar="MODEL", help="adapt this model (name or folder) to --data"
     )
+    train.add_argument("--json", action="store_true", help="print the metrics as JSON")
     train.set_defaults(command=_train)
 
     evaluate = commands.add_parser(
@@ -115,14 +116,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _train(ns: argparse.Namespace) -> int:
+    from cascade.training.traffic import load_labeled
     from cascade.training.train import DEFAULT_HOLDOUT_TASKS, train_model
 
+    holdout = ns.holdout_tasks
+    if holdout is None:
+        tasks = {e.task for e in load_labeled(ns.data)}
+        holdout = DEFAULT_HOLDOUT_TASKS if set(DEFAULT_HOLDOUT_TASKS) <= tasks else []
+        if not holdout:
+            print(
+                "holdout: none (the default holdout, six MMLU subjects of the shipped data, is "
+                "not in this data; name tasks to hold out with --holdout-tasks)",
+                file=sys.stderr,
+            )
     manifest, adaptation = train_model(
         ns.data,
         ns.out,
         name=ns.name or ns.out.resolve().name,
         seed=ns.seed,
-        holdout_tasks=DEFAULT_HOLDOUT_TASKS if ns.holdout_tasks is None else ns.holdout_tasks,
+        holdout_tasks=holdout,
         dev_data=ns.dev,
         base=ns.base,
         created_by=_command_line(ns),
@@ -131,8 +143,33 @@ def _train(ns: argparse.Namespace) -> int:
     result["parity_max_abs_diff"] = manifest.parity.max_abs_diff
     if adaptation is not None:
         result["adaptation"] = dataclasses.asdict(adaptation)
-    print(json.dumps(result, indent=2))
+    if ns.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(_trained(ns, manifest.metrics, adaptation))
     return 0
+
+
+def _trained(ns: argparse.Namespace, metrics: Any, adaptation: Any) -> str:
+    """What ``cascade train`` did, in words: the choice it made and the numbers behind it."""
+    lines = [f"wrote {ns.out}/model.onnx and manifest.json"]
+    if adaptation is not None:
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in adaptation.cv_apgr.items())
+        if adaptation.alpha is None:
+            lines.append(
+                f"kept {ns.base} unchanged: no correction beat it in cross-validation on these "
+                f"rows (mean APGR by correction strength: {scores}); more rows, or rows whose "
+                "outcomes differ more, may change that"
+            )
+        else:
+            lines.append(
+                f"adapted {ns.base} with correction strength {adaptation.alpha:g}, the best "
+                f"in cross-validation (mean APGR: {scores})"
+            )
+    for key, value in dataclasses.asdict(metrics).items():
+        if value is not None and not isinstance(value, list | tuple | dict):
+            lines.append(f"  {key:<24} {value}")
+    return "\n".join(lines)
 
 
 def _command_line(ns: argparse.Namespace) -> str:
