@@ -34,6 +34,9 @@ class AttemptFacts:
     cached_tokens: int
     completion_tokens: int
     cost_usd: Decimal
+    reason: str | None = None
+    """Why the answer was rejected, or how the call failed."""
+    error_class: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,8 @@ async def fetch_requests(engine: AsyncEngine, since: datetime | None) -> list[Re
             Attempt.cached_tokens,
             Attempt.completion_tokens,
             Attempt.cost_usd,
+            Attempt.reason,
+            Attempt.error_class,
         )
         .join(Request, Request.request_id == Attempt.request_id)
         .order_by(Attempt.request_id, Attempt.seq)

@@ -83,7 +83,19 @@ class Report:
     tiers: tuple[GroupStats, ...]
     """The same requests grouped by final tier, whatever ``by`` is (for the charts)."""
     timeline: tuple[tuple[str, Decimal], ...]
-    """Cost per hour (windows up to 48 h) or per day, oldest first, as ``(label, usd)``."""
+    """Cost per time bucket, oldest first, as ``(label, usd)``: the bucket is the shortest of
+    1 s … 1 day that gives at most 48 of them over the window's requests."""
+    tenants: tuple[GroupStats, ...] = ()
+    """The same requests grouped by tenant (requests without one under ``(none)``)."""
+    reasons: tuple[tuple[str, str, int], ...] = ()
+    """Why calls were not the answer, most frequent first: ``(kind, reason, attempts)`` where
+    kind is ``escalated`` (a rejected answer, reason = the failed check) or ``failed`` (a call
+    that failed, reason = its error class)."""
+
+    @property
+    def has_tenants(self) -> bool:
+        """Whether any request named a tenant."""
+        return any(g.key != NONE_LABEL for g in self.tenants)
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime | None:
@@ -125,7 +137,22 @@ def build_report(
         total=summarize("all", facts, repeated, frontier_rates),
         tiers=grouped("tier"),
         timeline=cost_timeline(facts),
+        tenants=grouped("tenant"),
+        reasons=attempt_reasons(facts),
     )
+
+
+def attempt_reasons(facts: Iterable[RequestFacts]) -> tuple[tuple[str, str, int], ...]:
+    """Rejected answers by failed check and failed calls by error class, most frequent first."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for fact in facts:
+        for attempt in fact.attempts:
+            if attempt.outcome == "rejected":
+                counts["escalated", (attempt.reason or "unknown").split(":", 1)[0]] += 1
+            elif attempt.outcome == "error":
+                counts["failed", attempt.error_class or "unknown"] += 1
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return tuple((kind, reason, n) for (kind, reason), n in ranked)
 
 
 def summarize(
@@ -170,17 +197,35 @@ def summarize(
     )
 
 
+_BUCKETS = (
+    (timedelta(seconds=1), "%H:%M:%S"),
+    (timedelta(seconds=5), "%H:%M:%S"),
+    (timedelta(seconds=15), "%H:%M:%S"),
+    (timedelta(minutes=1), "%m-%d %H:%M"),
+    (timedelta(minutes=5), "%m-%d %H:%M"),
+    (timedelta(minutes=15), "%m-%d %H:%M"),
+    (timedelta(hours=1), "%Y-%m-%d %H:00"),
+    (timedelta(hours=6), "%Y-%m-%d %H:00"),
+    (timedelta(days=1), "%Y-%m-%d"),
+)
+_MAX_BUCKETS = 48
+
+
 def cost_timeline(facts: Sequence[RequestFacts]) -> tuple[tuple[str, Decimal], ...]:
-    """Cost per hour when the requests span at most 48 hours, else per day (UTC), oldest first."""
+    """Cost per bucket (UTC), oldest first, empty buckets included: the bucket is the shortest
+    of 1 s, 5 s, 15 s, 1 min, 5 min, 15 min, 1 h, 6 h and 1 day that gives at most 48 buckets."""
     if not facts:
         return ()
     times = [f.created_at.astimezone(UTC) for f in facts]
-    hourly = max(times) - min(times) <= timedelta(hours=48)
-    pattern = "%Y-%m-%d %H:00" if hourly else "%Y-%m-%d"
-    buckets: dict[str, Decimal] = defaultdict(lambda: _ZERO)
+    first, span = min(times), max(times) - min(times)
+    size, pattern = next(((s, p) for s, p in _BUCKETS if span // s < _MAX_BUCKETS), _BUCKETS[-1])
+    epoch = datetime(2000, 1, 1, tzinfo=UTC)
+    start = epoch + (first - epoch) // size * size
+    count = (max(times) - start) // size + 1
+    buckets = [_ZERO] * count
     for when, fact in zip(times, facts, strict=True):
-        buckets[when.strftime(pattern)] += fact.cost_usd
-    return tuple(sorted(buckets.items()))
+        buckets[(when - start) // size] += fact.cost_usd
+    return tuple(((start + i * size).strftime(pattern), usd) for i, usd in enumerate(buckets))
 
 
 def report_json(report: Report) -> dict[str, Any]:
@@ -194,6 +239,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "groups": [_group_json(g) for g in report.groups],
         "total": _group_json(report.total),
         "timeline": [{"period": label, "cost_usd": str(usd)} for label, usd in report.timeline],
+        "reasons": [{"kind": k, "reason": r, "attempts": n} for k, r, n in report.reasons],
     }
 
 
