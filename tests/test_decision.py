@@ -129,6 +129,23 @@ def test_everything_saturated_queues_on_the_chosen_tier(
     assert "every allowed tier is saturated" in d.reason
 
 
+def test_everything_saturated_waits_in_the_first_queue_with_room(
+    policy: Policy, prompt: PreparedPrompt
+) -> None:
+    """With every allowed tier full, a request whose tier's queue is full too waits in the next
+    queue along its way (stronger tiers, cheapest first); with every queue full the decision
+    says so (the router will refuse it)."""
+    slots = {"small": 2, "medium": 1, "frontier": 64}
+    small_full = StaticCapacity(slots, waiting={"small": 2})
+    d = decide(policy, 0.9, prompt, capacity=small_full)
+    assert (d.tier, d.queued, d.spilled_from) == ("medium", True, "small")
+    assert d.reason.endswith("every allowed tier is saturated, so it queues on medium")
+    all_full = StaticCapacity(slots, waiting={"small": 2, "medium": 1, "frontier": 64})
+    d = decide(policy, 0.9, prompt, capacity=all_full)
+    assert (d.tier, d.queued) == ("small", True)
+    assert d.reason.endswith("every allowed tier is saturated and its queue full")
+
+
 def test_unknown_workload_is_a_clear_error(policy: Policy, prompt: PreparedPrompt) -> None:
     """Asking for a workload the policy lacks names the allowed ones."""
     with pytest.raises(

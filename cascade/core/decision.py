@@ -6,12 +6,14 @@ of each tier's load, it picks the cheapest tier that
 1. the request's workload class allows,
 2. whose threshold the confidence clears (the last allowed tier takes whatever reaches it), and
 3. that has capacity; a saturated tier sends the request to its overflow target, else to the next
-   stronger allowed tier with room, else the request queues on the tier it was given.
+   stronger allowed tier with room, else the request queues: on the tier it was given, or the
+   first of those tiers whose queue (``max_queue``) has room. (When no queue has room, the
+   router refuses the request: 503.)
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -53,7 +55,19 @@ class Decision:
     spilled_from: str | None = None
     """The tier the confidence chose, when it was saturated and the request went elsewhere."""
     queued: bool = False
-    """Every allowed tier is saturated: the request waits for the chosen tier."""
+    """Every allowed tier is saturated: the request waits in ``tier``'s queue for a slot."""
+
+    def pinned(self, tier: Tier) -> Decision:
+        """This decision with routing skipped: ``tier`` was asked for by its model's name."""
+        return replace(
+            self,
+            tier=tier.name,
+            model=tier.model,
+            kind=tier.kind,
+            reason=f"model {tier.model!r} was asked for by name; routing skipped",
+            spilled_from=None,
+            queued=False,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (the money as a string, to keep it exact)."""
@@ -147,11 +161,16 @@ def _with_capacity(
     if not spill:
         return chosen, f"{full}; this workload does not spill, so it queues", True
     allowed = {t.name for t in tiers}
-    if chosen.overflow is not None and chosen.overflow in allowed:
-        overflow = policy.tier(chosen.overflow)
-        if capacity.in_flight(overflow.name) < overflow.max_concurrency:
-            return overflow, f"{full}; spilled to its overflow {overflow.name}", False
-    for stronger in tiers[tiers.index(chosen) + 1 :]:
-        if capacity.in_flight(stronger.name) < stronger.max_concurrency:
-            return stronger, f"{full}; moved up to {stronger.name}, the next tier with room", False
-    return chosen, f"{full}; every allowed tier is saturated, so it queues", True
+    overflow = policy.tier(chosen.overflow) if chosen.overflow in allowed else None
+    if overflow is not None and capacity.in_flight(overflow.name) < overflow.max_concurrency:
+        return overflow, f"{full}; spilled to its overflow {overflow.name}", False
+    stronger = tiers[tiers.index(chosen) + 1 :]
+    for tier in stronger:
+        if capacity.in_flight(tier.name) < tier.max_concurrency:
+            return tier, f"{full}; moved up to {tier.name}, the next tier with room", False
+    # Every tier it may go to is busy: it waits in the first of their queues with room.
+    for tier in (chosen, *([overflow] if overflow is not None else []), *stronger):
+        if capacity.waiting(tier.name) < tier.queue_limit:
+            where = "" if tier is chosen else f" on {tier.name}"
+            return tier, f"{full}; every allowed tier is saturated, so it queues{where}", True
+    return chosen, f"{full}; every allowed tier is saturated and its queue full", True

@@ -103,7 +103,16 @@ class Tier(_Strict):
     """Token prices or GPU rent + throughput. Required for self_hosted tiers; api tiers without it
     are priced from litellm's offline price map when called."""
     max_concurrency: int = Field(default=64, ge=1)
-    """Requests this tier serves at once; beyond it the tier is saturated and requests spill."""
+    """Requests this tier serves at once; beyond it the tier is saturated: requests spill to a
+    tier with room, else wait in a tier's queue (``max_queue``)."""
+    max_queue: int | None = Field(default=None, ge=0)
+    """Requests that may wait for one of this tier's slots when all ``max_concurrency`` are busy
+    and no tier they may spill to has one free (default: as many as ``max_concurrency``; 0: none
+    wait). First come, first served. A request that finds the queue full is refused: it goes
+    to the next tier with a free slot, or the client gets a 503 with ``Retry-After``."""
+    queue_timeout_s: float = Field(default=5.0, ge=0)
+    """Longest a request waits in this tier's queue for a slot; then it goes to the next tier
+    with a free slot, or the client gets a 503 with ``Retry-After``."""
     overflow: TierName | None = None
     """Tier that takes this tier's requests when it is saturated or failing (usually an API)."""
     timeouts: Timeouts = Field(default_factory=Timeouts)
@@ -117,6 +126,11 @@ class Tier(_Strict):
     it). Thresholds must not increase from one tier to the next."""
     description: str = ""
     """Free text for humans."""
+
+    @property
+    def queue_limit(self) -> int:
+        """Requests that may wait for a slot: ``max_queue``, else ``max_concurrency``."""
+        return self.max_concurrency if self.max_queue is None else self.max_queue
 
     @model_validator(mode="after")
     def _self_hosted_needs_endpoint_and_price(self) -> Tier:
@@ -135,7 +149,8 @@ class Workload(_Strict):
     tiers: list[TierName] | None = None
     """Tiers this workload may use, a subset of the policy's tiers (default: all)."""
     spill: bool = True
-    """May a saturated tier's requests go to its overflow tier? When false they queue instead."""
+    """May a saturated tier's requests go to its overflow tier? When false they wait in the
+    tier's queue instead (``max_queue``, ``queue_timeout_s``)."""
     expected_output_tokens: int = Field(default=256, ge=1)
     """Output tokens assumed for a cost estimate when the request sets no max_tokens."""
     description: str = ""

@@ -14,10 +14,12 @@ from cascade.policy.model import Tier
 class TierHealth:
     """Consecutive failures per tier, and until when a failing tier is skipped.
 
-    Only failures that are the tier's count (``TierError.spillable``: saturated, 429, 5xx,
-    timeouts, refused connections, answers that are not OpenAI's): a 4xx caused by the request is
-    the client's mistake and never moves traffic off a tier. A tier that answers 429 or 503 with
-    ``Retry-After`` is skipped for that long, whatever its failure count.
+    Only failures that are the tier's count (``TierError.spillable``: 429, 5xx, timeouts, refused
+    connections, answers that are not OpenAI's): a 4xx caused by the request is the client's
+    mistake and never moves traffic off a tier, and ``saturated`` (no free slot in this process,
+    the queue full or its wait over) is our own admission limit, not the tier failing. A tier
+    that answers 429 or 503 with ``Retry-After`` is skipped for that long, whatever its failure
+    count.
     """
 
     clock: Callable[[], float] = time.monotonic
@@ -33,7 +35,7 @@ class TierHealth:
 
     def failed(self, tier: Tier, error: TierError) -> None:
         """Count ``error`` against ``tier`` when it is the tier's fault."""
-        if not error.spillable:
+        if not error.spillable or error.kind == "saturated":
             return
         now = self.clock()
         if error.retry_after_s is not None and error.retry_after_s > 0:

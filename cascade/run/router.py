@@ -8,6 +8,10 @@ the policy's ``escalation.max_attempts``; a tier that keeps failing is skipped f
 and then tried again. Every call is an :class:`~cascade.run.attempts.Attempt` with its tokens,
 cost and outcome.
 
+A call first takes one of the tier's slots, or waits in its queue (:mod:`cascade.core.capacity`);
+a full queue or a wait past ``queue_timeout_s`` is ``saturated``: it spills, and never counts
+against the tier.
+
 Complete and streamed answers take the same loop (:meth:`Router._walk`); they differ only in
 the call (a whole answer, or a stream up to its first chunk) and in that a stream, relayed as it
 comes, cannot be verified.
@@ -18,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -141,7 +145,7 @@ class Router:
             )
         if tier is None or tier == decision.tier:
             return decision
-        return _pinned(decision, self.policy.tier(tier))
+        return decision.pinned(self.policy.tier(tier))
 
     async def complete(
         self,
@@ -263,13 +267,17 @@ class Router:
 
     async def _call(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer:
         client = self._client(tier)
-        with self.capacity.track(tier.name):
+        await self.capacity.admit(tier)
+        try:
             return await client.complete(tier, payload)
+        finally:
+            self.capacity.release(tier.name, tier.max_concurrency)
 
     async def _open(self, tier: Tier, payload: Mapping[str, Any]) -> _Opened:
         client = self._client(tier)
+        await self.capacity.admit(tier)
         hold = ExitStack()
-        hold.enter_context(self.capacity.track(tier.name))
+        hold.callback(self.capacity.release, tier.name, tier.max_concurrency)
         rest = client.stream(tier, payload)
         try:
             first = await anext(rest)
@@ -353,15 +361,3 @@ class Router:
             reason=str(error),
             error_class=error.kind,
         )
-
-
-def _pinned(decision: Decision, tier: Tier) -> Decision:
-    return replace(
-        decision,
-        tier=tier.name,
-        model=tier.model,
-        kind=tier.kind,
-        reason=f"model {tier.model!r} was asked for by name; routing skipped",
-        spilled_from=None,
-        queued=False,
-    )
