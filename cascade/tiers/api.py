@@ -12,9 +12,10 @@ litellm raises on the request's own fields before calling anyone, are the client
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -75,8 +76,14 @@ class LiteLLMClient:
         """One non-streamed call."""
         started = time.perf_counter()
         arguments = self._arguments(tier, payload)
+        limit = tier.timeouts.total_s
         try:
-            response = await self._litellm.acompletion(**arguments)
+            # The policy's limit holds whatever the SDK does inside (its own timeout covers one
+            # socket read; a 3 MB prompt took minutes to come back as a 504 without this).
+            async with asyncio.timeout(limit):
+                response = await self._litellm.acompletion(**arguments)
+        except TimeoutError:
+            raise TierError(tier.name, "timeout", f"no complete answer within {limit}s") from None
         except Exception as exc:  # litellm raises its own tree; each is mapped to a kind below
             raise self._error(tier, exc) from None
         body: JSON = response.model_dump(exclude_none=True)
@@ -85,10 +92,36 @@ class LiteLLMClient:
     async def stream(self, tier: Tier, payload: Mapping[str, Any]) -> AsyncIterator[JSON]:
         """One streamed call, chunk by chunk."""
         arguments = self._arguments(tier, payload)
+        limits = tier.timeouts
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.total_s
+        # Until the first chunk: first_byte_s; between chunks: stream_idle_s; in all: total_s.
+        # Each limit covers only an await of ours, never a yield (the consumer's time is its own).
+        until = min(loop.time() + limits.first_byte_s, deadline)
+        what = f"no first chunk within {limits.first_byte_s}s"
+        call = self._litellm.acompletion(**arguments, stream=True)
+        iterator = aiter(await self._within(tier, call, until, deadline, what))
+        while True:
+            try:
+                chunk = await self._within(tier, anext(iterator), until, deadline, what)
+            except StopAsyncIteration:
+                return
+            until = min(loop.time() + limits.stream_idle_s, deadline)
+            what = f"the stream stalled for {limits.stream_idle_s}s"
+            yield chunk.model_dump(exclude_none=True)
+
+    async def _within(
+        self, tier: Tier, step: Awaitable[Any], until: float, deadline: float, what: str
+    ) -> Any:
+        """Await one step of a call before ``until`` (loop time); TierError otherwise."""
         try:
-            chunks = await self._litellm.acompletion(**arguments, stream=True)
-            async for chunk in chunks:
-                yield chunk.model_dump(exclude_none=True)
+            async with asyncio.timeout_at(until):
+                return await step
+        except TimeoutError:
+            why = "no complete answer within the total limit" if until >= deadline else what
+            raise TierError(tier.name, "timeout", why) from None
+        except StopAsyncIteration:
+            raise
         except Exception as exc:  # see complete()
             raise self._error(tier, exc) from None
 
