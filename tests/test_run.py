@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -121,6 +122,37 @@ def test_a_stream_the_client_abandons_is_recorded_and_its_tier_call_closed(
         ("small", "error", "client_gone")
     ]
     assert 'cascade_in_flight{tier="small"} 0' in passthrough.metric("cascade_in_flight")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "buffered-stream"])
+def test_a_client_gone_before_its_answer_frees_the_tiers_call_and_is_recorded(
+    run: Run, stream: bool
+) -> None:
+    """A client that hangs up while the tier still works on its (non-streamed or buffered)
+    answer: the proxy closes the tier's connection at once, the in-flight count returns to
+    zero, and the request is recorded with status 499 and its call as ``client_gone``."""
+    hold = threading.Event()
+    run.small.hold = hold
+    body = json.dumps({"model": "cascade", "messages": HI, "stream": stream}).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\n"
+    head += b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
+    host, port = run.url.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            client.sendall(head + body)
+            assert wait_until(lambda: run.small.calls == 1)
+            assert 'cascade_in_flight{tier="small"} 1' in run.metric("cascade_in_flight")
+        # The client hung up; the tier has not answered.
+        assert wait_until(lambda: run.small.calls_abandoned == 1)
+        assert wait_until(lambda: 'cascade_in_flight{tier="small"} 0' in run.metric("cascade_"))
+        assert wait_until(lambda: len(run.rows()[0]) == 1)
+    finally:
+        hold.set()
+    requests, attempts = run.rows()
+    assert (requests[0]["http_status"], requests[0]["status"]) == (499, "error")
+    assert [(a["tier"], a["outcome"], a["error_class"]) for a in attempts] == [
+        ("small", "error", "client_gone")
+    ]
 
 
 def test_a_finished_passthrough_stream_is_recorded_once_with_its_usage(passthrough: Run) -> None:

@@ -46,6 +46,8 @@ class ScriptedTier:
     requests: list[dict[str, Any]] = field(default_factory=list)
     streams_ended_early: int = 0
     """Streams whose reader went away before the last chunk (the proxy closed the call)."""
+    calls_abandoned: int = 0
+    """Held calls whose caller closed the connection before they were let finish."""
 
     def app(self) -> Starlette:
         """The tier as an ASGI app."""
@@ -55,7 +57,7 @@ class ScriptedTier:
         body = await request.json()
         self.calls += 1
         self.requests.append(body)
-        if self.hold is not None and not await asyncio.to_thread(self.hold.wait, 30):
+        if self.hold is not None and not await self._released(request, self.hold):
             return JSONResponse({"error": {"message": "never released"}}, status_code=500)
         if self.mode in ("503", "429"):
             headers = {"retry-after": self.retry_after} if self.retry_after else None
@@ -99,6 +101,17 @@ class ScriptedTier:
             }
         )
 
+    async def _released(self, request: Request, hold: threading.Event) -> bool:
+        """Wait until ``hold`` is set (True), 30 s pass or the caller hangs up (False)."""
+        released = asyncio.ensure_future(asyncio.to_thread(hold.wait, 30))
+        hangup = asyncio.ensure_future(_disconnected(request))
+        await asyncio.wait({released, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        hangup.cancel()
+        if released.done():
+            return released.result()
+        self.calls_abandoned += 1  # (the waiting thread ends when the test sets ``hold``)
+        return False
+
     async def _chunks(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
         base = {
             "id": f"chatcmpl-{self.name}",
@@ -127,3 +140,9 @@ class ScriptedTier:
         finally:
             if not ended and self.mode != "cut":
                 self.streams_ended_early += 1
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the caller has closed its connection."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -14,6 +14,10 @@ from cascade.tiers.base import Usage
 Role = Literal["primary", "spill", "escalation"]
 Outcome = Literal["ok", "rejected", "error"]
 
+CLIENT_GONE = "client_gone"
+"""``Attempt.error_class`` of a call the client stopped waiting for: it went away before the
+tier answered, or before a relayed stream ended."""
+
 
 @dataclass(frozen=True)
 class Attempt:

@@ -10,7 +10,8 @@ cost and outcome.
 
 A call first takes one of the tier's slots, or waits in its queue (:mod:`cascade.core.capacity`);
 a full queue or a wait past ``queue_timeout_s`` is ``saturated``: it spills, and never counts
-against the tier.
+against the tier. A run cancelled mid-call (its client went away) records that call as
+``client_gone``.
 
 Complete and streamed answers take the same loop (:meth:`Router._walk`); they differ only in
 the call (a whole answer, or a stream up to its first chunk) and in that a stream, relayed as it
@@ -19,6 +20,7 @@ comes, cannot be verified.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
@@ -34,7 +36,7 @@ from cascade.core.pricing import Rates, tier_rates
 from cascade.core.request import ChatRequest
 from cascade.errors import TierError
 from cascade.policy.model import Policy, Tier
-from cascade.run.attempts import Attempt, Completion, Outcome, Role, UpstreamError
+from cascade.run.attempts import CLIENT_GONE, Attempt, Completion, Outcome, Role, UpstreamError
 from cascade.run.checks import find_problem
 from cascade.run.health import TierHealth
 from cascade.run.ids import new_request_id
@@ -166,10 +168,15 @@ class Router:
         decision: Decision,
         *,
         request_id: str | None = None,
+        attempts: list[Attempt] | None = None,
     ) -> Completion:
-        """Call, verify, escalate and spill, starting from ``decision``."""
+        """Call, verify, escalate and spill, starting from ``decision``.
+
+        ``attempts``, when given, gets each call's Attempt as the run goes: what a caller that
+        cancels the run (its client went away) records.
+        """
         chat = ChatRequest.of(request)
-        attempts: list[Attempt] = []
+        attempts = [] if attempts is None else attempts
         accepted = await self._walk(chat, decision, attempts, stream=False)
         assert isinstance(accepted.result, TierAnswer)
         tier = accepted.tier
@@ -183,12 +190,17 @@ class Router:
         )
 
     async def stream(
-        self, request: ChatRequest | Mapping[str, Any], decision: Decision
+        self,
+        request: ChatRequest | Mapping[str, Any],
+        decision: Decision,
+        *,
+        attempts: list[Attempt] | None = None,
     ) -> StreamRun:
         """Start a stream on the decided tier, spilling until one tier sends its first chunk;
-        iterate the returned run's ``chunks()`` to relay the rest."""
+        iterate the returned run's ``chunks()`` to relay the rest (``attempts``: as for
+        :meth:`run`)."""
         chat = ChatRequest.of(request)
-        attempts: list[Attempt] = []
+        attempts = [] if attempts is None else attempts
         accepted = await self._walk(chat, decision, attempts, stream=True)
         opened = accepted.result
         assert isinstance(opened, _Opened)
@@ -239,6 +251,9 @@ class Router:
                 last_error, role = error, "spill"
                 current = self.spill_target(tier, allowed, spill)
                 continue
+            except asyncio.CancelledError:  # nobody waits for the answer any more
+                attempts.append(self.gone(tier, role, time.perf_counter() - called))
+                raise
             self.health.succeeded(tier)
             accepted = _Accepted(tier, role, result, called)
             if isinstance(result, _Opened):  # a stream is relayed as it comes: nothing to verify
@@ -349,6 +364,19 @@ class Router:
     ) -> Attempt:
         return self.attempt(
             tier, role, outcome, usage=answer.usage, latency_s=answer.latency_s, reason=reason
+        )
+
+    def gone(self, tier: Tier, role: Role, latency_s: float) -> Attempt:
+        """The call the run was making when its client went away."""
+        reason = "the client went away before the tier answered"
+        return self.attempt(
+            tier,
+            role,
+            "error",
+            usage=None,
+            latency_s=latency_s,
+            reason=reason,
+            error_class=CLIENT_GONE,
         )
 
     def failed(self, tier: Tier, role: Role, error: TierError, latency_s: float) -> Attempt:

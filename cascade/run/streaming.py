@@ -22,14 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from cascade.errors import TierError
 from cascade.policy.model import Tier
-from cascade.run.attempts import Attempt, Role, total_cost
+from cascade.run.attempts import CLIENT_GONE, Attempt, Role, total_cost
 from cascade.tiers.base import JSON, Usage, estimate_usage, parse_usage
 
 if TYPE_CHECKING:
     from cascade.run.router import Router
-
-CLIENT_GONE = "client_gone"
-"""``Attempt.error_class`` of a stream the client stopped reading before its end."""
 
 
 class StreamRun:

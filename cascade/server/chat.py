@@ -8,8 +8,9 @@ answers go out as pre-encoded bytes (:mod:`cascade.server.replies`). Client mist
 error body with a 4xx status; upstream failures 502/503/504 with the reason; anything unexpected
 a 500 in the same shape, logged with its traceback. Never a traceback to the client.
 
-Every request that reached a tier is counted and recorded exactly once — answered, failed, or a
-stream the client abandoned half-way (recorded with status 499, as nginx names it).
+Every request that reached a tier is counted and recorded exactly once — answered, failed, or
+abandoned by its client, before the answer or half-way through a stream (recorded with status
+499, as nginx names it; the tier's call is cancelled and its slot freed).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cascade.errors import InvalidRequestError, RoutingError
 from cascade.run.attempts import Attempt, Completion, UpstreamError, describe_attempts
 from cascade.run.ids import new_request_id
 from cascade.run.streaming import StreamRun
+from cascade.server.disconnects import CancelOnDisconnect
 from cascade.server.metrics import Metrics
 from cascade.server.openai_format import (
     BadRequestError,
@@ -47,7 +49,8 @@ log = structlog.get_logger("cascade.proxy")
 
 CHAT_PATH = "/v1/chat/completions"
 CLIENT_CLOSED = 499
-"""The status recorded for a stream whose client went away before its end (nginx's code)."""
+"""The status recorded for a request whose client went away before its answer ended (nginx's
+code)."""
 PROMPT_LOG_CHARS = 16_384
 """With ``prompt.log_prompts``, the longest prompt text a log line carries."""
 
@@ -160,9 +163,18 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> Reply:
         router, pinned = proxy.resolve(chat.model)
         decision = await router.plan(chat, workload=headers.get("x-cascade-workload"), tier=pinned)
         metrics.observe_decision(time.perf_counter() - exchange.started)
-        if chat.stream and router.policy.escalation.streaming == "passthrough":
-            return _relay(await router.stream(chat, decision), chat, decision, exchange)
-        completion = await router.run(chat, decision, request_id=request_id)
+        attempts: list[Attempt] = []
+        try:
+            with CancelOnDisconnect(receive):  # nobody waits for the answer: stop the tier call
+                if chat.stream and router.policy.escalation.streaming == "passthrough":
+                    run = await router.stream(chat, decision, attempts=attempts)
+                    return _relay(run, chat, decision, exchange)
+                completion = await router.run(
+                    chat, decision, request_id=request_id, attempts=attempts
+                )
+        except ClientGoneError:
+            exchange.finish(chat, decision, attempts, final_tier=None, http_status=CLIENT_CLOSED)
+            raise
     except BadRequestError as exc:
         return error_reply(
             exc.status, exc.message, param=exc.param, code=exc.code, request_id=request_id
