@@ -58,9 +58,10 @@ def running_tier(
         yield url
 
 
-def serving(app: ASGIApp) -> AbstractContextManager[str]:
-    """Run any ASGI app under uvicorn on a free loopback port; yield its base URL; stop it."""
-    return serve_in_thread(app, name="test-server")
+def serving(app: ASGIApp, *, port: int = 0) -> AbstractContextManager[str]:
+    """Run any ASGI app under uvicorn on a loopback port (default: a free one); yield its base
+    URL; stop it."""
+    return serve_in_thread(app, name="test-server", port=port)
 
 
 @asynccontextmanager

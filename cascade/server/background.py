@@ -38,9 +38,10 @@ def serve_forever(app: ASGIApp, *, host: str, port: int, log_level: str) -> None
 
 
 @contextmanager
-def serve_in_thread(app: ASGIApp, *, name: str = "server") -> Iterator[str]:
-    """Serve ``app`` on a free loopback port; yield its base URL; stop it (lifespan included)."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on")
+def serve_in_thread(app: ASGIApp, *, name: str = "server", port: int = 0) -> Iterator[str]:
+    """Serve ``app`` on a loopback port (default: a free one); yield its base URL; stop it
+    (lifespan included)."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
@@ -52,8 +53,8 @@ def serve_in_thread(app: ASGIApp, *, name: str = "server") -> Iterator[str]:
             thread.join(0.01)
         if not server.started:
             raise CascadeError(f"{name} did not start on 127.0.0.1")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{bound}"
     finally:
         server.should_exit = True
         thread.join(_START_TIMEOUT_S)
