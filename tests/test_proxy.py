@@ -69,9 +69,12 @@ class Stack:
         return client
 
     def post(self, body: object) -> httpx.Response:
-        """A raw POST to the chat endpoint."""
+        """A raw POST to the chat endpoint (declared JSON, whatever the bytes are)."""
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return httpx.post(f"{self.url}/v1/chat/completions", content=content, timeout=30)
+        headers = {"content-type": "application/json"}
+        return httpx.post(
+            f"{self.url}/v1/chat/completions", content=content, headers=headers, timeout=30
+        )
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cascade.core.request import ChatRequest, RequestFields, parse_chat_request
+from cascade.core.request import MAX_DEPTH, ChatRequest, RequestFields, parse_chat_request
 from cascade.errors import InvalidRequestError
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -98,3 +98,54 @@ def test_a_body_that_is_not_a_json_object_is_refused_with_what_it_was(raw: bytes
     """Malformed bodies are an InvalidRequestError (the proxy's 400), never a crash."""
     with pytest.raises(InvalidRequestError, match="JSON"):
         parse_chat_request(raw)
+
+
+def _nested(depth: int) -> str:
+    """A JSON value ``depth`` levels deep: arrays around a string."""
+    return "[" * depth + '"x"' + "]" * depth
+
+
+_HI = '"messages":[{"role":"user","content":"hi"}]'
+
+
+@pytest.mark.parametrize(
+    ("template", "field", "above"),
+    [
+        ('{"model":"cascade",HI,"metadata":VALUE}', "metadata", 1),
+        (
+            '{"model":"cascade","messages":[{"role":"user","content":"hi","x":VALUE}]}',
+            "messages",
+            3,
+        ),
+        ('{"model":"cascade",HI,"tools":[{"function":{"parameters":VALUE}}]}', "tools", 4),
+    ],
+)
+def test_a_request_nested_deeper_than_the_limit_is_refused_naming_its_field(
+    template: str, field: str, above: int
+) -> None:
+    """The body is level one; a request 64 levels deep is read, one level more is refused, and
+    so is any depth beyond (orjson, which re-encodes the request for a tier, stops at 254)."""
+    template = template.replace("HI", _HI)
+    at_limit = template.replace("VALUE", _nested(MAX_DEPTH - above))
+    assert parse_chat_request(at_limit.encode()).body[field]
+    for depth in (MAX_DEPTH - above + 1, 300, 1000):
+        deeper = template.replace("VALUE", _nested(depth))
+        with pytest.raises(InvalidRequestError, match="nests deeper than 64 levels") as caught:
+            parse_chat_request(deeper.encode())
+        assert caught.value.param == field
+
+
+def test_a_library_callers_dict_is_held_to_the_same_depth() -> None:
+    """``ChatRequest.of`` checks depth too: a library call would otherwise fail re-encoding."""
+    deep: object = "x"
+    for _ in range(MAX_DEPTH):
+        deep = [deep]
+    with pytest.raises(InvalidRequestError, match="metadata: the request nests deeper"):
+        ChatRequest.of({"messages": MESSAGES, "metadata": deep})
+
+
+def test_many_containers_side_by_side_are_not_depth() -> None:
+    """A long conversation has hundreds of objects, each only a few levels down: it is read."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": "[{["}]}] * 500
+    body = {"model": "cascade", "messages": messages, "tools": [{"a": {"b": [{}]}}] * 100}
+    assert len(parse_chat_request(json.dumps(body).encode()).messages) == 500

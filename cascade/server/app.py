@@ -9,18 +9,20 @@ body with a 4xx status; upstream failures 502/503/504 with the reason; never a t
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from cascade.core.request import parse_json_object
+from cascade.errors import InvalidRequestError
 from cascade.server.chat import CHAT_PATH, chat_completions
 from cascade.server.metrics import Metrics
 from cascade.server.openai_format import (
@@ -30,6 +32,7 @@ from cascade.server.openai_format import (
     error_body,
     error_response,
     read_body,
+    require_json,
 )
 from cascade.server.proxy import Proxy
 from cascade.server.replies import JSONReply
@@ -92,6 +95,7 @@ def create_app(settings: ServerSettings) -> ProxyApp:
                 Route("/metrics", metrics_endpoint, methods=["GET"]),
             ],
             lifespan=lifespan,
+            exception_handlers={HTTPException: refused, 500: crashed},
         )
     )
 
@@ -104,14 +108,19 @@ async def feedback(request: Request) -> Response:
     proxy: Proxy = request.state.proxy
     try:
         authenticate(request.headers.get("authorization"), proxy.settings.api_keys)
+        require_json(request.headers.get("content-type"))
         raw = await read_body(request.receive, request.headers.get("content-length"), 64 * 1024)
-        body = json.loads(raw)
-        request_id = body.get("request_id") if isinstance(body, dict) else None
-        if not isinstance(request_id, str) or not request_id:
+        body = parse_json_object(raw)
+        request_id = body.get("request_id")
+        if not (isinstance(request_id, str) and 0 < len(request_id) <= 100):
             raise BadRequestError(
                 400,
-                "request_id: a string from x-cascade-request-id is required",
+                "request_id: an answer's x-cascade-request-id is required (1 to 100 characters)",
                 param="request_id",
+            )
+        if not request_id.isprintable():  # a NUL byte would reach the database's query
+            raise BadRequestError(
+                400, "request_id: no request id holds control characters", param="request_id"
             )
         if body.get("useless", True) is not True:
             raise BadRequestError(
@@ -123,11 +132,40 @@ async def feedback(request: Request) -> Response:
             )
     except BadRequestError as exc:
         return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
-    except ValueError as exc:
-        return error_response(400, f"the request body is not valid JSON: {exc}")
+    except InvalidRequestError as exc:
+        return error_response(400, str(exc), param=exc.param)
     except ClientGoneError:
         return Response(status_code=400)  # nobody is left to read it
     return JSONResponse({"request_id": request_id, "useless": True})
+
+
+async def refused(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route: 404, a route's wrong method: 405) in OpenAI's
+    error shape, like every other error."""
+    assert isinstance(exc, HTTPException)
+    path = request.url.path if len(request.url.path) <= 200 else request.url.path[:200] + "..."
+    allow = {name.lower(): value for name, value in (exc.headers or {}).items()}.get("allow")
+    if exc.status_code == 404:
+        message = f"no route {request.method} {path}; the proxy serves {_ROUTES}"
+    elif exc.status_code == 405 and allow:
+        message = f"{path} takes {allow}, not {request.method}"
+    else:
+        message = exc.detail
+    return error_response(exc.status_code, message, headers=exc.headers)
+
+
+_ROUTES = (
+    "POST /v1/chat/completions, POST /v1/feedback, GET /v1/models, GET /healthz, GET /readyz "
+    "and GET /metrics"
+)
+
+
+async def crashed(request: Request, exc: Exception) -> Response:
+    """A bug of ours outside the hot path: a 500 in OpenAI's shape, never a traceback (Starlette
+    raises the exception again after this answer, and uvicorn logs it with its trace)."""
+    return error_response(
+        500, "the proxy failed on this request; see its log", code="internal_error"
+    )
 
 
 async def models(request: Request) -> Response:

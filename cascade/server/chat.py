@@ -39,6 +39,7 @@ from cascade.server.openai_format import (
     authenticate,
     chunks_from_completion,
     read_body,
+    require_json,
     sse,
 )
 from cascade.server.proxy import Proxy
@@ -57,7 +58,13 @@ PROMPT_LOG_CHARS = 16_384
 # Which status an upstream failure becomes: the client can retry a 503 later, a 504 sooner.
 _UPSTREAM_STATUS = {"timeout": 504, "saturated": 503, "rate_limited": 503, "unavailable": 503}
 _WANTED = frozenset(
-    {b"authorization", b"content-length", b"x-cascade-tenant", b"x-cascade-workload"}
+    {
+        b"authorization",
+        b"content-length",
+        b"content-type",
+        b"x-cascade-tenant",
+        b"x-cascade-workload",
+    }
 )
 _CENT_FRACTION = Decimal("1e-10")
 
@@ -158,6 +165,7 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> Reply:
     )
     try:
         authenticate(headers.get("authorization"), proxy.settings.api_keys)
+        require_json(headers.get("content-type"))
         limit = proxy.settings.max_body_bytes
         chat = parse_chat_request(await read_body(receive, headers.get("content-length"), limit))
         router, pinned = proxy.resolve(chat.model)

@@ -3,6 +3,7 @@ SSE chunks. (The request itself is read by :mod:`cascade.core.request`.)"""
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -38,11 +39,21 @@ class ClientGoneError(Exception):
 
 
 def authenticate(authorization: str | None, keys: frozenset[str]) -> None:
-    """Refuse (401) a request whose bearer token is not one of ``keys`` (none: no check)."""
+    """Refuse (401) a request whose bearer token is not one of ``keys`` (none: no check).
+
+    ``authorization`` is the header as ASGI servers give it (its bytes read as latin-1). The
+    scheme is case-insensitive (RFC 7235: ``bearer`` and ``Bearer`` alike); a bare key without
+    it is refused. Every key is compared in constant time, so the time taken tells nothing about
+    how much of a key was right.
+    """
     if not keys:
         return
-    token = (authorization or "").removeprefix("Bearer ").strip()
-    if token not in keys:
+    scheme, _, credentials = (authorization or "").strip().partition(" ")
+    token = credentials.strip().encode("latin-1", "replace") if scheme.lower() == "bearer" else b""
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(token, key.encode())
+    if not token or not matched:
         raise BadRequestError(
             401,
             "missing or wrong API key (send 'Authorization: Bearer <key>')",
@@ -50,9 +61,26 @@ def authenticate(authorization: str | None, keys: frozenset[str]) -> None:
         )
 
 
+def require_json(content_type: str | None) -> None:
+    """Refuse (415) a body not declared ``application/json``.
+
+    A web page on any origin can make a browser POST ``text/plain`` or a form to a proxy on
+    loopback without a CORS preflight; ``application/json`` needs the preflight, which the
+    proxy does not answer.
+    """
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        given = f"{content_type[:100]!r}" if content_type else "none"
+        raise BadRequestError(
+            415,
+            f"the request body must be sent with 'Content-Type: application/json' (got {given})",
+            code="unsupported_media_type",
+        )
+
+
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
     """The request body, refused with 413 once it is over ``limit`` bytes."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BadRequestError(413, f"the request body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
