@@ -47,8 +47,26 @@ class LiteLLMClient:
     def __init__(self) -> None:
         self._litellm = _litellm()
         self._kinds = _kinds(self._litellm)
+        self._needs: dict[str, tuple[str, ...]] = {}  # model -> the key variables it reads
+
+    def missing_key(self, tier: Tier) -> str | None:
+        """The environment variable the tier needs for its key and that is not set (checked
+        on every call, so a key set later takes effect), or None when the key is there."""
+        if tier.api_key_env:
+            return None if os.environ.get(tier.api_key_env) else tier.api_key_env
+        if tier.model not in self._needs:
+            try:
+                found = self._litellm.validate_environment(model=tier.model)
+                needs = tuple(found.get("missing_keys") or ())
+            except Exception:  # an unknown provider: let the call say what it lacks
+                needs = ()
+            self._needs[tier.model] = needs  # what was missing at the first call
+        return next((name for name in self._needs[tier.model] if not os.environ.get(name)), None)
 
     def _arguments(self, tier: Tier, payload: Mapping[str, Any]) -> JSON:
+        if (missing := self.missing_key(tier)) is not None:
+            # Unavailable, not a client error: the request may spill to a tier that can answer.
+            raise TierError(tier.name, "unavailable", f"no API key: ${missing} is not set")
         for name in _OBJECTS:
             value = payload.get(name)
             if value is not None and not isinstance(value, dict):
