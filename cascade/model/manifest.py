@@ -11,21 +11,38 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, get_args
 
 from cascade.errors import ScorerError
+from cascade.model.answer_features import ANSWER_FEATURE_NAMES, ANSWER_FEATURES_VERSION
 from cascade.model.features import FEATURE_NAMES, FEATURE_VERSION, PROMPT_FEATURES_VERSION
 
 FORMAT_VERSION = 1
+ModelKind = Literal["scorer", "verifier"]
+"""A scorer reads a prompt (P(the weak tier suffices)); a verifier reads a candidate answer and
+its witnesses (P(the candidate is good enough))."""
 # Stable names of the input contracts, written into every manifest: they name the functions
 # by where they lived when the contract was made (now cascade.model.features) and never change.
 PREPROCESSING = "cascade.features.normalize"
 FEATURES_PREPROCESSING = "cascade.features.prompt_features"
 """The float-input contract: each prompt becomes one row of ``prompt_features`` values."""
-# what each preprocessing function feeds the graph: (dtype, shape, feature version)
-INPUT_CONTRACTS: dict[str, tuple[str, tuple[int | None, ...], str]] = {
-    PREPROCESSING: ("string", (None, 1), FEATURE_VERSION),
-    FEATURES_PREPROCESSING: ("float", (None, len(FEATURE_NAMES)), PROMPT_FEATURES_VERSION),
+ANSWER_PREPROCESSING = "cascade.model.answer_features.answer_features"
+"""The verifier's contract: each candidate with its witnesses becomes one row of features."""
+# what each preprocessing function feeds the graph: (kind, dtype, shape, feature version)
+INPUT_CONTRACTS: dict[str, tuple[ModelKind, str, tuple[int | None, ...], str]] = {
+    PREPROCESSING: ("scorer", "string", (None, 1), FEATURE_VERSION),
+    FEATURES_PREPROCESSING: (
+        "scorer",
+        "float",
+        (None, len(FEATURE_NAMES)),
+        PROMPT_FEATURES_VERSION,
+    ),
+    ANSWER_PREPROCESSING: (
+        "verifier",
+        "float",
+        (None, len(ANSWER_FEATURE_NAMES)),
+        ANSWER_FEATURES_VERSION,
+    ),
 }
 
 
@@ -83,6 +100,15 @@ class Metrics:
     base_rate_dev: float | None
     holdout_apgr: float | None = None
     dev_apgr: float | None = None
+    selection_tasks: tuple[str, ...] = ()
+    """Tasks the model and its settings were chosen on (neither fitted nor reported on)."""
+    selection_rows: int | None = None
+    selection_auroc: float | None = None
+    selection_apgr: float | None = None
+    holdout_cost_apgr: float | None = None
+    """Verifiers: area under PGR against total cost (witnesses always paid) / all-strong cost."""
+    witnesses: int | None = None
+    """Verifiers: witnesses per candidate in the measured numbers."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +140,8 @@ class Manifest:
     toolchain: dict[str, str]
     base_model: str | None = None
     """The model this one adapts (``cascade train --base``), or None when trained from scratch."""
+    kind: ModelKind = "scorer"
+    """What the model reads and estimates (absent in manifests written before verifiers)."""
 
     def to_json(self) -> str:
         """The manifest as written to ``manifest.json`` (stable key order, trailing newline)."""
@@ -199,7 +227,10 @@ def _parse_manifest(m: _Fields) -> Manifest:
     if (preprocessing := inp.text("preprocessing")) not in INPUT_CONTRACTS:
         known = " or ".join(map(repr, INPUT_CONTRACTS))
         inp.fail("input.preprocessing", f"only {known} is known, got {preprocessing!r}")
-    dtype, shape, computed = INPUT_CONTRACTS[preprocessing]
+    kind, dtype, shape, computed = INPUT_CONTRACTS[preprocessing]
+    if (stated := m.value.get("kind", "scorer")) != kind:
+        allowed = " or ".join(map(repr, get_args(ModelKind)))
+        m.fail("kind", f"{preprocessing} feeds a {kind!r} (kinds: {allowed}), got {stated!r}")
     if (feature_version := m.text("feature_version")) != computed:
         m.fail(
             "feature_version",
@@ -247,14 +278,30 @@ def _parse_manifest(m: _Fields) -> Manifest:
             base_rate_dev=metrics.optional_number("base_rate_dev"),
             holdout_apgr=_optional(metrics, "holdout_apgr"),
             dev_apgr=_optional(metrics, "dev_apgr"),
+            selection_tasks=metrics.texts("selection_tasks")
+            if "selection_tasks" in metrics.value
+            else (),
+            selection_rows=_optional_int(metrics, "selection_rows"),
+            selection_auroc=_optional(metrics, "selection_auroc"),
+            selection_apgr=_optional(metrics, "selection_apgr"),
+            holdout_cost_apgr=_optional(metrics, "holdout_cost_apgr"),
+            witnesses=_optional_int(metrics, "witnesses"),
         ),
         parity=Parity(parity.number("max_abs_diff"), parity.integer("texts")),
         created_by=m.text("created_by"),
         toolchain={k: str(v) for k, v in m.get("toolchain", dict).items()},
         base_model=m.get("base_model", (str, type(None))) if "base_model" in m.value else None,
+        kind=kind,
     )
 
 
 def _optional(fields: _Fields, key: str) -> float | None:
     """A number added after format 1 was first written: absent in older manifests."""
     return fields.optional_number(key) if key in fields.value else None
+
+
+def _optional_int(fields: _Fields, key: str) -> int | None:
+    """A count added after format 1 was first written: absent or null when not measured."""
+    if key not in fields.value or fields.value[key] is None:
+        return None
+    return fields.integer(key)
