@@ -36,7 +36,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "Prints one confidence line per non-blank input line, in order. Only the candidate's "
         "logprobs are read.",
     )
-    verify.add_argument("--input", type=Path, metavar="FILE", help="JSONL: prompt + answers")
+    verify.add_argument(
+        "--input", type=Path, metavar="FILE", help="JSONL: prompt + answers ('-': stdin)"
+    )
     verify.add_argument("--model", default=DEFAULT_VERIFIER, metavar="NAME|DIR", help=_MODEL_HELP)
     verify.set_defaults(command=_verify, verify_parser=verify)
     actions = verify.add_subparsers(title="actions", metavar="ACTION")
@@ -108,7 +110,8 @@ def read_verifications(path: Path) -> list[Any]:
     from cascade.model.verifier import Verification
 
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+        lines = text.split("\n")
     except (OSError, UnicodeError) as exc:
         raise LabeledDataError(f"{path}: cannot read verifications: {exc}") from exc
     items = []
