@@ -7,8 +7,8 @@ flight: plain ones, streamed ones (the policy streams straight through) and some
 mistakes (a ``temperature`` the tier refuses, a ``max_tokens`` the proxy refuses). Every 15 s
 it prints the requests answered, the error rate (5xx, and 4xx apart from the mistakes sent on
 purpose), p50/p99 latency over the interval, the proxy's resident memory (from /proc, Linux)
-and the ledger's rows; at the end, whether the proxy's RSS grew from the first third of the run
-to the last.
+and the ledger's rows; at the end, the calls still counted in flight (none should be) and whether
+the proxy's RSS grew from the first third of the run to the last.
 
     .venv/bin/python -m benchmarks.soak [--minutes 3] [--time-scale 0.05] [--concurrency 40]
 """
@@ -221,8 +221,11 @@ async def _drive(
                 flush=True,
             )
         await asyncio.gather(*workers)
+        metrics = (await client.get("/metrics")).text
     errors = ", ".join(f"{what}: {count}" for what, count in unexpected.most_common()) or "none"
     print(f"errors over the run: {errors}")
+    left = [line for line in metrics.splitlines() if line.startswith("cascade_in_flight{")]
+    print(f"in flight after the load (each should be 0): {'; '.join(left) or 'none'}")
     return rss
 
 
