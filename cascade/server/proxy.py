@@ -184,6 +184,8 @@ class Proxy:
 
             self._api = LiteLLMClient()
             self._clients["api"] = self._api
+        for tier, variable in self._missing_keys(policy):
+            log.warning("tier.key_missing", policy=policy.name, tier=tier, variable=variable)
         planner = Planner(policy, self._scorer(policy), self.capacity)
         return Router(
             planner,
@@ -192,6 +194,21 @@ class Proxy:
             capacity=self.capacity,
             api_rates=self._rates_from_litellm,
         )
+
+    def missing_keys(self) -> dict[str, str]:
+        """API tiers whose key is not set now, as ``{"policy/tier": variable}`` (they answer
+        nothing until it is: requests spill past them, or get a 503 naming the variable)."""
+        return {
+            f"{router.policy.name}/{tier}": variable
+            for router in self.routers.values()
+            for tier, variable in self._missing_keys(router.policy)
+        }
+
+    def _missing_keys(self, policy: Policy) -> list[tuple[str, str]]:
+        if self._api is None:
+            return []
+        found = ((t.name, self._api.missing_key(t)) for t in policy.tiers if t.kind == "api")
+        return [(tier, variable) for tier, variable in found if variable is not None]
 
     def _rates_from_litellm(self, tier: Tier) -> Rates | None:
         return self._api.rates(tier) if self._api is not None else None
