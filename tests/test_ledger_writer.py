@@ -90,7 +90,9 @@ def test_batches_share_transactions(database: LedgerDatabase, tmp_path: Path) ->
 
     async def run() -> tuple[int, tuple[int, int]]:
         ledger = Ledger(database.engine())
-        writer = LedgerWriter(ledger, tmp_path / "spool.jsonl", batch_size=200, max_delay_s=60)
+        writer = LedgerWriter(
+            ledger, tmp_path / "spool.jsonl", batch_size=200, max_delay_s=60, journal_after_s=60
+        )
         async with writer:
             _submit(writer, [make_entry(n) for n in range(450)])
             await writer.flush()

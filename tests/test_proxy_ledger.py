@@ -21,7 +21,7 @@ from cascade.ledger.models import Attempt, Request
 from cascade.server.app import create_app
 from cascade.server.settings import ServerSettings
 from tests.ledger_databases import Outage
-from tests.servers import serving
+from tests.servers import serving, wait_until
 from tests.test_proxy import POLICY
 from tests.upstreams import ScriptedTier
 
@@ -177,7 +177,7 @@ def test_no_row_is_lost_when_postgres_goes_away_under_load(tmp_path: Path) -> No
                 run(outage.stop())  # the database goes away ...
                 small.mode = "length"  # ... while requests keep coming, some with two attempts
                 responses += asyncio.run(_wave(proxy, 40))
-                assert spool.exists()
+                assert wait_until(spool.exists)  # the failed batches' rows reach it
                 run(outage.start())  # ... and comes back
                 small.mode = "ok"
                 responses += asyncio.run(_wave(proxy, 40))

@@ -92,6 +92,10 @@ def _serve(ns: argparse.Namespace) -> int:
 
 
 def _serve_workers(settings: ServerSettings, ns: argparse.Namespace) -> None:
+    import structlog
+
+    from cascade.errors import LedgerError
+    from cascade.ledger.failures import is_outage
     from cascade.ledger.migrate import upgrade_database
     from cascade.server.app import create_worker_app
     from cascade.server.workers import serve_workers
@@ -99,8 +103,19 @@ def _serve_workers(settings: ServerSettings, ns: argparse.Namespace) -> None:
     if settings.database_url is not None:
         # Migrate once, here, and not in the workers: workers migrating one database at the
         # same time can collide (two CREATE TABLEs), and the loser would stop the server.
-        upgrade_database(settings.database_url)
-        settings = replace(settings, migrate_on_start=False)
+        try:
+            upgrade_database(settings.database_url)
+        except LedgerError as exc:
+            # Out of reach (not refusing): start anyway; worker 0 alone migrates once it can
+            # (ServerSettings.for_worker), the others spool until the tables are there.
+            postgres = settings.database_url.startswith("postgresql")
+            if not postgres or exc.__cause__ is None or not is_outage(exc.__cause__):
+                raise
+            structlog.get_logger("cascade.serve").warning(
+                "ledger.database_unreachable_at_start", error=str(exc), workers=ns.workers
+            )
+        else:
+            settings = replace(settings, migrate_on_start=False)
     serve_workers(
         functools.partial(create_worker_app, settings),
         host=ns.host,

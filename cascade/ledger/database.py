@@ -85,9 +85,9 @@ def create_engine(
     return engine
 
 
-def _check_sqlite_folder(url: URL) -> None:
-    """For one-shot commands: refuse a database file whose folder does not exist, before
-    aiosqlite tries to open it.
+def check_sqlite_folder(url: URL) -> None:
+    """For one-shot commands and a proxy's start: refuse a database file whose folder does not
+    exist, before aiosqlite tries to open it.
 
     SQLite would fail anyway; found here, the error names the folder, and no aiosqlite worker
     thread is left reporting the failed open to an event loop that ``asyncio.run`` has closed.
@@ -126,7 +126,7 @@ def run_with_engine(
     where = resolved.render_as_string(hide_password=True)
     create = f"`cascade db upgrade --url {where}` creates its tables (a running proxy does too)"
     if resolved.get_backend_name() == "sqlite":
-        _check_sqlite_folder(resolved)
+        check_sqlite_folder(resolved)
         name = resolved.database
         if existing and name and name != ":memory:" and not Path(name).expanduser().exists():
             raise LedgerError(f"database {where}: there is no ledger at {name}; {create}")

@@ -4,10 +4,20 @@ They are plain frozen dataclasses, cheap to build on the hot path and free of an
 so the router can fill them in without importing SQLAlchemy. Money is a :class:`~decimal.Decimal`
 (never a float) and times are timezone-aware. Prompts are never part of a record: the ledger
 keeps what a request cost and how it was routed, not what it said.
+
+Text is bounded where a record is built, so every path to the database (the writer, the spool,
+a replay) stores the same safe value: each text field has a length limit (:data:`TEXT_LIMITS`,
+short enough that an index row stays far under Postgres's 2,704-byte btree limit), control
+characters become a space (tab, newline, carriage return) or U+FFFD (NUL and the others, which
+Postgres refuses in text), and lone surrogates (undecodable bytes) become U+FFFD. Text over its
+limit keeps its beginning and ends in ``…`` and 12 hex digits of its SHA-256, so two long values
+that share a beginning stay apart (two long tenants are never merged into one).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,6 +30,52 @@ AttemptOutcome = Literal["ok", "rejected", "error"]
 RequestStatus = Literal["ok", "error"]
 
 _ZERO = Decimal(0)
+
+TEXT_LIMITS: dict[str, int] = {
+    # RequestRecord
+    "request_id": 128,
+    "policy": 128,
+    "policy_version": 64,
+    "workload": 64,
+    "decision_reason": 256,
+    "status": 32,
+    "tenant": 128,
+    "first_tier": 128,
+    "final_tier": 128,
+    "prefix_hash": 128,
+    # AttemptRecord
+    "tier": 128,
+    "model": 256,
+    "role": 32,
+    "outcome": 32,
+    "reason": 1000,
+    "error_class": 128,
+}
+"""The most characters each text field of a record keeps (see the module's docstring)."""
+
+_SPACE = re.compile("[\t\n\r]")
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_DIGEST_CHARS = 12
+
+
+def bounded_text(value: str, limit: int) -> str:
+    """``value`` as the ledger stores it: safe characters only, at most ``limit`` characters."""
+    if len(value) <= limit and value.isprintable():
+        return value  # the usual case: short, plain text
+    text = _UNSAFE.sub("\ufffd", _SPACE.sub(" ", value))
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:_DIGEST_CHARS]
+    return text[: limit - _DIGEST_CHARS - 1] + "…" + digest
+
+
+def _bound_text_fields(record: object, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(record, name)
+        if value is not None:
+            bounded = bounded_text(value, TEXT_LIMITS[name])
+            if bounded is not value:
+                object.__setattr__(record, name, bounded)  # frozen: set once, while building
 
 
 def _utc_now() -> datetime:
@@ -61,6 +117,7 @@ class AttemptRecord:
         _check_money("AttemptRecord.cost_usd", self.cost_usd)
         if self.seq < 0:
             raise LedgerError(f"AttemptRecord.seq: must be 0 or more, got {self.seq}")
+        _bound_text_fields(self, _ATTEMPT_TEXT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +177,22 @@ class RequestRecord:
             raise LedgerError(
                 f"RequestRecord.created_at: must be timezone-aware, got {self.created_at!r}"
             )
+        _bound_text_fields(self, _REQUEST_TEXT)
+
+
+_ATTEMPT_TEXT = ("tier", "model", "role", "outcome", "reason", "error_class")
+_REQUEST_TEXT = (
+    "request_id",
+    "policy",
+    "policy_version",
+    "workload",
+    "decision_reason",
+    "status",
+    "tenant",
+    "first_tier",
+    "final_tier",
+    "prefix_hash",
+)
 
 
 @dataclass(frozen=True, slots=True)

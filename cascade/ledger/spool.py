@@ -93,17 +93,61 @@ class Spool:
             _replace_lines(self.path, [encode_entry(entry).encode() for entry in entries])
         return entries
 
-    def clear(self) -> None:
-        """Empty the spool (call only once its entries are committed)."""
+    def read_from(self, offset: int, limit: int) -> tuple[list[tuple[LedgerEntry, int]], int]:
+        """Up to ``limit`` entries from byte ``offset`` on, each with the offset just past its
+        line, and the offset just past the last line read (which counts unreadable lines too).
+
+        Unreadable lines, a torn last one included, are copied to ``<spool>.rejected`` and
+        skipped (the spool itself is only rewritten by :meth:`read`).
+        """
+        entries: list[tuple[LedgerEntry, int]] = []
+        rejected: list[bytes] = []
+        try:
+            with self.path.open("rb") as file:
+                file.seek(offset)
+                while len(entries) < limit:
+                    line = file.readline()
+                    if not line:
+                        break
+                    # Appends hold the writer's lock and write whole lines: a line without its
+                    # newline was torn by a crash, and is rejected below like any bad line.
+                    offset += len(line)
+                    if not line.strip():
+                        continue
+                    try:
+                        entries.append((decode_entry(line.decode()), offset))
+                    except (ValueError, KeyError, TypeError, InvalidOperation, LedgerError) as exc:
+                        _log.error(
+                            "ledger.spool_line_rejected",
+                            spool=str(self.path),
+                            offset=offset - len(line),
+                            error=str(exc),
+                            moved_to=str(self.rejected_path),
+                        )
+                        rejected.append(line.rstrip(b"\n"))
+        except FileNotFoundError:
+            return [], offset
+        except OSError as exc:
+            raise LedgerError(f"cannot read the ledger spool {self.path}: {exc}") from exc
+        if rejected:
+            _append_lines(self.rejected_path, rejected)
+        return entries, offset
+
+    def clear(self, *, if_size: int | None = None) -> bool:
+        """Empty the spool (call only once its entries are committed); with ``if_size``, only
+        if the file is still that long (nothing was appended since). True when emptied."""
         try:
             with self.path.open("r+b") as file:
+                if if_size is not None and os.fstat(file.fileno()).st_size != if_size:
+                    return False
                 file.truncate(0)
                 file.flush()
                 os.fsync(file.fileno())
         except FileNotFoundError:
-            return
+            return True
         except OSError as exc:
             raise LedgerError(f"cannot empty the ledger spool {self.path}: {exc}") from exc
+        return True
 
 
 def adopt_spools(paths: Sequence[str | os.PathLike[str]], *, into: str | os.PathLike[str]) -> int:

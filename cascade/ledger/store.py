@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import Insert, Table, select, update
@@ -22,6 +23,20 @@ _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
 _ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(AttemptRecord))
 _REQUESTS = cast("Table", Request.__table__)
 _ATTEMPTS = cast("Table", Attempt.__table__)
+
+_PROBE = LedgerEntry(
+    RequestRecord(
+        request_id="cascade-ledger-probe",
+        policy="probe",
+        policy_version="0",
+        workload="probe",
+        decision_reason="probe",
+        status="ok",
+        http_status=200,
+        created_at=datetime(2000, 1, 1, tzinfo=UTC),
+    ),
+    (AttemptRecord(seq=0, tier="probe", model="probe", role="primary", outcome="ok"),),
+)
 
 
 class Ledger:
@@ -44,6 +59,19 @@ class Ledger:
             await conn.execute(_insert_ignoring_duplicates(conn, _REQUESTS), requests)
             if attempts:
                 await conn.execute(_insert_ignoring_duplicates(conn, _ATTEMPTS), attempts)
+
+    async def probe(self) -> None:
+        """Insert a known-good request and attempt, then roll back: raises what the database
+        raises when it cannot take rows at all (unreachable, tables missing), else nothing."""
+        async with self.engine.connect() as conn:
+            transaction = await conn.begin()
+            try:
+                request = _request_row(_PROBE.request)
+                await conn.execute(_insert_ignoring_duplicates(conn, _REQUESTS), [request])
+                attempt = _attempt_row(_PROBE.request.request_id, _PROBE.attempts[0])
+                await conn.execute(_insert_ignoring_duplicates(conn, _ATTEMPTS), [attempt])
+            finally:
+                await transaction.rollback()
 
     async def mark_useless(self, request_id: str) -> bool:
         """Record feedback that a request's answer was of no use; False if no such request.

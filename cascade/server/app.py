@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 from cascade.core.request import parse_json_object
 from cascade.errors import InvalidRequestError
 from cascade.server.chat import CHAT_PATH, chat_completions
-from cascade.server.metrics import Metrics
+from cascade.server.metrics import Metrics, ledger_series
 from cascade.server.openai_format import (
     BadRequestError,
     ClientGoneError,
@@ -184,10 +184,18 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Policies and the scorer are loaded: the proxy can route."""
+    """Policies and the scorer are loaded: the proxy can route.
+
+    While the ledger's database is unreachable the answer stays 200, with ``"status":
+    "degraded"`` and what is wrong under ``"ledger"``: the proxy still answers and its rows wait
+    in the spool, so a load balancer should keep sending it traffic (every replica shares the
+    database: a 503 would take them all out of service at once).
+    """
     proxy: Proxy = request.state.proxy
     ready = bool(proxy.routers)
     body = {"status": "ready" if ready else "starting", "policies": list(proxy.routers)}
+    if ready and proxy.ledger is not None and (problem := proxy.ledger.degraded()):
+        body |= {"status": "degraded", "ledger": problem}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -198,4 +206,6 @@ async def metrics_endpoint(request: Request) -> Response:
     text = generate_latest(metrics.registry).decode()
     for tier, count in sorted(proxy.in_flight().items()):
         text += f'cascade_in_flight{{tier="{tier}"}} {count}\n'
+    if proxy.ledger is not None:
+        text += ledger_series(proxy.ledger.stats)
     return Response(text, media_type=CONTENT_TYPE_LATEST)

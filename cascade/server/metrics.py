@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cascade.ledger import WriterStats
 from cascade.run.attempts import Attempt
 
 DECISION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -80,3 +81,17 @@ class Metrics(Collector):
             sum_value=self._decision_sum,
         )
         yield from (requests, cost, attempts, decision)
+
+
+def ledger_series(stats: WriterStats) -> str:
+    """The ledger writer's series in Prometheus text: rows the database refused (quarantined,
+    counted by request) and requests waiting in the spool."""
+    return (
+        "# HELP cascade_ledger_rows_quarantined_total Ledger requests (with their attempts) the "
+        "database refused, kept in the quarantine file\n"
+        "# TYPE cascade_ledger_rows_quarantined_total counter\n"
+        f"cascade_ledger_rows_quarantined_total {stats.quarantined}\n"
+        "# HELP cascade_ledger_requests_spooled Ledger requests waiting in the spool\n"
+        "# TYPE cascade_ledger_requests_spooled gauge\n"
+        f"cascade_ledger_requests_spooled {stats.in_spool}\n"
+    )

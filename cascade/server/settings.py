@@ -42,7 +42,8 @@ class ServerSettings:
     """How long a micro-batch waits for more prompts (0: batch only what is already queued)."""
 
     def for_worker(self, index: int, count: int) -> ServerSettings:
-        """The settings of worker ``index`` of ``count``: a spool file of its own.
+        """The settings of worker ``index`` of ``count``: a spool file of its own, and no
+        migration but in worker 0.
 
         Workers sharing one spool could lose rows: one empties the file after replaying what
         it read while another appends. Worker 0 also takes over the spool of a single-process
@@ -58,4 +59,10 @@ class ServerSettings:
                 if (match := pattern.fullmatch(path.name)) and int(match.group(1)) >= count
             ]
             adopt = (str(base), *others)
-        return replace(self, spool_path=f"{base}.worker{index}", adopt_spools=adopt)
+        # Only worker 0 migrates, if any must (the database was out of reach for the parent).
+        return replace(
+            self,
+            spool_path=f"{base}.worker{index}",
+            adopt_spools=adopt,
+            migrate_on_start=self.migrate_on_start and index == 0,
+        )
