@@ -105,7 +105,7 @@ async def write_isolating(
     failure: BaseException | None = None
     for entry in entries:
         try:
-            await ledger.insert([entry])
+            await ledger.insert([entry], arrays=False)  # the path the probe checked
         except Exception as exc:  # fail-safe: an outage stops here, anything else is the row's
             if is_outage(exc):
                 failure = exc

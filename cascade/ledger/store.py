@@ -3,6 +3,13 @@
 Every insert is ``INSERT … ON CONFLICT DO NOTHING`` on the request id (requests) and on
 (request id, seq) (attempts), so a batch written twice — a spool replayed after a crash between
 commit and truncation — is stored once.
+
+On Postgres a batch travels as one statement on asyncpg's own connection: each column as an
+array, unnested into both tables by ``INSERT … SELECT … ON CONFLICT DO NOTHING`` (the attempts'
+after the requests', in a data-modifying CTE). One round trip and no transaction to open and
+commit: it measured as fast as ``COPY`` into staging tables, which takes six, and faster than
+SQLAlchemy's multi-row ``INSERT`` (benchmarks/bench_ledger.py). SQLite, and
+:meth:`Ledger.probe` with the row-by-row retries that follow it, use the plain ``INSERT``.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, cast
 
 from sqlalchemy import Insert, Table, select, update
@@ -23,7 +31,31 @@ _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
 _ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(AttemptRecord))
 _REQUESTS = cast("Table", Request.__table__)
 _ATTEMPTS = cast("Table", Attempt.__table__)
+_request_values = attrgetter(*_REQUEST_FIELDS)
+_attempt_values = attrgetter(*_ATTEMPT_FIELDS)
+_ATTEMPT_COLUMNS = ("request_id", *_ATTEMPT_FIELDS)
 
+
+def _unnested_insert() -> str:
+    """Both tables' rows in one statement, each column as an array: one round trip, atomic on
+    its own (the data-modifying CTE inserts the requests before their attempts are checked)."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy has no stubs here
+
+    def arrays(table: Table, columns: Sequence[str], first: int) -> str:
+        types = [table.c[name].type.compile(dialect=dialect) for name in columns]
+        return ", ".join(f"${first + i}::{kind}[]" for i, kind in enumerate(types))
+
+    requests, attempts = ", ".join(_REQUEST_FIELDS), ", ".join(_ATTEMPT_COLUMNS)
+    return (
+        f"WITH stored AS (INSERT INTO requests ({requests}) "
+        f"SELECT * FROM unnest({arrays(_REQUESTS, _REQUEST_FIELDS, 1)}) ON CONFLICT DO NOTHING) "
+        f"INSERT INTO attempts ({attempts}) "
+        f"SELECT * FROM unnest({arrays(_ATTEMPTS, _ATTEMPT_COLUMNS, len(_REQUEST_FIELDS) + 1)}) "
+        "ON CONFLICT DO NOTHING"
+    )
+
+
+_UNNESTED_INSERT = _unnested_insert()
 _PROBE = LedgerEntry(
     RequestRecord(
         request_id="cascade-ledger-probe",
@@ -45,9 +77,16 @@ class Ledger:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def insert(self, entries: Sequence[LedgerEntry]) -> None:
-        """Store requests and their attempts in one transaction; rows already there are kept."""
+    async def insert(self, entries: Sequence[LedgerEntry], *, arrays: bool = True) -> None:
+        """Store requests and their attempts in one transaction; rows already there are kept.
+
+        ``arrays``: on Postgres, send the rows as column arrays in one statement (False: by
+        SQLAlchemy's plain ``INSERT``, as on SQLite).
+        """
         if not entries:
+            return
+        if arrays and self.engine.dialect.name == "postgresql":
+            await self._insert_unnested(entries)
             return
         requests = [_request_row(entry.request) for entry in entries]
         attempts = [
@@ -72,6 +111,25 @@ class Ledger:
                 await conn.execute(_insert_ignoring_duplicates(conn, _ATTEMPTS), [attempt])
             finally:
                 await transaction.rollback()
+
+    async def _insert_unnested(self, entries: Sequence[LedgerEntry]) -> None:
+        requests = [_request_values(entry.request) for entry in entries]
+        attempts = [
+            (entry.request.request_id, *_attempt_values(attempt))
+            for entry in entries
+            for attempt in entry.attempts
+        ]
+        # One array per column: zip(*rows) turns rows into columns (empty when there are none).
+        columns = [
+            *(list(c) for c in zip(*requests, strict=True)),
+            *(list(c) for c in zip(*attempts, strict=True)),
+        ]
+        if not attempts:
+            columns += [[] for _ in _ATTEMPT_COLUMNS]
+        async with self.engine.connect() as conn:
+            pooled = await conn.get_raw_connection()
+            driver: Any = pooled.driver_connection  # an asyncpg.Connection
+            await driver.execute(_UNNESTED_INSERT, *columns)
 
     async def mark_useless(self, request_id: str) -> bool:
         """Record feedback that a request's answer was of no use; False if no such request.
