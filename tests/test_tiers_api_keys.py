@@ -42,6 +42,8 @@ def test_a_missing_api_key_makes_the_tier_unavailable_and_names_the_variable(
     assert answered.status_code == 200, answered.text
     assert frontier.calls == 1
     assert ready.status_code == 200  # the self-hosted tier can still answer
+    assert ready.json()["status"] == "degraded"
+    assert ready.json()["tiers"] == {"apitest/frontier": "$CASCADE_TEST_FRONTIER_KEY is not set"}
     warned = [e for e in logs if e["event"] == "tier.key_missing"]
     assert [(e["tier"], e["variable"]) for e in warned] == [
         ("frontier", "CASCADE_TEST_FRONTIER_KEY")

@@ -189,13 +189,23 @@ async def readyz(request: Request) -> Response:
     While the ledger's database is unreachable the answer stays 200, with ``"status":
     "degraded"`` and what is wrong under ``"ledger"``: the proxy still answers and its rows wait
     in the spool, so a load balancer should keep sending it traffic (every replica shares the
-    database: a 503 would take them all out of service at once).
+    database: a 503 would take them all out of service at once). API tiers whose key is not set
+    are named under ``"tiers"`` the same way.
     """
     proxy: Proxy = request.state.proxy
     ready = bool(proxy.routers)
-    body = {"status": "ready" if ready else "starting", "policies": list(proxy.routers)}
+    body: dict[str, object] = {
+        "status": "ready" if ready else "starting",
+        "policies": list(proxy.routers),
+    }
     if ready and proxy.ledger is not None and (problem := proxy.ledger.degraded()):
         body |= {"status": "degraded", "ledger": problem}
+    if ready and (missing := proxy.missing_keys()):
+        # The other tiers still answer; the named ones spill until their key is set.
+        body |= {
+            "status": "degraded",
+            "tiers": {tier: f"${variable} is not set" for tier, variable in missing.items()},
+        }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
