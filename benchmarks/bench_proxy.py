@@ -42,7 +42,8 @@ _BODY = {
     ],
     "max_tokens": 32,
 }
-_POLICY = """\
+# Three tiers all pointing at one fast upstream ({url}), never saturated: the proxy's own cost.
+FAST_POLICY = """\
 name: bench
 tiers:
   - {{name: small, model: s, kind: self_hosted, endpoint: "{url}/v1", max_concurrency: 100000,
@@ -144,7 +145,7 @@ def main() -> None:
     reference = f"http://127.0.0.1:{args.reference_port}"
     with tempfile.TemporaryDirectory() as tmp:
         policy = Path(tmp, "bench.yaml")
-        policy.write_text(_POLICY.format(url=upstream))
+        policy.write_text(FAST_POLICY.format(url=upstream))
         script = Path(tmp, "post.lua")
         script.write_text(
             'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'

@@ -33,17 +33,9 @@ from pathlib import Path
 import aiohttp
 import httpx
 
+from benchmarks.bench_proxy import FAST_POLICY
+
 _BODY = {"model": "cascade", "messages": [{"role": "user", "content": "What is 2+2?"}]}
-_POLICY = """\
-name: crash
-tiers:
-  - {{name: small, model: s, kind: self_hosted, endpoint: "{url}/v1", max_concurrency: 100000,
-      price: {{gpu_usd_per_hour: 2.3, tokens_per_second: 32000}}, threshold: 0.83}}
-  - {{name: medium, model: m, kind: self_hosted, endpoint: "{url}/v1", max_concurrency: 100000,
-      price: {{gpu_usd_per_hour: 2.3, tokens_per_second: 14500}}, threshold: 0.72}}
-  - {{name: big, model: b, kind: self_hosted, endpoint: "{url}/v1", max_concurrency: 100000,
-      price: {{input_usd_per_mtok: 2.5, output_usd_per_mtok: 10}}}}
-"""
 
 
 @dataclass(frozen=True)
@@ -166,7 +158,7 @@ def run_once(upstream: str, port: int, clients: int, seconds: float, hold_s: flo
     """One run: load, kill -9, restart (the spool replays), clean stop, count."""
     with tempfile.TemporaryDirectory() as tmp:
         policy, database, spool = Path(tmp, "crash.yaml"), Path(tmp, "crash.db"), Path(tmp, "spool")
-        policy.write_text(_POLICY.format(url=upstream))
+        policy.write_text(FAST_POLICY.format(url=upstream))
         command = serve_command(policy, port, database, spool)
         url = f"http://127.0.0.1:{port}"
         with _started(command, f"{url}/readyz") as proxy:
