@@ -109,9 +109,7 @@ def test_fields_litellm_cannot_use_are_the_clients_mistake(
 
             def ask(**extra: object) -> httpx.Response:
                 body = {"model": "cascade", "messages": [{"role": "user", "content": "hi"}]}
-                return httpx.post(
-                    f"{url}/v1/chat/completions", json={**body, **extra}, timeout=60
-                )
+                return httpx.post(f"{url}/v1/chat/completions", json={**body, **extra}, timeout=60)
 
             refused = [ask(response_format="hot") for _ in range(3)]
             refused += [ask(metadata=[1]) for _ in range(3)]
