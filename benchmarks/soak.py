@@ -159,6 +159,7 @@ async def _one(
     except httpx.TransportError as exc:
         tally[0].transport_errors += 1
         tally[0].unexpected[type(exc).__name__] += 1
+        print("DEBUG", time.time(), "stream" if body.get("stream") else "plain", repr(exc), repr(exc.__cause__ or exc.__context__), round(time.perf_counter() - started, 3), flush=True)
         return
     now = tally[0]
     now.latencies_ms.append((time.perf_counter() - started) * 1000)
@@ -289,6 +290,10 @@ def main() -> None:
         first, last = statistics.mean(rss[:third]), statistics.mean(rss[-third:])
         growth = (last - first) / first if first else 0.0
         verdict = "GREW" if growth > _GROWTH_LIMIT else "flat"
+        logged = (folder / "proxy.log").read_text(errors="replace").splitlines()
+        print(f"the proxy logged {len(logged)} lines at warning or above" + (":" if logged else ""))
+        for line in logged[-5:]:
+            print(f"  {line[:300]}")
         print(
             f"RSS first third {first:.1f} MB, last third {last:.1f} MB: {growth:+.1%} ({verdict}; "
             f"over {_GROWTH_LIMIT:.0%} counts as growth)"

@@ -124,13 +124,19 @@ def test_a_stream_the_client_abandons_is_recorded_and_its_tier_call_closed(
     assert 'cascade_in_flight{tier="small"} 0' in passthrough.metric("cascade_in_flight")
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["plain", "buffered-stream"])
+@pytest.mark.parametrize(
+    ("proxy", "stream"),
+    [("run", False), ("run", True), ("passthrough", True)],
+    ids=["plain", "buffered-stream", "passthrough-before-its-first-chunk"],
+)
 def test_a_client_gone_before_its_answer_frees_the_tiers_call_and_is_recorded(
-    run: Run, stream: bool
+    request: pytest.FixtureRequest, proxy: str, stream: bool
 ) -> None:
-    """A client that hangs up while the tier still works on its (non-streamed or buffered)
-    answer: the proxy closes the tier's connection at once, the in-flight count returns to
-    zero, and the request is recorded with status 499 and its call as ``client_gone``."""
+    """A client that hangs up while the tier still works on its answer (not streamed,
+    buffered, or a passthrough stream that has not started): the proxy closes the tier's
+    connection at once, the in-flight count returns to zero, and the request is recorded with
+    status 499 and its call as ``client_gone``."""
+    run: Run = request.getfixturevalue(proxy)
     hold = threading.Event()
     run.small.hold = hold
     body = json.dumps({"model": "cascade", "messages": HI, "stream": stream}).encode()
