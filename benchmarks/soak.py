@@ -159,7 +159,6 @@ async def _one(
     except httpx.TransportError as exc:
         tally[0].transport_errors += 1
         tally[0].unexpected[type(exc).__name__] += 1
-        print("DEBUG", time.time(), "stream" if body.get("stream") else "plain", repr(exc), repr(exc.__cause__ or exc.__context__), round(time.perf_counter() - started, 3), flush=True)
         return
     now = tally[0]
     now.latencies_ms.append((time.perf_counter() - started) * 1000)
