@@ -27,12 +27,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from benchmarks.processes import started
 
 _BODY = {
     "model": "cascade",
@@ -75,27 +75,6 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
     own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return own + sum(_cpu_seconds(int(child)) for child in children)
-
-
-@contextmanager
-def _process(args: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{args[2]} exited: {proc.stderr.read().decode() if proc.stderr else ''}"
-                )
-            try:
-                if httpx.get(ready_url, timeout=1).status_code < 500:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _wrk(url: str, concurrency: int, seconds: int, script: Path) -> Run:
@@ -153,7 +132,7 @@ def main() -> None:
         )
         python = sys.executable
         with (
-            _process(
+            started(
                 [
                     python,
                     "-m",
@@ -165,7 +144,7 @@ def main() -> None:
                 ],
                 f"{upstream}/",
             ),
-            _process(
+            started(
                 [
                     python,
                     "-m",
@@ -192,7 +171,7 @@ def main() -> None:
                 ],
                 f"{proxy}/readyz",
             ) as served,
-            _process(
+            started(
                 [
                     python,
                     "-m",

@@ -25,8 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import aiohttp
 import httpx
 
 from benchmarks.bench_proxy import FAST_POLICY
+from benchmarks.processes import started
 
 _BODY = {"model": "cascade", "messages": [{"role": "user", "content": "What is 2+2?"}]}
 
@@ -59,27 +58,6 @@ class Outcome:
     def lost(self) -> int:
         """Answered requests the ledger does not hold."""
         return self.answered - self.recorded
-
-
-@contextmanager
-def _started(args: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                error = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"{' '.join(args[2:4])} exited: {error}")
-            try:
-                if httpx.get(ready_url, timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait(30)
 
 
 def serve_command(policy: Path, port: int, database: Path, spool: Path) -> list[str]:
@@ -161,12 +139,12 @@ def run_once(upstream: str, port: int, clients: int, seconds: float, hold_s: flo
         policy.write_text(FAST_POLICY.format(url=upstream))
         command = serve_command(policy, port, database, spool)
         url = f"http://127.0.0.1:{port}"
-        with _started(command, f"{url}/readyz") as proxy:
+        with started(command, f"{url}/readyz") as proxy:
             httpx.post(f"{url}/v1/chat/completions", json=_BODY, timeout=30).raise_for_status()
             answered, killed, load_s = asyncio.run(
                 _load(url, clients, seconds, proxy, Hold(database, hold_s) if hold_s else None)
             )
-        with _started(command, f"{url}/readyz"):
+        with started(command, f"{url}/readyz"):
             _wait_until_empty(spool)
         stored = _stored(database)
     lost = [at for request_id, at in answered.items() if request_id not in stored]
@@ -201,7 +179,7 @@ def main() -> None:
     print(
         f"{'run':>3} {'answered':>9} {'recorded':>9} {'lost':>6} {'oldest lost':>12} {'req/s':>7}"
     )
-    with _started(upstream_command, f"{upstream}/"):
+    with started(upstream_command, f"{upstream}/"):
         outcomes = []
         for run in range(1, args.runs + 1):
             outcome = run_once(

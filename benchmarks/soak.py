@@ -21,18 +21,17 @@ import os
 import random
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from benchmarks.processes import started
 from cascade.simulator.dataset import iter_rows
 
 _KEY_ENV = "CASCADE_SOAK_FRONTIER_KEY"
@@ -79,27 +78,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-@contextmanager
-def _process(args: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``args`` with its output in ``log``; wait until ``ready_url`` answers; stop it."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{' '.join(args[3:5])} did not start; see {log}")
-            try:
-                if httpx.get(ready_url, timeout=1).status_code < 500:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def _rss_mb(pid: int) -> float:
@@ -258,7 +236,7 @@ def main() -> None:
             command += ["--port", str(port), "--time-scale", str(args.time_scale)]
             command += ["--log-level", "warning"]
             url = f"http://127.0.0.1:{port}"
-            stack.enter_context(_process(command, f"{url}/health", folder / f"{profile}.log"))
+            stack.enter_context(started(command, f"{url}/health", log=folder / f"{profile}.log"))
             tiers[profile] = url
         policy = folder / "soak.yaml"
         policy.write_text(
@@ -277,7 +255,7 @@ def main() -> None:
         command += ["--log-level", "warning"]
         os.environ.setdefault(_KEY_ENV, "soak-key-not-secret")
         url = f"http://127.0.0.1:{port}"
-        proxy = stack.enter_context(_process(command, f"{url}/readyz", folder / "proxy.log"))
+        proxy = stack.enter_context(started(command, f"{url}/readyz", log=folder / "proxy.log"))
         print(
             f"soak: {args.minutes:g} min, {concurrency} in flight, tiers at "
             f"max_concurrency {args.max_concurrency}, time scale {args.time_scale:g}; "
