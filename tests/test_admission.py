@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from cascade.errors import TierError
 from cascade.policy import parse_policy
 from cascade.server.app import create_app
 from cascade.server.settings import ServerSettings
+from tests.raw_servers import until
 from tests.servers import serving, wait_until
 from tests.test_run import Run
 from tests.upstreams import ScriptedTier
@@ -44,13 +44,6 @@ def _tier(slots: int, queue: int, timeout: float) -> cascade.Tier:
     return policy.tiers[0]
 
 
-async def _until(condition: Callable[[], bool]) -> None:
-    """Let the loop run until ``condition`` holds (the test's own wait; at most 10 s)."""
-    async with asyncio.timeout(10):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
 def test_a_freed_slot_passes_to_the_first_in_line_at_once() -> None:
     """Waiting requests get slots first come, first served, the moment one is released (the
     handover happens in release itself: nobody polls); the count of calls in flight stays at
@@ -62,7 +55,7 @@ def test_a_freed_slot_passes_to_the_first_in_line_at_once() -> None:
         await counter.admit(tier)
         first = asyncio.create_task(counter.admit(tier))
         second = asyncio.create_task(counter.admit(tier))
-        await _until(lambda: counter.waiting("small") == 2)
+        await until(lambda: counter.waiting("small") == 2)
         counter.release("small", 1)
         assert (counter.waiting("small"), counter.in_flight("small")) == (1, 1)  # handed over
         await first
@@ -84,7 +77,7 @@ def test_a_full_queue_refuses_at_once_and_a_long_wait_gives_up() -> None:
         counter = InFlightCounter()
         await counter.admit(tier)
         queued = asyncio.create_task(counter.admit(tier))
-        await _until(lambda: counter.waiting("small") == 1)
+        await until(lambda: counter.waiting("small") == 1)
         with pytest.raises(TierError) as full:
             await counter.admit(tier)
         loop = asyncio.get_running_loop()
@@ -113,7 +106,7 @@ def test_a_cancelled_waiter_leaves_the_line_and_passes_on_a_slot_it_was_given() 
         leaving = asyncio.create_task(counter.admit(tier))
         handed = asyncio.create_task(counter.admit(tier))
         staying = asyncio.create_task(counter.admit(tier))
-        await _until(lambda: counter.waiting("small") == 3)
+        await until(lambda: counter.waiting("small") == 3)
         leaving.cancel()
         await asyncio.gather(leaving, return_exceptions=True)
         assert counter.waiting("small") == 2
@@ -139,9 +132,9 @@ def test_a_queued_request_runs_when_the_tiers_slot_frees(tmp_path: Path) -> None
         async def scenario() -> tuple[list[cascade.Completion], TierError]:
             async with cascade.Router.open(policy) as router:
                 first = asyncio.create_task(router.complete({"messages": HI}))
-                await _until(lambda: small.calls == 1)
+                await until(lambda: small.calls == 1)
                 second = asyncio.create_task(router.complete({"messages": HI}))
-                await _until(lambda: router.capacity.waiting("small") == 1)
+                await until(lambda: router.capacity.waiting("small") == 1)
                 with pytest.raises(TierError) as refused:
                     await router.complete({"messages": HI})
                 assert small.calls == 1
