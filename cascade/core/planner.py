@@ -17,6 +17,7 @@ from cascade.core.decision import Decision, decide
 from cascade.core.prompt import Message, PreparedPrompt, prepare_prompt
 from cascade.errors import RoutingError
 from cascade.model.scorer import OnnxScorer, Scorer
+from cascade.model.verifier import OnnxVerifier, Verifier
 from cascade.policy.loading import load_policy
 from cascade.policy.model import Policy
 from cascade.resources import policy_path
@@ -53,16 +54,28 @@ class Planner:
         policy: Policy | str | Path,
         scorer: Scorer | None = None,
         capacity: CapacityView | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         if not isinstance(policy, Policy):
             policy = load_policy(_policy_file(policy))
         self.policy = policy
+        if verifier is None and policy.verifies:  # loaded now: a bad model fails the policy
+            settings = policy.verifier
+            verifier = OnnxVerifier(settings.model, device=settings.device)
+        self._verifier = verifier
         self.scorer: Scorer = (
             scorer
             if scorer is not None
             else OnnxScorer(policy.scorer.model, device=policy.scorer.device)
         )
         self.capacity: CapacityView = capacity if capacity is not None else InFlightCounter()
+
+    @property
+    def verifier(self) -> Verifier:
+        """The verifier of the policy's ``verify`` blocks (RoutingError when it has none)."""
+        if self._verifier is None:
+            raise RoutingError(f"policy {self.policy.name!r} has no tier with a verify block")
+        return self._verifier
 
     def plan(
         self,

@@ -6,6 +6,7 @@ What ``cascade export`` writes, for ``cascade train`` to learn from the requests
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 
 from cascade.core.pricing import Rates
@@ -40,7 +41,8 @@ def label_requests(
         scores = _label(fact, last_tier)
         if scores is None:
             continue
-        strong = next((a.cost_usd for a in fact.attempts if a.tier == last_tier), None)
+        answers = [a for a in fact.attempts if not a.evidence]
+        strong = next((a.cost_usd for a in answers if a.tier == last_tier), None)
         if strong is None and frontier_rates is not None:
             strong = fact.counterfactual(frontier_rates)
         rows.append(
@@ -50,17 +52,22 @@ def label_requests(
                 "prompt": (prompts or {}).get(fact.request_id),
                 "weak_score": scores[0],
                 "strong_score": scores[1],
-                "weak_cost_usd": float(fact.attempts[0].cost_usd),
+                "weak_cost_usd": float(answers[0].cost_usd + _evidence_cost(fact)),
                 "strong_cost_usd": None if strong is None else float(strong),
-                "weak_tier": fact.attempts[0].tier,
+                "weak_tier": answers[0].tier,
                 "strong_tier": last_tier,
             }
         )
     return rows
 
 
+def _evidence_cost(fact: RequestFacts) -> Decimal:
+    return sum((a.cost_usd for a in fact.attempts if a.evidence), Decimal(0))
+
+
 def _label(fact: RequestFacts, last_tier: str) -> tuple[float, float] | None:
-    if not fact.attempts or fact.attempts[0].tier == last_tier:
+    answers = [a for a in fact.attempts if not a.evidence]
+    if not answers or answers[0].tier == last_tier:
         return None
     if fact.has_role("escalation"):
         return (0.0, 1.0)
@@ -68,7 +75,7 @@ def _label(fact: RequestFacts, last_tier: str) -> tuple[float, float] | None:
         return None
     if fact.useless:
         return (0.0, 1.0) if fact.final_tier != last_tier else None
-    if fact.final_tier == fact.attempts[0].tier:
+    if fact.final_tier == answers[0].tier:
         return (1.0, 1.0)
     return None
 

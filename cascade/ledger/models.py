@@ -156,6 +156,7 @@ class Attempt(Base):
     cost_usd: Mapped[Decimal] = mapped_column(Money())
     estimated: Mapped[bool] = mapped_column(Boolean)
     latency_ms: Mapped[float] = mapped_column(Float)
+    verify_confidence: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         UniqueConstraint("request_id", "seq"),

@@ -37,6 +37,13 @@ class AttemptFacts:
     reason: str | None = None
     """Why the answer was rejected, or how the call failed."""
     error_class: str | None = None
+    verify_confidence: float | None = None
+    """The verifier's confidence in this answer, when the verify step judged it."""
+
+    @property
+    def evidence(self) -> bool:
+        """A witness or sample call of the verify step (not an answer the client could get)."""
+        return self.role in ("witness", "sample")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +115,7 @@ async def fetch_requests(engine: AsyncEngine, since: datetime | None) -> list[Re
             Attempt.cost_usd,
             Attempt.reason,
             Attempt.error_class,
+            Attempt.verify_confidence,
         )
         .join(Request, Request.request_id == Attempt.request_id)
         .order_by(Attempt.request_id, Attempt.seq)

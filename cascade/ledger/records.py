@@ -25,7 +25,7 @@ from typing import Literal
 
 from cascade.errors import LedgerError
 
-AttemptRole = Literal["primary", "spill", "escalation"]
+AttemptRole = Literal["primary", "spill", "escalation", "witness", "sample"]
 AttemptOutcome = Literal["ok", "rejected", "error"]
 RequestStatus = Literal["ok", "error"]
 
@@ -93,7 +93,9 @@ class AttemptRecord:
     model: str
     """Model the tier was asked for (the concrete name sent upstream)."""
     role: AttemptRole
-    """Why this tier was called: ``primary`` (the decision), ``spill`` or ``escalation``."""
+    """Why this tier was called: ``primary`` (the decision), ``spill`` or ``escalation``; or,
+    for the verify step's evidence, ``witness`` (another tier's answer) or ``sample`` (the extra
+    samples of an ``n``-sample call)."""
     outcome: AttemptOutcome
     """``ok`` (answer kept), ``rejected`` (answered, verification escalated) or ``error``."""
     reason: str | None = None
@@ -112,6 +114,8 @@ class AttemptRecord:
     """True when the usage was estimated with a tokenizer because the tier did not report it."""
     latency_ms: float = 0.0
     """Wall time of the call, in milliseconds."""
+    verify_confidence: float | None = None
+    """The verifier's P(this answer is good enough), when the verify step judged it."""
 
     def __post_init__(self) -> None:
         _check_money("AttemptRecord.cost_usd", self.cost_usd)

@@ -156,6 +156,16 @@ def _headline(report: Report) -> str:
             f"moved off a busy or failing tier; {pct(total.error_rate)} failed",
         ),
     ]
+    if total.verified_rate or total.evidence_cost_usd:
+        verify_escalated = round(total.verify_escalation_rate * total.requests)
+        cards.append(
+            (
+                "escalated by the verifier",
+                f"{verify_escalated:,}",
+                f"{pct(total.verified_rate)} of requests verified; the evidence (witnesses, "
+                f"samples) cost {html.escape(usd(total.evidence_cost_usd))}",
+            )
+        )
     return (
         '<div class=headline id="headline">'
         + "".join(
@@ -170,7 +180,11 @@ def _headline(report: Report) -> str:
 def _reasons(report: Report) -> str:
     if not report.reasons:
         return "<h2>Why calls were not the answer</h2><p>Every call was the answer.</p>"
-    words = {"escalated": "answer rejected, escalated", "failed": "call failed"}
+    words = {
+        "escalated": "answer rejected, escalated",
+        "failed": "call failed",
+        "evidence failed": "witness call failed",
+    }
     rows = "".join(
         f"<tr><td>{html.escape(words.get(kind, kind))}: {html.escape(reason)}</td>"
         f"<td>{count:,}</td></tr>"

@@ -49,7 +49,19 @@ def _group_lines(by: str, stats: GroupStats) -> list[str]:
         f"  cache hit rate        {percent(stats.cache_hit_rate)} of prompt tokens; "
         f"prefix seen before {percent(stats.prefix_repeat_rate)} of requests",
         f"  savings vs frontier   {savings}",
+        f"  verify step           {_verify_line(stats)}",
     ]
+
+
+def _verify_line(stats: GroupStats) -> str:
+    if not stats.verified_rate and not stats.evidence_cost_usd:
+        return "no answer verified"
+    share = stats.evidence_cost_usd / stats.cost_usd if stats.cost_usd else None
+    return (
+        f"verified {percent(stats.verified_rate)} of requests, escalated by the verifier "
+        f"{percent(stats.verify_escalation_rate)}; evidence cost {money(stats.evidence_cost_usd)}"
+        f" USD ({percent(None if share is None else float(share))} of cost)"
+    )
 
 
 def money(value: Decimal | None) -> str:

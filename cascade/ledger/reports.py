@@ -9,6 +9,9 @@ Pure Python over the :class:`~cascade.ledger.queries.RequestFacts` that
   requests; error rate = requests with status ``error`` ÷ requests;
 - cache hit rate = Σ cached tokens ÷ Σ prompt tokens; prefix repeat rate = requests whose prefix
   hash was already seen earlier in the window (by any request) ÷ requests;
+- verify step: verified rate = requests with an answer the verifier judged ÷ requests; verify
+  escalation rate = requests with an answer the verifier rejected ÷ requests; evidence cost =
+  Σ cost of witness and sample attempts (part of the cost above);
 - counterfactual = what each request would have cost on the policy's last (frontier) tier: the
   final attempt's prompt tokens (its cached tokens priced as cached, which understates savings
   rather than inflate them) plus the delivered completion tokens; savings = counterfactual - cost.
@@ -61,6 +64,13 @@ class GroupStats:
     counterfactual_usd: Decimal | None
     savings_usd: Decimal | None
     savings_pct: float | None
+    verified_rate: float = 0.0
+    """Requests with at least one answer the verifier judged ÷ requests."""
+    verify_escalation_rate: float = 0.0
+    """Requests whose cheaper answer the verifier rejected (so a stronger tier was asked) ÷
+    requests."""
+    evidence_cost_usd: Decimal = _ZERO
+    """What the verify step's witness and sample calls cost."""
 
     @property
     def cost_per_million_useful(self) -> Decimal | None:
@@ -89,8 +99,9 @@ class Report:
     """The same requests grouped by tenant (requests without one under ``(none)``)."""
     reasons: tuple[tuple[str, str, int], ...] = ()
     """Why calls were not the answer, most frequent first: ``(kind, reason, attempts)`` where
-    kind is ``escalated`` (a rejected answer, reason = the failed check) or ``failed`` (a call
-    that failed, reason = its error class)."""
+    kind is ``escalated`` (a rejected answer, reason = the failed check, ``verify`` for the
+    verifier), ``failed`` (a call that failed, reason = its error class) or ``evidence failed``
+    (a witness call that failed)."""
 
     @property
     def has_tenants(self) -> bool:
@@ -147,7 +158,9 @@ def attempt_reasons(facts: Iterable[RequestFacts]) -> tuple[tuple[str, str, int]
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for fact in facts:
         for attempt in fact.attempts:
-            if attempt.outcome == "rejected":
+            if attempt.evidence and attempt.outcome == "error":
+                counts["evidence failed", attempt.error_class or "unknown"] += 1
+            elif attempt.outcome == "rejected":
                 counts["escalated", (attempt.reason or "unknown").split(":", 1)[0]] += 1
             elif attempt.outcome == "error":
                 counts["failed", attempt.error_class or "unknown"] += 1
@@ -194,6 +207,19 @@ def summarize(
         counterfactual_usd=counterfactual,
         savings_usd=savings,
         savings_pct=savings_pct,
+        verified_rate=_share(facts, _verified),
+        verify_escalation_rate=_share(facts, _verify_escalated),
+        evidence_cost_usd=sum((a.cost_usd for f in facts for a in f.attempts if a.evidence), _ZERO),
+    )
+
+
+def _verified(fact: RequestFacts) -> bool:
+    return any(a.verify_confidence is not None for a in fact.attempts)
+
+
+def _verify_escalated(fact: RequestFacts) -> bool:
+    return any(
+        a.outcome == "rejected" and (a.reason or "").startswith("verify:") for a in fact.attempts
     )
 
 
@@ -266,6 +292,9 @@ def _group_json(stats: GroupStats) -> dict[str, Any]:
         "counterfactual_usd": text(stats.counterfactual_usd),
         "savings_usd": text(stats.savings_usd),
         "savings_pct": stats.savings_pct,
+        "verified_rate": stats.verified_rate,
+        "verify_escalation_rate": stats.verify_escalation_rate,
+        "evidence_cost_usd": str(stats.evidence_cost_usd),
     }
 
 

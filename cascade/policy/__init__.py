@@ -11,6 +11,8 @@ from cascade.policy.model import (
     Tier,
     Timeouts,
     TokenPrice,
+    VerifierSettings,
+    Verify,
     Workload,
 )
 
@@ -24,6 +26,8 @@ __all__ = [
     "Tier",
     "Timeouts",
     "TokenPrice",
+    "VerifierSettings",
+    "Verify",
     "Workload",
     "load_policy",
     "parse_policy",

@@ -8,78 +8,44 @@ policy.schema.json``), which editors show while a policy is being written, and i
 from __future__ import annotations
 
 import hashlib
-from decimal import Decimal
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    PrivateAttr,
-    Tag,
-    model_validator,
+from pydantic import Field, PrivateAttr, model_validator
+
+from cascade.policy.parts import (
+    GpuPrice,
+    Money,
+    Price,
+    TierName,
+    Timeouts,
+    TokenPrice,
+    VerifierSettings,
+    Verify,
+    _Strict,
 )
-
-TierName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
-Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=9)]
 
 CHECKS = ("length", "empty", "refusal", "invalid_json", "invalid_tool_call", "low_logprob")
 Check = Literal["length", "empty", "refusal", "invalid_json", "invalid_tool_call", "low_logprob"]
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class TokenPrice(_Strict):
-    """Pay-per-token pricing (API tiers, or self-hosted with an explicit rate)."""
-
-    input_usd_per_mtok: Money
-    """US dollars per million input (prompt) tokens."""
-    output_usd_per_mtok: Money
-    """US dollars per million output (completion) tokens."""
-    cached_input_usd_per_mtok: Money | None = None
-    """US dollars per million input tokens served from the provider's prefix cache; defaults to the
-    input price."""
-
-
-class GpuPrice(_Strict):
-    """Self-hosted pricing from the GPU's rent and the tier's measured throughput."""
-
-    gpu_usd_per_hour: Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=6)]
-    """What the GPU(s) serving this tier cost per hour, in US dollars."""
-    tokens_per_second: Annotated[float, Field(gt=0)]
-    """Measured aggregate decode throughput (output tokens per second at the serving batch size)."""
-    prefill_tokens_per_second: Annotated[float, Field(gt=0)] | None = None
-    """Measured prompt-processing throughput; defaults to 10x the decode throughput. Prompt
-    tokens served from the engine's prefix cache cost nothing."""
-
-
-class Timeouts(_Strict):
-    """How long a call to a tier may take before it counts as failed (and spills)."""
-
-    connect_s: float = Field(default=2.0, gt=0)
-    """Seconds to open a connection."""
-    first_byte_s: float = Field(default=30.0, gt=0)
-    """Seconds until the tier starts answering (response headers)."""
-    total_s: float = Field(default=120.0, gt=0)
-    """Seconds for the whole call."""
-    stream_idle_s: float = Field(default=30.0, gt=0)
-    """Seconds a stream may stay silent between chunks."""
-
-
-def _price_style(value: Any) -> str:
-    # Choose the price model from the keys given, so a typo is reported against the style the
-    # author meant rather than against both.
-    keys = value.keys() if isinstance(value, dict) else vars(value).keys()
-    return "GpuPrice" if {"gpu_usd_per_hour", "tokens_per_second"} & set(keys) else "TokenPrice"
-
-
-Price = Annotated[
-    Annotated[TokenPrice, Tag("TokenPrice")] | Annotated[GpuPrice, Tag("GpuPrice")],
-    Discriminator(_price_style),
+__all__ = [
+    "CHECKS",
+    "Check",
+    "CrossFieldError",
+    "Escalation",
+    "GpuPrice",
+    "Money",
+    "Policy",
+    "Probe",
+    "PromptSettings",
+    "ScorerSettings",
+    "Tier",
+    "TierName",
+    "Timeouts",
+    "TokenPrice",
+    "VerifierSettings",
+    "Verify",
+    "Workload",
 ]
 
 
@@ -124,6 +90,8 @@ class Tier(_Strict):
     threshold: float = Field(default=0.0, ge=0.0, le=1.0)
     """Route here when the scorer's confidence is at least this (0 = take everything that reaches
     it). Thresholds must not increase from one tier to the next."""
+    verify: Verify | None = None
+    """Judge this tier's answers with the verifier before keeping them (none: the checks only)."""
     description: str = ""
     """Free text for humans."""
 
@@ -255,6 +223,8 @@ class Policy(_Strict):
     """Prompt handling."""
     scorer: ScorerSettings = Field(default_factory=ScorerSettings)
     """The confidence model."""
+    verifier: VerifierSettings = Field(default_factory=VerifierSettings)
+    """The verifier model, used by tiers with a ``verify`` block."""
     probes: list[Probe] = Field(default_factory=list)
     """Example requests with the tier each must route to."""
 
@@ -272,6 +242,11 @@ class Policy(_Strict):
     def source(self) -> str:
         """Where the policy came from (a file path, or ``<policy>`` when built in code)."""
         return self._source
+
+    @property
+    def verifies(self) -> bool:
+        """True when some tier has a ``verify`` block (the verifier model is then needed)."""
+        return any(t.verify is not None for t in self.tiers)
 
     def tier(self, name: str) -> Tier:
         """The tier called ``name`` (KeyError if there is none)."""
@@ -295,6 +270,7 @@ class Policy(_Strict):
             if tier.name in seen:
                 problems.append((("tiers", i, "name"), f"duplicate tier name {tier.name!r}"))
             seen.add(tier.name)
+            problems.extend(self._verify_problems(i, tier, names))
             if tier.overflow is not None and tier.overflow not in names:
                 problems.append((("tiers", i, "overflow"), self._unknown_tier(tier.overflow)))
             elif tier.overflow == tier.name:
@@ -309,6 +285,19 @@ class Policy(_Strict):
                     )
                 )
         return problems
+
+    def _verify_problems(self, i: int, tier: Tier, names: list[str]) -> list[Problem]:
+        if tier.verify is None:
+            return []
+        where = ("tiers", i, "verify")
+        witness = tier.verify.witness
+        if witness is not None and witness not in names:
+            return [((*where, "witness"), self._unknown_tier(witness))]
+        if witness == tier.name:
+            return [((*where, "witness"), "a tier cannot witness itself; use samples")]
+        if i == len(self.tiers) - 1:
+            return [(where, "the strongest tier has no tier to escalate to: nothing to verify for")]
+        return []
 
     def _workload_problems(self) -> list[Problem]:
         names = {t.name for t in self.tiers}

@@ -19,6 +19,8 @@ from cascade.policy.model import (
     Tier,
     Timeouts,
     TokenPrice,
+    VerifierSettings,
+    Verify,
     Workload,
 )
 
@@ -28,10 +30,12 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("tiers[].price — per token", TokenPrice),
     ("tiers[].price — GPU time", GpuPrice),
     ("tiers[].timeouts", Timeouts),
+    ("tiers[].verify", Verify),
     ("workloads.<name>", Workload),
     ("escalation", Escalation),
     ("prompt", PromptSettings),
     ("scorer", ScorerSettings),
+    ("verifier", VerifierSettings),
     ("probes[]", Probe),
 ]
 

@@ -11,7 +11,14 @@ from cascade.core.decision import Decision
 from cascade.errors import TierError
 from cascade.tiers.base import Usage
 
-Role = Literal["primary", "spill", "escalation"]
+Role = Literal["primary", "spill", "escalation", "witness", "sample"]
+"""Why a tier was called: ``primary`` (the decision), ``spill`` (a failure or saturation sent the
+request on), ``escalation`` (a weaker tier's answer was rejected), or, for the verify step's
+evidence, ``witness`` (another tier's answer to the same request) and ``sample`` (the extra
+samples of an ``n``-sample call)."""
+
+EVIDENCE_ROLES: frozenset[str] = frozenset(("witness", "sample"))
+"""Roles of calls made for evidence, not for an answer the client could get."""
 Outcome = Literal["ok", "rejected", "error"]
 
 CLIENT_GONE = "client_gone"
@@ -33,6 +40,13 @@ class Attempt:
     usage: Usage | None
     cost_usd: Decimal
     latency_s: float
+    verify_confidence: float | None = None
+    """The verifier's P(this answer is good enough), when the verify step judged it."""
+
+    @property
+    def evidence(self) -> bool:
+        """True for a witness or sample call: evidence for the verify step."""
+        return self.role in EVIDENCE_ROLES
 
 
 def total_cost(attempts: Sequence[Attempt]) -> Decimal:
@@ -41,9 +55,14 @@ def total_cost(attempts: Sequence[Attempt]) -> Decimal:
 
 
 def describe_attempts(attempts: Sequence[Attempt]) -> str:
-    """Attempts in one line: ``small:rejected(length),medium:error(timeout),big:ok``."""
+    """Attempts in one line: ``small:rejected(length),medium:error(timeout),big:ok``; evidence
+    calls by their role: ``small:rejected(verify),small:sample,medium:witness,big:ok``."""
     parts = []
     for attempt in attempts:
+        if attempt.evidence:
+            why = attempt.error_class
+            parts.append(f"{attempt.tier}:{attempt.role}" + (f"({why})" if why else ""))
+            continue
         why = attempt.error_class or (attempt.reason or "").split(":", 1)[0]
         parts.append(f"{attempt.tier}:{attempt.outcome}" + (f"({why})" if why else ""))
     return ",".join(parts)
@@ -64,6 +83,17 @@ class Completion:
     def cost_usd(self) -> Decimal:
         """All money spent on the request: every attempt, wasted ones too."""
         return total_cost(self.attempts)
+
+    @property
+    def evidence_cost_usd(self) -> Decimal:
+        """What the verify step's witnesses and samples cost."""
+        return total_cost([a for a in self.attempts if a.evidence])
+
+    @property
+    def verify_confidence(self) -> float | None:
+        """The verifier's confidence in the last answer it judged (None: nothing was judged)."""
+        judged = [a.verify_confidence for a in self.attempts if a.verify_confidence is not None]
+        return judged[-1] if judged else None
 
 
 class UpstreamError(TierError):

@@ -25,23 +25,25 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from cascade.core.capacity import InFlightCounter
 from cascade.core.decision import Decision
 from cascade.core.planner import AsyncScorer, Planner, planner_for
-from cascade.core.pricing import Rates, tier_rates
+from cascade.core.pricing import Rates
 from cascade.core.request import ChatRequest
 from cascade.errors import TierError
-from cascade.policy.model import Policy, Tier
-from cascade.run.attempts import CLIENT_GONE, Attempt, Completion, Outcome, Role, UpstreamError
+from cascade.policy.model import Policy, Tier, Verify
+from cascade.run.attempts import Attempt, Completion, Outcome, Role, UpstreamError
 from cascade.run.checks import find_problem
+from cascade.run.evidence import answer_text, first_choice, judge, prompt_text, verify_rules
 from cascade.run.health import TierHealth
 from cascade.run.ids import new_request_id
+from cascade.run.pricing import Pricer
 from cascade.run.streaming import StreamRun
-from cascade.tiers.base import JSON, TierAnswer, TierClient, Usage
+from cascade.run.witnesses import EvidenceCalls
+from cascade.tiers.base import JSON, TierAnswer, TierClient
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,10 @@ class Router:
         self.batcher = batcher
         self.capacity = capacity if capacity is not None else InFlightCounter()
         self.health = health if health is not None else TierHealth()
-        self._api_rates = api_rates
+        self.pricer = Pricer(api_rates)
+        self.evidence = EvidenceCalls(
+            self._call, self._client, self.capacity, self.health, self.pricer
+        )
 
     @classmethod
     @asynccontextmanager
@@ -221,9 +226,8 @@ class Router:
     ) -> _Accepted:
         """The loop: call, verify, escalate, spill — until a tier's answer is accepted."""
         payload = request.payload(decision.messages, decision.tools)
-        call: _Call = self._call
+        call: _Call = self._open if stream else self._call
         if stream:
-            call = self._open
             payload["stream_options"] = {"include_usage": True}  # usage prices the request
         allowed = self.allowed(decision.workload)
         spill = self.policy.workloads[decision.workload].spill
@@ -231,7 +235,8 @@ class Router:
         role: Role = "spill" if decision.spilled_from else "primary"
         rejected: _Accepted | None = None
         last_error: TierError | None = None
-        while current is not None and len(attempts) < self.policy.escalation.max_attempts:
+        calls = 0  # evidence calls (witnesses, samples) do not count against max_attempts
+        while current is not None and calls < self.policy.escalation.max_attempts:
             tier = current
             if not self.health.available(tier):
                 # Cooling down after repeated failures: go where a failure would have sent us,
@@ -240,39 +245,93 @@ class Router:
                 if fallback is not None:
                     current, role = fallback, "spill"
                     continue
+            calls += 1
+            rules = None if stream else verify_rules(tier, allowed, request)
+            evidence: list[Attempt] = []
             called = time.perf_counter()
             try:
-                result = await call(tier, payload)
+                result, witnesses = await self._answer(tier, rules, call, payload, evidence)
             except TierError as error:
-                self.health.failed(tier, error)
-                attempts.append(self.failed(tier, role, error, time.perf_counter() - called))
-                if not error.spillable:
-                    raise UpstreamError(error, attempts) from None
+                self._failed(tier, role, error, called, attempts, evidence)
                 last_error, role = error, "spill"
                 current = self.spill_target(tier, allowed, spill)
                 continue
             except asyncio.CancelledError:  # nobody waits for the answer any more
-                attempts.append(self.gone(tier, role, time.perf_counter() - called))
+                attempts += [*evidence, self.pricer.gone(tier, role, time.perf_counter() - called)]
                 raise
             self.health.succeeded(tier)
             accepted = _Accepted(tier, role, result, called)
             if isinstance(result, _Opened):  # a stream is relayed as it comes: nothing to verify
                 return accepted
-            problem = find_problem(request, result.body, self.policy.escalation)
+            problem, reason, confidence = self._review(request, result, rules, witnesses)
             stronger = self._stronger(tier, allowed)
-            if problem is not None and stronger is not None:
-                attempts.append(self.answered(tier, role, result, "rejected", problem))
-                rejected, role, current = accepted, "escalation", stronger
-                continue
-            attempts.append(self.answered(tier, role, result, "ok", problem))
-            return accepted
+            rejects = problem is not None and stronger is not None
+            outcome: Outcome = "rejected" if rejects else "ok"
+            answered = self.pricer.answered
+            attempts.extend(evidence)  # evidence first: the last attempt is the answer delivered
+            attempts.append(
+                answered(tier, role, result, outcome, reason, verify_confidence=confidence)
+            )
+            if not rejects:
+                return accepted
+            rejected, role, current = accepted, "escalation", stronger
         if rejected is not None:  # out of attempts: the best answer we have beats none
             return rejected
-        if (
-            last_error is None
-        ):  # max_attempts spent on nothing: cannot happen with max_attempts >= 1
-            last_error = TierError(decision.tier, "saturated", "no tier could be tried")
-        raise UpstreamError(last_error, attempts)
+        # (no last_error: max_attempts spent on nothing, impossible with max_attempts >= 1)
+        nothing = TierError(decision.tier, "saturated", "no tier could be tried")
+        raise UpstreamError(last_error or nothing, attempts)
+
+    def _failed(  # noqa: PLR0917 - the loop's state at one failed call
+        self,
+        tier: Tier,
+        role: Role,
+        error: TierError,
+        called: float,
+        attempts: list[Attempt],
+        evidence: list[Attempt],
+    ) -> None:
+        """Record a failed call and its evidence; raise UpstreamError when it must not spill."""
+        self.health.failed(tier, error)
+        latency = time.perf_counter() - called
+        attempts.extend([*evidence, self.pricer.failed(tier, role, error, latency)])
+        if not error.spillable:
+            raise UpstreamError(error, attempts) from None
+
+    async def _answer(
+        self,
+        tier: Tier,
+        rules: Verify | None,
+        call: _Call,
+        payload: Mapping[str, Any],
+        evidence: list[Attempt],
+    ) -> tuple[TierAnswer | _Opened, tuple[str, ...]]:
+        """One call for an answer; with ``rules``, its evidence too (witness texts returned,
+        evidence calls appended to ``evidence``)."""
+        if rules is None:
+            return await call(tier, payload), ()
+        witness = self.policy.tier(rules.witness) if rules.witness is not None else None
+        return await self.evidence.answer(tier, rules, witness, payload, evidence)
+
+    def _review(
+        self,
+        request: ChatRequest,
+        answer: TierAnswer,
+        rules: Verify | None,
+        witnesses: tuple[str, ...],
+    ) -> tuple[str | None, str | None, float | None]:
+        """The checks, then the verifier: (what is wrong or None, the reason to record, the
+        verifier's confidence or None)."""
+        problem = find_problem(request, answer.body, self.policy.escalation)
+        if problem is not None or rules is None:
+            return problem, problem, None
+        verdict = judge(
+            self.planner.verifier,
+            rules,
+            prompt_text(request.messages),
+            answer_text(first_choice(answer.body)),
+            witnesses,
+        )
+        return (None if verdict.accepted else verdict.reason), verdict.reason, verdict.confidence
 
     def _client(self, tier: Tier) -> TierClient:
         client = self.clients.get(tier.kind)
@@ -330,62 +389,3 @@ class Router:
             if any(t is overflow for t in allowed) and self._usable(overflow):
                 return overflow
         return self._stronger(tier, allowed)
-
-    def rates(self, tier: Tier) -> Rates | None:
-        """The tier's per-token rates: the policy's price, else litellm's map for API tiers."""
-        rates = tier_rates(tier)
-        if rates is None and self._api_rates is not None:
-            rates = self._api_rates(tier)
-        return rates
-
-    def attempt(
-        self,
-        tier: Tier,
-        role: Role,
-        outcome: Outcome,
-        *,
-        usage: Usage | None,
-        latency_s: float,
-        reason: str | None = None,
-        error_class: str | None = None,
-    ) -> Attempt:
-        """One call's record, priced at the tier's rates (nothing known costs nothing)."""
-        rates = self.rates(tier)
-        cost = Decimal(0)
-        if usage is not None and rates is not None:
-            cached = min(usage.cached_tokens, usage.prompt_tokens)
-            cost = rates.cost(usage.prompt_tokens, usage.completion_tokens, cached)
-        return Attempt(
-            tier.name, tier.model, role, outcome, reason, error_class, usage, cost, latency_s
-        )
-
-    def answered(
-        self, tier: Tier, role: Role, answer: TierAnswer, outcome: Outcome, reason: str | None
-    ) -> Attempt:
-        return self.attempt(
-            tier, role, outcome, usage=answer.usage, latency_s=answer.latency_s, reason=reason
-        )
-
-    def gone(self, tier: Tier, role: Role, latency_s: float) -> Attempt:
-        """The call the run was making when its client went away."""
-        reason = "the client went away before the tier answered"
-        return self.attempt(
-            tier,
-            role,
-            "error",
-            usage=None,
-            latency_s=latency_s,
-            reason=reason,
-            error_class=CLIENT_GONE,
-        )
-
-    def failed(self, tier: Tier, role: Role, error: TierError, latency_s: float) -> Attempt:
-        return self.attempt(
-            tier,
-            role,
-            "error",
-            usage=None,
-            latency_s=latency_s,
-            reason=str(error),
-            error_class=error.kind,
-        )

@@ -124,7 +124,7 @@ class StreamRun:
             reason, error_class = f"stream broke after it started: {self.error}", self.error.kind
         elif not self.finished:
             reason, error_class = "the client went away before the stream ended", CLIENT_GONE
-        return self.router.attempt(
+        return self.router.pricer.attempt(
             self.tier,
             self.role,
             "ok" if error_class is None else "error",

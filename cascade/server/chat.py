@@ -279,6 +279,11 @@ def _completion_headers(completion: Completion) -> dict[str, str]:
     )
     headers["x-cascade-cost-usd"] = f"{completion.cost_usd.quantize(_CENT_FRACTION):f}"
     headers["x-cascade-attempts"] = describe_attempts(completion.attempts)
+    if (confidence := completion.verify_confidence) is not None:
+        headers["x-cascade-verify-confidence"] = f"{confidence:.4f}"
+    if any(a.evidence for a in completion.attempts):
+        evidence = completion.evidence_cost_usd.quantize(_CENT_FRACTION)
+        headers["x-cascade-evidence-cost-usd"] = f"{evidence:f}"
     if completion.decision.spilled_from is not None:
         headers["x-cascade-spilled-from"] = completion.decision.spilled_from
     return headers

@@ -31,6 +31,7 @@ def attempt_records(attempts: Sequence[Attempt]) -> tuple[AttemptRecord, ...]:
             cost_usd=a.cost_usd,
             estimated=bool(a.usage and a.usage.estimated),
             latency_ms=round(a.latency_s * 1000, 3),
+            verify_confidence=a.verify_confidence,
         )
         for seq, a in enumerate(attempts)
     )

@@ -1,0 +1,117 @@
+"""The policy's building blocks: strict models, names, prices, timeouts and the verify step.
+
+Split from :mod:`cascade.policy.model` (which re-exports them) so that file stays the policy's
+outline; field docstrings become the JSON Schema's descriptions and ``policies/REFERENCE.md``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+TierName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=9)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class TokenPrice(_Strict):
+    """Pay-per-token pricing (API tiers, or self-hosted with an explicit rate)."""
+
+    input_usd_per_mtok: Money
+    """US dollars per million input (prompt) tokens."""
+    output_usd_per_mtok: Money
+    """US dollars per million output (completion) tokens."""
+    cached_input_usd_per_mtok: Money | None = None
+    """US dollars per million input tokens served from the provider's prefix cache; defaults to the
+    input price."""
+
+
+class GpuPrice(_Strict):
+    """Self-hosted pricing from the GPU's rent and the tier's measured throughput."""
+
+    gpu_usd_per_hour: Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=6)]
+    """What the GPU(s) serving this tier cost per hour, in US dollars."""
+    tokens_per_second: Annotated[float, Field(gt=0)]
+    """Measured aggregate decode throughput (output tokens per second at the serving batch size)."""
+    prefill_tokens_per_second: Annotated[float, Field(gt=0)] | None = None
+    """Measured prompt-processing throughput; defaults to 10x the decode throughput. Prompt
+    tokens served from the engine's prefix cache cost nothing."""
+
+
+class Timeouts(_Strict):
+    """How long a call to a tier may take before it counts as failed (and spills)."""
+
+    connect_s: float = Field(default=2.0, gt=0)
+    """Seconds to open a connection."""
+    first_byte_s: float = Field(default=30.0, gt=0)
+    """Seconds until the tier starts answering (response headers)."""
+    total_s: float = Field(default=120.0, gt=0)
+    """Seconds for the whole call."""
+    stream_idle_s: float = Field(default=30.0, gt=0)
+    """Seconds a stream may stay silent between chunks."""
+
+
+def _price_style(value: Any) -> str:
+    # Choose the price model from the keys given, so a typo is reported against the style the
+    # author meant rather than against both.
+    keys = value.keys() if isinstance(value, dict) else vars(value).keys()
+    return "GpuPrice" if {"gpu_usd_per_hour", "tokens_per_second"} & set(keys) else "TokenPrice"
+
+
+Price = Annotated[
+    Annotated[TokenPrice, Tag("TokenPrice")] | Annotated[GpuPrice, Tag("GpuPrice")],
+    Discriminator(_price_style),
+]
+
+
+class Verify(_Strict):
+    """The verify step on one tier: gather evidence on its answer and let the verifier judge it.
+
+    After the tier answers (and its answer passes the ``escalation.checks``), the router asks for
+    *witnesses* — more samples of this tier (``samples``), another cheap tier's answer to the same
+    request (``witness``), or both — and the verifier (``verifier.model``) returns P(the answer is
+    good enough). At or above ``threshold`` the answer is kept; below it the request escalates to
+    the next stronger tier. Evidence is paid for: each witness call is an attempt in the ledger
+    (role ``witness`` or ``sample``) with its cost. Streams are verified only when buffered
+    (``escalation.streaming: buffer``); a passthrough stream reaches the client before there is an
+    answer to judge.
+    """
+
+    samples: int | None = Field(default=None, ge=2, le=8)
+    """Answers to ask this tier for in one call (OpenAI's ``n``; vLLM and SGLang decode them on
+    one shared prefill, so the prompt is paid once): one is the candidate, the others its
+    witnesses. The tier must accept ``n``; most API providers other than OpenAI do not."""
+    witness: TierName | None = None
+    """Another (cheap) tier that gets the same request in parallel; its answer is a witness."""
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Keep the answer when the verifier's confidence is at least this; else escalate. Set it with
+    ``cascade calibrate --kind verifier``."""
+    answer: Literal["first", "majority"] = "first"
+    """With ``samples``: return the first sample (``first``), or a sample whose final answer the
+    most samples share (``majority``; ties go to the first). The verifier judges the returned
+    answer, with the other samples as its witnesses."""
+    on_missing_evidence: Literal["accept", "escalate"] = "accept"
+    """When no witness answered (the witness tier failed or was saturated, or the tier sent fewer
+    samples than asked): keep the checked answer unverified (``accept``), or escalate."""
+
+    @model_validator(mode="after")
+    def _some_evidence(self) -> Verify:
+        if self.samples is None and self.witness is None:
+            raise ValueError("give samples (answers from this tier) or witness (another tier)")
+        if self.answer == "majority" and self.samples is None:
+            raise ValueError("answer: majority picks among samples; set samples")
+        return self
+
+
+class VerifierSettings(_Strict):
+    """Which verifier model judges answers for the tiers that have a ``verify`` block."""
+
+    model: str = "verifier-v1"
+    """A verifier shipped in router_models/ (by name) or a path to a verifier model folder."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Where it runs; one decision takes well under a millisecond on one CPU core."""

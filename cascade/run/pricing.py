@@ -1,0 +1,106 @@
+"""What each tier call cost: one :class:`~cascade.run.attempts.Attempt` per call, priced.
+
+A tier's rates come from its policy price, else (API tiers) from litellm's offline price map; a
+call whose usage or rates are unknown costs nothing rather than a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+
+from cascade.core.pricing import Rates, tier_rates
+from cascade.errors import TierError
+from cascade.policy.model import Tier
+from cascade.run.attempts import CLIENT_GONE, Attempt, Outcome, Role
+from cascade.tiers.base import TierAnswer, Usage
+
+
+class Pricer:
+    """Prices calls at their tiers' rates (``api_rates``: litellm's map, for API tiers)."""
+
+    def __init__(self, api_rates: Callable[[Tier], Rates | None] | None = None) -> None:
+        self._api_rates = api_rates
+
+    def rates(self, tier: Tier) -> Rates | None:
+        """The tier's per-token rates: the policy's price, else litellm's map for API tiers."""
+        rates = tier_rates(tier)
+        if rates is None and self._api_rates is not None:
+            rates = self._api_rates(tier)
+        return rates
+
+    def attempt(
+        self,
+        tier: Tier,
+        role: Role,
+        outcome: Outcome,
+        *,
+        usage: Usage | None,
+        latency_s: float,
+        reason: str | None = None,
+        error_class: str | None = None,
+        verify_confidence: float | None = None,
+    ) -> Attempt:
+        """One call's record, priced at the tier's rates (nothing known costs nothing)."""
+        rates = self.rates(tier)
+        cost = Decimal(0)
+        if usage is not None and rates is not None:
+            cached = min(usage.cached_tokens, usage.prompt_tokens)
+            cost = rates.cost(usage.prompt_tokens, usage.completion_tokens, cached)
+        return Attempt(
+            tier.name,
+            tier.model,
+            role,
+            outcome,
+            reason,
+            error_class,
+            usage,
+            cost,
+            latency_s,
+            verify_confidence,
+        )
+
+    def answered(
+        self,
+        tier: Tier,
+        role: Role,
+        answer: TierAnswer,
+        outcome: Outcome,
+        reason: str | None,
+        *,
+        verify_confidence: float | None = None,
+    ) -> Attempt:
+        """The record of a call that answered (kept, rejected, or a witness)."""
+        return self.attempt(
+            tier,
+            role,
+            outcome,
+            usage=answer.usage,
+            latency_s=answer.latency_s,
+            reason=reason,
+            verify_confidence=verify_confidence,
+        )
+
+    def gone(self, tier: Tier, role: Role, latency_s: float) -> Attempt:
+        """The call the run was making when its client went away."""
+        reason = "the client went away before the tier answered"
+        return self.attempt(
+            tier,
+            role,
+            "error",
+            usage=None,
+            latency_s=latency_s,
+            reason=reason,
+            error_class=CLIENT_GONE,
+        )
+
+    def failed(self, tier: Tier, role: Role, error: TierError, latency_s: float) -> Attempt:
+        return self.attempt(
+            tier,
+            role,
+            "error",
+            usage=None,
+            latency_s=latency_s,
+            reason=str(error),
+            error_class=error.kind,
+        )
