@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from cascade.model.final_answer import extract_final_answer
 from cascade.simulator.answers import Reply
 from cascade.simulator.dataset import LabeledRow, iter_rows
 from cascade.simulator.streaming import sse_events
@@ -119,7 +120,8 @@ def test_stream_sends_one_delta_per_engine_progress_then_finish_usage_and_done()
 
 
 def test_known_prompt_is_right_on_frontier_and_wrong_where_the_data_says() -> None:
-    """A GSM8K prompt the data marks right for the strong model only is answered that way."""
+    """A GSM8K prompt the data marks right for the strong model only is answered that way: the
+    frontier gives the strong model's answer, the 7b a different final number."""
     row = _gsm8k_row(weak=0.0, strong=1.0)
     messages: list[openai.types.chat.ChatCompletionMessageParam] = [
         {"role": "user", "content": "  " + row.prompt.replace(" ", "\n ", 3)}  # whitespace differs
@@ -135,7 +137,11 @@ def test_known_prompt_is_right_on_frontier_and_wrong_where_the_data_says() -> No
     assert answers["frontier"][0] == "true"
     assert answers["frontier"][1].choices[0].message.content == (row.strong_response or "").strip()
     assert answers["7b"][0] == "false"
-    assert answers["7b"][1].choices[0].message.content == (row.weak_response or "").strip()
+    wrong = extract_final_answer(answers["7b"][1].choices[0].message.content or "")
+    right = extract_final_answer(row.strong_response or "")
+    assert wrong is not None
+    assert right is not None
+    assert wrong.key != right.key
 
 
 def test_max_tokens_cuts_the_answer_with_finish_reason_length(client: openai.OpenAI) -> None:
@@ -201,14 +207,42 @@ def test_repeated_system_prompt_counts_as_cached(client: openai.OpenAI) -> None:
 
 
 def test_n_gives_several_choices(client: openai.OpenAI) -> None:
-    """``n`` returns that many choices, and usage counts the tokens of all of them."""
-    completion = client.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "Say something."}], n=3
+    """``n`` returns that many samples; usage counts every choice's tokens and the prompt once."""
+    messages: list[openai.types.chat.ChatCompletionMessageParam] = [
+        {"role": "user", "content": "A crate holds 14 jars and a van 37 crates. How many jars?"}
+    ]
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=messages, n=3, logprobs=True
     )
+    completion = raw.parse()
     assert [c.index for c in completion.choices] == [0, 1, 2]
+    assert len(raw.headers["x-simulated-choices-correct"].split(",")) == 3
+    one = client.chat.completions.create(model="gpt-4o", messages=messages)
+    assert completion.choices[0].message.content == one.choices[0].message.content
+    tokens = sum(len(c.logprobs.content or []) for c in completion.choices if c.logprobs)
     assert completion.usage is not None
-    per_choice = completion.usage.completion_tokens / 3
-    assert per_choice == int(per_choice)
+    assert one.usage is not None
+    assert completion.usage.completion_tokens == tokens
+    assert completion.usage.prompt_tokens == one.usage.prompt_tokens
+
+
+def test_streamed_samples_arrive_by_index_and_match_the_plain_ones(client: openai.OpenAI) -> None:
+    """With ``n`` and ``stream``, each choice's deltas (by index) add up to that plain choice."""
+    messages: list[openai.types.chat.ChatCompletionMessageParam] = [
+        {"role": "user", "content": "A crate holds 14 jars and a van 37 crates. How many jars?"}
+    ]
+    plain = client.chat.completions.create(model="gpt-4o", messages=messages, n=3)
+    texts = ["", "", ""]
+    finished = set()
+    for chunk in client.chat.completions.create(
+        model="gpt-4o", messages=messages, n=3, stream=True
+    ):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason is not None:
+                finished.add(choice.index)
+    assert texts == [c.message.content for c in plain.choices]
+    assert finished == {0, 1, 2}
 
 
 def test_bad_json_gets_400_in_openai_error_format(url: str) -> None:

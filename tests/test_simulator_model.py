@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 
 import pytest
 
@@ -39,8 +38,9 @@ def test_prefill_is_paid_in_compute() -> None:
     assert step_seconds(timing, 1, 0, 8000) > 5 * step_seconds(timing, 1, 0, 0)
 
 
-def test_weaker_profiles_are_right_on_a_subset_of_what_stronger_ones_get() -> None:
-    """On the shipped data 1.5b is right only where 7b is, and accuracy rises with the profile."""
+def test_accuracy_rises_with_the_profile() -> None:
+    """On the shipped data the 1.5b is right less often than the 7b, and the 7b than the
+    frontier; the 1.5b keeps about 80% of the 7b's right answers."""
     labels = shared_labels()
     small, medium = PROFILES["1.5b"].quality, PROFILES["7b"].quality
     assert (
@@ -48,10 +48,12 @@ def test_weaker_profiles_are_right_on_a_subset_of_what_stronger_ones_get() -> No
         < labels.accuracy(medium)
         < labels.accuracy(PROFILES["frontier"].quality)
     )
-    prompts = [f"Question {i}: how many apples are left?" for i in range(300)]
-    for prompt in prompts:
-        if labels.is_correct(small, prompt, None):
-            assert labels.is_correct(medium, prompt, None)
+    prompts = [f"Question {i}: how many apples are left?" for i in range(600)]
+    right = {
+        name: sum(labels.is_correct(PROFILES[name].quality, p, None) for p in prompts)
+        for name in ("1.5b", "7b")
+    }
+    assert 0.7 < right["1.5b"] / right["7b"] < 0.9
 
 
 def test_answers_are_deterministic_and_whitespace_insensitive() -> None:
@@ -70,18 +72,6 @@ def test_multiple_choice_answers_name_an_option() -> None:
     )
     reply = compose(Ask(prompt), PROFILES["frontier"], shared_labels())
     assert any(f"The answer is {letter}." in reply.text for letter in "ABCD")
-
-
-def test_mean_logprob_separates_right_from_wrong_answers() -> None:
-    """Right answers have a higher mean token logprob than wrong ones, on average."""
-    labels = shared_labels()
-    right: list[float] = []
-    wrong: list[float] = []
-    for i in range(200):
-        reply = compose(Ask(f"Tell me fact number {i} about rivers."), PROFILES["7b"], labels)
-        (right if reply.correct else wrong).append(statistics.mean(reply.logprobs))
-    assert statistics.mean(right) > -0.6
-    assert statistics.mean(wrong) < -1.2
 
 
 def test_weak_profiles_sometimes_break_json_at_their_rate() -> None:

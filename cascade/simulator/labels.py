@@ -2,11 +2,17 @@
 
 A request's last user message is looked up by the hash of its whitespace-normalized text. A
 known prompt is answered correctly or wrongly as the data says for the profile's score column
-(a fractional score is the chance of a correct answer); a profile with an ``extra_fail_share``
-also fails that share of the prompts the column marks correct. An unknown prompt gets a coin
-weighted by the profile's accuracy over the whole data set. Every draw is a hash of the prompt
-text, so the same prompt always gets the same verdict, and because all profiles share the
-draw a weaker profile is never right where a stronger one following the same column is wrong.
+(a fractional score is the chance of a correct answer); an unknown prompt gets a coin weighted
+by the column's accuracy on prompts of its form (multiple choice, number, code, text). Every
+draw is a hash of the prompt text, so the same prompt always gets the same verdict, and all
+profiles following one column share it.
+
+A profile with an ``extra_fail_share`` (the 1.5B) is a weaker model beside the column's: its
+accuracy is the column's times ``1 - extra_fail_share``, and whether it is right depends on
+whether the column is right with the odds ratio measured between two cheap models
+(:mod:`cascade.simulator.agreement`). So it is usually right where the 7B is, but not always, and
+sometimes right where the 7B is wrong -- as two real cheap models are; a witness tier that
+agreed whenever the candidate was right would be a signal no real pair gives.
 """
 
 from __future__ import annotations
@@ -16,10 +22,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cascade.simulator.agreement import Form, follow, form, measured_for
 from cascade.simulator.dataset import DATA_FILE, LabeledRow, iter_rows
 from cascade.simulator.profiles import Quality
 
 __all__ = ["Label", "LabelTable", "draw", "normalize", "prompt_key"]
+
+_MIN_ROWS = 100
+"""Prompts of one form needed before its own accuracy is used."""
 
 
 def normalize(text: str) -> str:
@@ -58,15 +68,22 @@ class LabelTable:
 
     def __init__(self, rows: Iterable[LabeledRow]) -> None:
         self._labels: dict[bytes, Label] = {}
-        weak = strong = 0.0
+        sums: dict[Form | None, list[float]] = {}
         for row in rows:
             self._labels[prompt_key(row.prompt)] = Label(
                 row.task, row.weak_score, row.strong_score, row.weak_response, row.strong_response
             )
-            weak += row.weak_score
-            strong += row.strong_score
-        count = max(len(self._labels), 1)
-        self._mean = {"weak_score": weak / count, "strong_score": strong / count}
+            for kind in (None, form(row.prompt, row.task)):
+                total = sums.setdefault(kind, [0.0, 0.0, 0.0])
+                total[0] += row.weak_score
+                total[1] += row.strong_score
+                total[2] += 1
+        weak, strong, count = sums.get(None, [0.0, 0.0, 0.0])
+        overall = {"weak_score": weak / max(count, 1), "strong_score": strong / max(count, 1)}
+        self._mean: dict[Form | None, dict[str, float]] = {None: overall}
+        for kind, (weak, strong, count) in sums.items():
+            if kind is not None and count >= _MIN_ROWS:  # else the overall accuracy stands in
+                self._mean[kind] = {"weak_score": weak / count, "strong_score": strong / count}
 
     @classmethod
     def load(cls, path: Path = DATA_FILE) -> LabelTable:
@@ -80,14 +97,23 @@ class LabelTable:
         """The label of a known prompt, or ``None``."""
         return self._labels.get(prompt_key(prompt))
 
-    def accuracy(self, quality: Quality) -> float:
-        """The share of the data a profile answers correctly: its coin for unknown prompts."""
-        return self._mean[quality.score] * (1.0 - quality.extra_fail_share)
+    def accuracy(self, quality: Quality, kind: Form | None = None) -> float:
+        """The share of the data (of prompts of form ``kind``) a profile answers correctly."""
+        mean = self._mean.get(kind, self._mean[None])
+        return mean[quality.score] * (1.0 - quality.extra_fail_share)
 
-    def is_correct(self, quality: Quality, prompt: str, label: Label | None) -> bool:
-        """Whether a profile answers ``prompt`` correctly (deterministic per prompt)."""
-        if label is None:
-            return draw(prompt, "correct") < self.accuracy(quality)
-        if draw(prompt, "correct") >= label.score(quality.score):
-            return False
-        return draw(prompt, "extra-fail") >= quality.extra_fail_share
+    def is_correct(
+        self, quality: Quality, prompt: str, label: Label | None, kind: Form | None = None
+    ) -> bool:
+        """Whether a profile answers ``prompt`` correctly (deterministic per prompt); ``kind``:
+        the prompt's :func:`~cascade.simulator.agreement.form`, when the caller has it."""
+        task = label.task if label is not None else ""
+        kind = kind or form(prompt, task)
+        column = self._mean.get(kind, self._mean[None])[quality.score]
+        score = label.score(quality.score) if label is not None else column
+        right = draw(prompt, "correct") < score
+        if quality.extra_fail_share <= 0.0:
+            return right
+        own = column * (1.0 - quality.extra_fail_share)
+        given_right, given_wrong = follow(column, own, measured_for(kind, task).odds_ratio)
+        return draw(prompt, "follow") < (given_right if right else given_wrong)

@@ -90,9 +90,11 @@ class ApiTiming:
 class Quality:
     """How well a profile answers; rates are shares of prompts, deterministic per prompt.
 
-    ``score`` names the labeled-data column the profile follows; ``extra_fail_share`` is the
-    share of the prompts that column marks correct which this profile still gets wrong (a
-    distilled 1.5B is weaker than the 7B-class model the data measured).
+    ``score`` names the labeled-data column the profile follows; ``extra_fail_share`` makes it a
+    weaker model beside that column's: right on ``1 - extra_fail_share`` as many prompts, mostly
+    but not only where the column is right, at the dependence measured between two cheap models
+    (:mod:`cascade.simulator.labels`; a distilled 1.5B is weaker than the 7B-class model the
+    data measured).
     """
 
     score: Literal["weak_score", "strong_score"]
@@ -142,7 +144,7 @@ PROFILES: dict[str, Profile] = {
             bytes_per_param=0.5,
             kv_bytes_per_token=_KV_1_5B,
         ),
-        # A 1.5B distillate keeps ~80% of the 7B-class answers: accuracy ~0.5 on the data.
+        # A 1.5B distillate is ~80% as accurate as the 7B-class model: ~0.53 on the data.
         quality=Quality(
             score="weak_score",
             extra_fail_share=0.2,

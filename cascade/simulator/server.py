@@ -2,8 +2,13 @@
 
 Routes: ``POST /v1/chat/completions`` (streamed or not), ``GET /v1/models``, ``GET /health``,
 ``GET /metrics``. Beyond OpenAI's fields, responses carry ``x-simulated-correct`` (whether the
-data says this answer is right) and, when not streamed, ``x-simulated-queue-ms``,
+data says the first choice is right), ``x-simulated-choices-correct`` (the same for every choice,
+comma-separated, in index order) and, when not streamed, ``x-simulated-queue-ms``,
 ``x-simulated-ttft-ms`` and ``x-simulated-latency-ms`` in simulated (real-world) milliseconds.
+
+With ``n`` > 1 the choices are ``n`` samples (:func:`~cascade.simulator.answers.compose_samples`):
+they agree with the first as often as two cheap models' answers do in the data, and usage counts
+every choice's completion tokens and the prompt once (the choices share one prefill, as in vLLM).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from cascade.core.tokens import estimate_message_tokens
-from cascade.simulator.answers import Ask, compose
+from cascade.simulator.answers import Ask, compose_samples
 from cascade.simulator.engine import ApiEngine, BatchEngine, Clock, Overloaded
 from cascade.simulator.engine import Request as Sequence_
 from cascade.simulator.labels import LabelTable
@@ -151,10 +156,11 @@ async def _chat(request: Request) -> Response:
         ask = _ask(chat)
     except BadRequest as exc:
         return _error(exc)
-    reply = compose(ask, tier.profile, tier.labels)
+    replies = compose_samples(ask, tier.profile, tier.labels, chat.n)
+    reply = replies[0]
     stop = [chat.stop] if isinstance(chat.stop, str) else chat.stop or []
     limit = chat.max_completion_tokens or chat.max_tokens
-    choices = [Choice(reply, limit, stop) for _ in range(chat.n)]
+    choices = [Choice(r, limit, stop) for r in replies]
     messages = [m.model_dump(exclude_none=True) for m in chat.messages]
     tools = [t.model_dump(exclude_none=True) for t in chat.tools] if chat.tools else None
     prompt_tokens = estimate_message_tokens(messages, tools)
@@ -182,7 +188,10 @@ async def _chat(request: Request) -> Response:
         _log.info("simulator.request", profile=tier.profile.name, status=status)
         return _error(refused, headers)
     usage = usage_body(prompt_tokens, cached, sum(len(c.tokens) for c in choices))
-    headers = {"x-simulated-correct": str(reply.correct).lower()}
+    headers = {
+        "x-simulated-correct": str(reply.correct).lower(),
+        "x-simulated-choices-correct": ",".join(str(r.correct).lower() for r in replies),
+    }
     model = chat.model
     if chat.stream:
         include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
