@@ -101,7 +101,14 @@ def test_train_then_eval_from_the_command_line(
     result = json.loads(capsys.readouterr().out)
     groups = result["groups"]
     assert set(groups) == {"all", "cruxeval_o", "math_l5"}
-    assert set(groups["all"]) == {"verifier", "majority", "prompt-only", "random", "oracle"}
+    assert set(groups["all"]) == {
+        "verifier",
+        "route+verify",
+        "majority",
+        "prompt-only",
+        "random",
+        "oracle",
+    }
     assert groups["all"]["verifier"]["rows"] == 16
     assert groups["all"]["random"]["apgr"] == 0.5
     assert main(["verify", "eval", "--data", str(FIXTURE), "--model", str(out)]) == 0

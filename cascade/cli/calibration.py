@@ -7,50 +7,87 @@ import argparse
 import datetime
 import hashlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 
-def calibrate(ns: argparse.Namespace, labeled: Callable[[], tuple[Any, Any]]) -> int:
-    """Run the command; ``labeled`` scores the data (called once the arguments check out)."""
-    from cascade.training.calibration import threshold_for, write_threshold
+def calibrate(ns: argparse.Namespace, labeled: Callable[[], tuple[Any, ...]]) -> int:
+    """Run the command; ``labeled`` scores the data (called once the arguments check out): it
+    returns (confidence, outcomes) for a scorer, (confidence, outcomes, evidence cost) for a
+    verifier (``ns.kind``)."""
+    from cascade.training.calibration import threshold_for, write_threshold, write_verify_threshold
 
+    verifier = ns.kind == "verifier"
     if ns.write and not (ns.policy and ns.tier):
         print(
             "cascade calibrate: error: --write needs --policy FILE and --tier NAME", file=sys.stderr
         )
         return 2
-    confidence, outcomes = labeled()
+    confidence, outcomes, *evidence = labeled()
     result = threshold_for(
-        confidence, outcomes, max_strong_share=ns.max_strong_share, min_pgr=ns.min_pgr
+        confidence,
+        outcomes,
+        max_strong_share=ns.max_strong_share,
+        min_pgr=ns.min_pgr,
+        evidence_cost=evidence[0] if evidence else None,
     )
     target = (
         f"max-strong-share {ns.max_strong_share}"
         if ns.max_strong_share is not None
         else f"min-pgr {ns.min_pgr}"
     )
-    print(
-        f"threshold {result.threshold:.6g}: {result.strong_share:.1%} of {result.rows} calls to "
-        f"the strong side, PGR {result.pgr:.3f}, cost {result.cost_ratio:.1%} of all-strong "
-        f"(target {target}, model {ns.model})"
-    )
-    if ns.write:
-        text = ns.policy.read_text(encoding="utf-8")
-        digest = hashlib.sha256(b"".join(p.read_bytes() for p in ns.data)).hexdigest()
-        provenance = (
-            f"{result.threshold:.6g} from {', '.join(p.name for p in ns.data)} "
-            f"(sha256 {digest[:16]}, {result.rows} rows), target {target}, model {ns.model}, "
-            f"{datetime.date.today().isoformat()}"
+    if verifier:
+        print(
+            f"verify threshold {result.threshold:.6g}: {result.strong_share:.1%} of "
+            f"{result.rows} candidates escalated ({1 - result.strong_share:.1%} kept), PGR "
+            f"{result.pgr:.3f}, cost {result.cost_ratio:.1%} of all-strong with the witnesses "
+            f"paid (target {target}, model {ns.model})"
         )
-        _check_order(ns.policy, ns.tier, result.threshold)
-        new = write_threshold(text, ns.tier, result.threshold, provenance, source=str(ns.policy))
-        if not _probes_pass(new, ns.policy):
-            print(f"not written: {ns.policy} is unchanged", file=sys.stderr)
-            return 1
+    else:
+        print(
+            f"threshold {result.threshold:.6g}: {result.strong_share:.1%} of {result.rows} "
+            f"calls to the strong side, PGR {result.pgr:.3f}, cost {result.cost_ratio:.1%} of "
+            f"all-strong (target {target}, model {ns.model})"
+        )
+    if not ns.write:
+        if verifier:
+            where = f"tiers[{ns.tier or 'NAME'}].verify.threshold"
+            print(f"in the policy: {where}: {result.threshold:.6g} (--write sets it)")
+        return 0
+    text = ns.policy.read_text(encoding="utf-8")
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in ns.data)).hexdigest()
+    provenance = (
+        f"{result.threshold:.6g} from {', '.join(p.name for p in ns.data)} "
+        f"(sha256 {digest[:16]}, {result.rows} rows), target {target}, model {ns.model}, "
+        f"{datetime.date.today().isoformat()}"
+    )
+    if verifier:  # no tier order or probes: the verify threshold changes no routing up front
+        new = write_verify_threshold(
+            text, ns.tier, result.threshold, provenance, source=str(ns.policy)
+        )
         ns.policy.write_text(new, encoding="utf-8")
-        print(f"wrote tiers[{ns.tier}].threshold in {ns.policy}")
+        print(f"wrote tiers[{ns.tier}].verify.threshold in {ns.policy}")
+        return 0
+    _check_order(ns.policy, ns.tier, result.threshold)
+    new = write_threshold(text, ns.tier, result.threshold, provenance, source=str(ns.policy))
+    if not _probes_pass(new, ns.policy):
+        print(f"not written: {ns.policy} is unchanged", file=sys.stderr)
+        return 1
+    ns.policy.write_text(new, encoding="utf-8")
+    print(f"wrote tiers[{ns.tier}].threshold in {ns.policy}")
     return 0
+
+
+def verified_confidence(data: Sequence[Path], model: str, witnesses: int | None) -> tuple[Any, ...]:
+    """(confidence, outcomes, evidence cost) of a verifier on answers files or labeled traffic
+    with answers (:mod:`cascade.training.verify_set`)."""
+    from cascade.model.verifier import OnnxVerifier
+    from cascade.training.verify_set import load_verify_set
+
+    rows = load_verify_set(data, witnesses=witnesses)
+    confidence = OnnxVerifier(model, device="cpu").confidence_of_features(rows.features)
+    return confidence, rows.outcomes, rows.evidence_cost
 
 
 def _check_order(policy_file: Path, tier: str, threshold: float) -> None:

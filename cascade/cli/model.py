@@ -11,11 +11,33 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cascade.cli.verify_eval import VERIFIER_OPTIONS
+from cascade.cli.verify_eval import add_arguments as add_verifier_eval_arguments
+
 DEFAULT_MODEL = "prompt-features-v1"
+DEFAULT_VERIFIER = "verifier-v1"
 _BATCH = 512
 
 
 _MODEL_HELP = "a shipped model's name or a model folder (default: %(default)s)"
+_KIND_MODEL_HELP = (
+    f"a shipped model's name or a model folder (default: {DEFAULT_MODEL}, or "
+    f"{DEFAULT_VERIFIER} with --kind verifier)"
+)
+_DATA_HELP = (
+    "labeled-traffic JSONL (--kind verifier: answers files, or labeled traffic whose rows "
+    "carry answers: [candidate, witness, ...])"
+)
+
+
+def _add_kind(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kind",
+        choices=("scorer", "verifier"),
+        default="scorer",
+        help="scorer: the prompt scorer routes before any call; verifier: the verify step "
+        "judges the cheap answer with its witnesses (default: %(default)s)",
+    )
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,14 +85,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Score every prompt of the labeled traffic, sweep the threshold and print "
         "AUROC, APGR (the area under the share of the quality gap recovered against the share "
         "of calls sent to the strong tier; random 0.5) and the strong-call share needed for "
-        "50/80/95% of the gap, per file and task, beside random and the oracle.",
+        "50/80/95% of the gap, per file and task, beside random and the oracle. With --kind "
+        "verifier: the verify cascade on answers (cheap answer + witnesses, always paid; "
+        "escalate below the threshold) beside route+verify, the majority vote, prompt-only, "
+        "random and the oracle, as cascade verify eval prints it.",
     )
-    evaluate.add_argument(
-        "--data", nargs="+", type=Path, required=True, metavar="FILE", help="labeled-traffic JSONL"
-    )
-    evaluate.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR", help=_MODEL_HELP)
+    evaluate.add_argument("--data", nargs="+", type=Path, required=True, metavar="FILE",
+                          help=_DATA_HELP)  # fmt: skip
+    _add_kind(evaluate)
+    evaluate.add_argument("--model", metavar="NAME|DIR", help=_KIND_MODEL_HELP)
     evaluate.add_argument("--plot", type=Path, metavar="PNG", help="draw the PGR and cost curves")
     evaluate.add_argument("--json", action="store_true", help="print machine-readable results")
+    add_verifier_eval_arguments(evaluate, note=" (--kind verifier)")
     evaluate.set_defaults(command=_eval)
 
     score = commands.add_parser(
@@ -91,12 +117,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="pick a tier threshold that meets a target on your labeled traffic",
         description="Find the confidence threshold that keeps at most SHARE of the traffic "
         "off the cheap tier (--max-strong-share) or recovers at least PGR of the quality gap "
-        "(--min-pgr) on the labeled traffic; with --write, set it in the policy file.",
+        "(--min-pgr) on the labeled traffic; with --write, set it in the policy file. With "
+        "--kind verifier: the verify threshold (escalate at most SHARE of the candidates, or "
+        "recover PGR with the witnesses paid), written as tiers[NAME].verify.threshold.",
     )
+    calibrate.add_argument("--data", nargs="+", type=Path, required=True, metavar="FILE",
+                           help=_DATA_HELP)  # fmt: skip
+    _add_kind(calibrate)
+    calibrate.add_argument("--model", metavar="NAME|DIR", help=_KIND_MODEL_HELP)
     calibrate.add_argument(
-        "--data", nargs="+", type=Path, required=True, metavar="FILE", help="labeled-traffic JSONL"
+        "--witnesses",
+        type=int,
+        metavar="N",
+        help="(--kind verifier) witnesses per candidate, as the policy's verify block gathers "
+        "them (default: 2 of an answers file's other_cheap, all of a traffic row's answers)",
     )
-    calibrate.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR", help=_MODEL_HELP)
     target = calibrate.add_mutually_exclusive_group(required=True)
     target.add_argument(
         "--max-strong-share",
@@ -206,6 +241,20 @@ def _labeled_confidence(data: Sequence[Path], model: str) -> tuple[Any, Any]:
 def _eval(ns: argparse.Namespace) -> int:
     from cascade.training.evaluation import oracle_confidence, random_confidence, report
 
+    if ns.kind == "verifier":
+        if ns.plot:
+            print("cascade eval: error: --plot draws a scorer's curves; not with --kind verifier",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        from cascade.cli.verify_eval import evaluate
+
+        ns.model = ns.model or DEFAULT_VERIFIER
+        return evaluate(ns, "cascade eval")
+    if given := [o for o in VERIFIER_OPTIONS if getattr(ns, o) not in (None, False)]:
+        print(f"cascade eval: error: --{given[0].replace('_', '-')} is for --kind verifier",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    ns.model = ns.model or DEFAULT_MODEL
     confidence, outcomes = _labeled_confidence(ns.data, ns.model)
     routers = {
         "model": confidence,
@@ -259,8 +308,18 @@ def _score(ns: argparse.Namespace) -> int:
 
 
 def _calibrate(ns: argparse.Namespace) -> int:
-    from cascade.cli.calibration import calibrate
+    from cascade.cli.calibration import calibrate, verified_confidence
 
+    if ns.kind == "verifier":
+        if ns.witnesses is not None and ns.witnesses < 1:
+            print("cascade calibrate: error: --witnesses must be >= 1", file=sys.stderr)
+            return 2
+        ns.model = ns.model or DEFAULT_VERIFIER
+        return calibrate(ns, lambda: verified_confidence(ns.data, ns.model, ns.witnesses))
+    if ns.witnesses is not None:
+        print("cascade calibrate: error: --witnesses is for --kind verifier", file=sys.stderr)
+        return 2
+    ns.model = ns.model or DEFAULT_MODEL
     return calibrate(ns, lambda: _labeled_confidence(ns.data, ns.model))
 
 

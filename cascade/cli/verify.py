@@ -2,7 +2,7 @@
 
 cascade verify --input FILE.jsonl [--model NAME|DIR]
 cascade verify train --data ANSWERS... --out router_models/NAME
-cascade verify eval --data ANSWERS... [--model NAME|DIR] [--split holdout|selection]
+cascade verify eval --data ANSWERS... [--model NAME|DIR] [--split holdout|selection] [--per-task]
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cascade.cli.verify_eval import add_arguments as add_eval_arguments
+
 DEFAULT_VERIFIER = "verifier-v1"
-DEFAULT_SCORER = "prompt-features-v1"
 _BATCH = 512
 _ANSWER_KEYS = ("content", "logprobs")
 _INPUT_SHAPE = (
@@ -67,17 +68,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Accept the candidate when the confidence clears a threshold, else pay the "
         "strong tier; witnesses are always paid. Prints AUROC (against 'the candidate is "
         "correct'), APGR over the escalated share, APGR over total cost and the cost of 80%% "
-        "and 95%% of the quality gap, overall and per task.",
+        "and 95%% of the quality gap, overall and per task, beside route+verify (skip the "
+        "cheap tier where the prompt scorer expects it to fail), the majority vote, "
+        "prompt-only, random and the oracle; and whether keeping the majority's answer beats "
+        "keeping the first. Same as cascade eval --kind verifier.",
     )
-    evaluate.add_argument("--data", nargs="+", type=Path, required=True, metavar="FILE")
+    evaluate.add_argument(
+        "--data",
+        nargs="+",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="answers files, or labeled traffic whose rows carry answers",
+    )
     evaluate.add_argument("--model", default=DEFAULT_VERIFIER, metavar="NAME|DIR", help=_MODEL_HELP)
-    rows = evaluate.add_mutually_exclusive_group()
-    rows.add_argument(
-        "--split", choices=("holdout", "selection"), help="the model manifest's tasks of it"
-    )
-    rows.add_argument("--tasks", nargs="+", metavar="TASK", help="only rows of these tasks")
-    evaluate.add_argument("--witnesses", type=int, default=2, metavar="N", help="default: 2")
-    evaluate.add_argument("--scorer", default=DEFAULT_SCORER, metavar="NAME|DIR")
+    add_eval_arguments(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print machine-readable results")
     evaluate.set_defaults(command=_eval)
 
@@ -203,73 +208,6 @@ def _command_line(ns: argparse.Namespace) -> str:
 
 
 def _eval(ns: argparse.Namespace) -> int:
-    import numpy as np
+    from cascade.cli.verify_eval import evaluate
 
-    from cascade.model.scorer import OnnxScorer
-    from cascade.model.verifier import OnnxVerifier
-    from cascade.training.answers import load_answers
-    from cascade.training.verifier_eval import evaluate_verifier
-
-    if ns.witnesses < 1:
-        print("cascade verify eval: error: --witnesses must be >= 1", file=sys.stderr)
-        return 2
-    verifier = OnnxVerifier(ns.model, device="cpu")
-    metrics = verifier.manifest.metrics
-    tasks = ns.tasks
-    if ns.split is not None:
-        tasks = metrics.holdout_tasks if ns.split == "holdout" else metrics.selection_tasks
-        if not tasks:
-            print(f"cascade verify eval: error: {ns.model} records no {ns.split} tasks; "
-                  "name them with --tasks", file=sys.stderr)  # fmt: skip
-            return 2
-    rows = load_answers(ns.data, tasks=set(tasks) if tasks else None)
-    scorer = OnnxScorer(ns.scorer, device="cpu")
-    prompts = [r.prompt for r in rows]
-    prompt_confidence = np.array(
-        [
-            s
-            for i in range(0, len(prompts), _BATCH)
-            for s in scorer.score_batch(prompts[i : i + _BATCH])
-        ]
-    )
-    reports = evaluate_verifier(
-        rows,
-        verifier.confidence_of_features,
-        witnesses=ns.witnesses,
-        prompt_confidence=prompt_confidence,
-    )
-    result = {
-        "model": str(ns.model),
-        "data": [str(p) for p in ns.data],
-        "split": ns.split or ("tasks" if ns.tasks else "all rows"),
-        "witnesses": ns.witnesses,
-        "groups": {g: {n: r.as_dict() for n, r in by.items()} for g, by in reports.items()},
-    }
-    if ns.json:
-        print(json.dumps(result, indent=2))
-    else:
-        _print_table(result, reports)
-    return 0
-
-
-def _print_table(result: dict[str, Any], reports: dict[str, Any]) -> None:
-    print(
-        f"{result['model']} on {result['split']}, witnesses per candidate: {result['witnesses']} "
-        "(always paid by verifier and majority)"
-    )
-    columns = ("rows", "AUROC", "AUROC>", "APGR", "APGR$", "$@80%", "$@95%")
-    header = f"  {'router':12} " + " ".join(f"{c:>6}" for c in columns)
-    for group, by_router in reports.items():
-        print(group)
-        print(header)
-        for name, r in by_router.items():
-            roc = " ".join(
-                "     -" if a is None else f"{a:6.3f}" for a in (r.auroc, r.auroc_suffices)
-            )
-            costs = " ".join("     -" if c is None else f"{c:6.1%}" for c in r.cost_at.values())
-            print(f"  {name:12} {r.rows:6d} {roc} {r.apgr:6.3f} {r.cost_apgr:6.3f} {costs}")
-    print(
-        "AUROC: against 'the candidate is correct'; AUROC>: against 'weak score >= strong "
-        "score'. APGR: over the share escalated. APGR$: over total cost / all-strong cost. "
-        "$@p: total cost / all-strong cost where the quality gap recovered reaches p."
-    )
+    return evaluate(ns, "cascade verify eval")

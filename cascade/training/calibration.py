@@ -5,7 +5,9 @@ stronger side. :func:`threshold_for` picks the threshold that meets a target (at
 of calls to the strong side, or at least this PGR) on labeled rows, and reports what it achieves
 there. :func:`write_threshold` puts it into a policy file's YAML text in place, so comments and
 layout survive, with a provenance comment above the threshold line, and validates the result
-with :func:`cascade.policy.parse_policy` before anyone writes it.
+with :func:`cascade.policy.parse_policy` before anyone writes it. :func:`write_verify_threshold`
+does the same for a tier's ``verify.threshold`` (the verifier's, ``cascade calibrate --kind
+verifier``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import yaml
 from cascade.errors import LabeledDataError, PolicyError, PolicyProblem
 from cascade.training.evaluation import Outcomes
 
-__all__ = ["Calibration", "threshold_for", "write_threshold"]
+__all__ = ["Calibration", "threshold_for", "write_threshold", "write_verify_threshold"]
 
 PROVENANCE_MARK = "# calibrated:"
 """Comment lines starting with this, directly above a threshold, are replaced on each write."""
@@ -41,12 +43,17 @@ def threshold_for(
     *,
     max_strong_share: float | None = None,
     min_pgr: float | None = None,
+    evidence_cost: np.ndarray | None = None,
 ) -> Calibration:
     """The threshold meeting exactly one target, with fewest strong calls for ``min_pgr``.
 
     ``max_strong_share``: the highest threshold sending at most that share to the strong side.
     ``min_pgr``: the lowest threshold whose performance gap recovered reaches it. Raises
     :class:`LabeledDataError` when the target cannot be met on this data.
+    ``evidence_cost``: for a verify threshold, what each row's witnesses cost; then every row
+    pays the cheap answer and its witnesses, and the rows below the threshold the strong answer
+    too (a scorer's threshold routes before any call: the strong side pays the strong answer
+    alone).
     """
     if (max_strong_share is None) == (min_pgr is None):
         raise ValueError("give exactly one of max_strong_share and min_pgr")
@@ -55,7 +62,7 @@ def threshold_for(
     gap = float(outcomes.strong_score.mean() - outcomes.weak_score.mean())
     # candidate thresholds: each distinct confidence (strong side = everything below it), then 1
     candidates = np.unique(np.concatenate([[0.0], np.round(confidence, 6), [1.0]]))
-    results = [_achieved(float(t), confidence, outcomes, gap) for t in candidates]
+    results = [_achieved(float(t), confidence, outcomes, gap, evidence_cost) for t in candidates]
     if max_strong_share is not None:
         if not 0.0 <= max_strong_share <= 1.0:
             raise ValueError(f"max_strong_share must be in [0, 1], got {max_strong_share}")
@@ -77,11 +84,18 @@ def threshold_for(
 
 
 def _achieved(
-    threshold: float, confidence: np.ndarray, outcomes: Outcomes, gap: float
+    threshold: float,
+    confidence: np.ndarray,
+    outcomes: Outcomes,
+    gap: float,
+    evidence_cost: np.ndarray | None,
 ) -> Calibration:
     strong = confidence < threshold
     chosen = np.where(strong, outcomes.strong_score, outcomes.weak_score)
-    cost = np.where(strong, outcomes.strong_cost, outcomes.weak_cost).sum()
+    if evidence_cost is None:
+        cost = np.where(strong, outcomes.strong_cost, outcomes.weak_cost).sum()
+    else:
+        cost = (outcomes.weak_cost + evidence_cost).sum() + outcomes.strong_cost[strong].sum()
     pgr = (chosen.mean() - outcomes.weak_score.mean()) / gap if abs(gap) >= 1e-12 else 1.0
     return Calibration(
         threshold=threshold,
@@ -143,3 +157,47 @@ def _tier_node(root: yaml.Node | None, tier: str, source: str) -> yaml.MappingNo
     raise PolicyError(
         [PolicyProblem(source, None, "tiers", f"no tier named {tier!r} to set a threshold on")]
     )
+
+
+def write_verify_threshold(
+    text: str, tier: str, threshold: float, provenance: str, *, source: str = "<policy>"
+) -> str:
+    """``text`` with ``tiers[name=tier].verify.threshold`` set, a provenance comment above the
+    line that holds it; block (``verify:`` then indented keys) and flow (``verify: {...}``)
+    style. Raises :class:`PolicyError` when the tier or its verify block is absent or the result
+    is not a valid policy."""
+    from cascade.policy import parse_policy  # noqa: PLC0415 - pydantic models load on use
+
+    item = _tier_node(yaml.compose(text, Loader=yaml.SafeLoader), tier, source)
+    keys = {k.value: (k, v) for k, v in item.value if isinstance(k, yaml.ScalarNode)}
+    if not isinstance(keys.get("verify", (None, None))[1], yaml.MappingNode):
+        line = keys["name"][0].start_mark.line + 1
+        problem = "no verify block to set a threshold in; add one (samples or witness) first"
+        raise PolicyError([PolicyProblem(source, line, f"tiers[{tier}].verify", problem)])
+    block = keys["verify"][1]
+    inner = {k.value: v for k, v in block.value if isinstance(k, yaml.ScalarNode)}
+    lines = text.split("\n")
+    value = f"{threshold:.6g}" if threshold not in (0.0, 1.0) else f"{threshold:.1f}"
+    if "threshold" in inner:  # replace the value where it stands
+        node = inner["threshold"]
+        row, line = node.start_mark.line, lines[node.start_mark.line]
+        lines[row] = line[: node.start_mark.column] + value + line[node.end_mark.column :]
+    elif block.flow_style:  # add it before the closing brace
+        row, column = block.end_mark.line, block.end_mark.column - 1
+        line = lines[row]
+        lines[row] = line[:column].rstrip() + f", threshold: {value}" + line[column:]
+    else:  # a line of its own, at the first key's indent
+        first = block.value[0][0].start_mark
+        row = first.line + 1
+        lines.insert(row, " " * first.column + f"threshold: {value}")
+    indent = len(lines[row]) - len(lines[row].lstrip())
+    start = row
+    while start > 0 and lines[start - 1].strip().startswith(PROVENANCE_MARK):
+        start -= 1
+    lines[start:row] = [" " * indent + f"{PROVENANCE_MARK} {provenance}"]
+    result = "\n".join(lines)
+    verify = parse_policy(result, source=source).tier(tier).verify
+    if verify is None or verify.threshold != float(value):
+        where = f"tiers[{tier}].verify.threshold"
+        raise PolicyError([PolicyProblem(source, row + 1, where, "not set")])
+    return result

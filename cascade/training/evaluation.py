@@ -32,6 +32,7 @@ __all__ = [
     "Outcomes",
     "RouterReport",
     "auroc",
+    "average_ties",
     "cost_quality_curve",
     "oracle_confidence",
     "random_confidence",
@@ -135,7 +136,7 @@ def cost_quality_curve(confidence: np.ndarray, outcomes: Outcomes) -> CostQualit
     order = np.argsort(confidence, kind="stable")
     gain = np.concatenate([[0.0], np.cumsum((strong - weak)[order])])
     spend = np.concatenate([[0.0], np.cumsum((outcomes.strong_cost - outcomes.weak_cost)[order])])
-    gain, spend = (_tie_average(v, confidence[order]) for v in (gain, spend))
+    gain, spend = (average_ties(v, confidence[order]) for v in (gain, spend))
     quality = weak.mean() + gain / n
     cost_ratio = (outcomes.weak_cost.sum() + spend) / max(outcomes.strong_cost.sum(), 1e-300)
     return CostQualityCurve(
@@ -146,7 +147,7 @@ def cost_quality_curve(confidence: np.ndarray, outcomes: Outcomes) -> CostQualit
     )
 
 
-def _tie_average(cumulative: np.ndarray, ordered_confidence: np.ndarray) -> np.ndarray:
+def average_ties(cumulative: np.ndarray, ordered_confidence: np.ndarray) -> np.ndarray:
     """Replace the points inside each run of equal confidences by the line between its ends.
 
     Tied prompts are equally likely to go first, so the expected curve is linear across the run.

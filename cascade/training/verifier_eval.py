@@ -14,21 +14,23 @@ the cost of sending everything to the strong tier). Summaries per router:
   the cascade's cheapest point: evidence that costs money has to earn it here;
 - ``cost_at``: the total cost (share of all-strong) at which PGR first reaches 80% and 95%.
 
-Baselines: ``majority`` (the share of witnesses agreeing with the candidate's final answer,
-witnesses paid), ``prompt-only`` (a prompt scorer, no witnesses), ``random`` and ``oracle``.
+``route+verify`` (:mod:`cascade.training.route_verify`) sends the prompts the prompt scorer
+expects the cheap tier to fail straight to the strong tier, paying neither the cheap answer nor
+the witnesses for them. Baselines: ``majority`` (the share of witnesses agreeing with the
+candidate's final answer, witnesses paid), ``prompt-only`` (a prompt scorer, no witnesses),
+``random`` and ``oracle``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from cascade.model.answer_features import ANSWER_FEATURE_NAMES
-from cascade.training.answers import AnswerRow
-from cascade.training.evaluation import Outcomes, auroc, cost_quality_curve, oracle_confidence
-from cascade.training.verifier_data import TRIO, featurize, first_witnesses, outcomes_of
+from cascade.errors import LabeledDataError
+from cascade.training.evaluation import Outcomes, auroc, average_ties, oracle_confidence
+from cascade.training.verify_set import VerifySet
 
 __all__ = [
     "COST_TARGETS",
@@ -51,6 +53,14 @@ class Router:
 
     confidence: np.ndarray
     evidence_cost: np.ndarray
+    skip: np.ndarray | None = None
+    """Prompts sent straight to the strong tier before the cheap one is tried: neither the cheap
+    answer nor the evidence is paid for them (route+verify); None: every prompt is tried."""
+
+    def where(self, rows: np.ndarray) -> Router:
+        """The router on the prompts where ``rows`` (a boolean mask) is true."""
+        skip = None if self.skip is None else self.skip[rows]
+        return Router(self.confidence[rows], self.evidence_cost[rows], skip)
 
 
 @dataclass(frozen=True)
@@ -82,30 +92,64 @@ class VerifierReport:
         }
 
 
-def cost_curve(router: Router, outcomes: Outcomes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(escalated share, total cost / all-strong cost, PGR) at each count of escalations."""
-    paid = outcomes.weak_cost + router.evidence_cost
-    escalated = Outcomes(
-        outcomes.weak_score, outcomes.strong_score, paid, paid + outcomes.strong_cost
-    )
-    curve = cost_quality_curve(router.confidence, escalated)
-    total = curve.cost_ratio * escalated.strong_cost.sum()
-    return curve.strong_share, total / max(outcomes.strong_cost.sum(), 1e-300), curve.pgr
+def cost_curve(
+    router: Router, outcomes: Outcomes, accepted_score: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(strong share, total cost / all-strong cost, PGR) at each count of escalations.
+
+    Tried prompts pay the cheap answer and the evidence, escalated ones the strong answer too;
+    skipped prompts pay the strong answer alone. ``accepted_score``: the score of the answer kept
+    when the cascade accepts (default: the candidate's); PGR is measured against the candidate
+    and the strong tier either way, so two answer choices compare on one scale.
+    """
+    n = len(router.confidence)
+    weak, strong = outcomes.weak_score, outcomes.strong_score
+    gap = float(strong.mean() - weak.mean())
+    if n == 0 or abs(gap) < 1e-12:
+        raise LabeledDataError(
+            f"no quality gap to recover on these {n} rows (the candidate and the strong tier "
+            "score the same on average): PGR is undefined"
+        )
+    kept = weak if accepted_score is None else np.asarray(accepted_score, dtype=np.float64)
+    skip = np.zeros(n, dtype=bool) if router.skip is None else np.asarray(router.skip, bool)
+    tried = ~skip
+    confidence = router.confidence[tried]
+    order = np.argsort(confidence, kind="stable")
+    gain = np.concatenate([[0.0], np.cumsum((strong - kept)[tried][order])])
+    spend = np.concatenate([[0.0], np.cumsum(outcomes.strong_cost[tried][order])])
+    gain, spend = (average_ties(v, confidence[order]) for v in (gain, spend))
+    quality = (strong[skip].sum() + kept[tried].sum() + gain) / n
+    paid = outcomes.strong_cost[skip].sum()
+    paid += (outcomes.weak_cost + router.evidence_cost)[tried].sum()
+    cost = (paid + spend) / max(outcomes.strong_cost.sum(), 1e-300)
+    share = (skip.sum() + np.arange(tried.sum() + 1)) / n
+    return share, cost, (quality - weak.mean()) / gap
 
 
-def verifier_report(router: Router, good: np.ndarray, outcomes: Outcomes) -> VerifierReport:
-    """AUROC against ``good``, APGR over the escalated share and over total cost."""
-    share, cost, pgr = cost_curve(router, outcomes)
-    apgr = float(np.sum((share[1:] - share[:-1]) * (pgr[1:] + pgr[:-1]) / 2))
+def verifier_report(
+    router: Router,
+    good: np.ndarray,
+    outcomes: Outcomes,
+    accepted_score: np.ndarray | None = None,
+) -> VerifierReport:
+    """AUROC against ``good``, APGR over the escalated share and over total cost.
+
+    Skipped prompts rank below every tried one (they go to the strong tier first), and both
+    areas count PGR 0 below the cascade's cheapest point.
+    """
+    share, cost, pgr = cost_curve(router, outcomes, accepted_score)
+    ranked = router.confidence
+    if router.skip is not None:
+        ranked = np.where(router.skip, -np.inf, router.confidence)
     cost_at: dict[float, float | None] = {}
     for target in COST_TARGETS:
         reached = np.flatnonzero(pgr >= target - 1e-12)
         cost_at[target] = float(cost[reached[0]]) if len(reached) else None
     return VerifierReport(
         rows=len(router.confidence),
-        auroc=auroc(good, router.confidence),
-        auroc_suffices=auroc(outcomes.weak_suffices, router.confidence),
-        apgr=apgr,
+        auroc=auroc(good, ranked),
+        auroc_suffices=auroc(outcomes.weak_suffices, ranked),
+        apgr=_area_over_budget(share, pgr),
         cost_apgr=_area_over_budget(cost, pgr),
         cost_at=cost_at,
     )
@@ -155,8 +199,7 @@ def reports_by_group(
         if abs(part.strong_score.mean() - part.weak_score.mean()) < 1e-12:
             continue  # no gap to recover: PGR is undefined on this group
         result[group] = {
-            n: verifier_report(Router(r.confidence[rows], r.evidence_cost[rows]), good[rows], part)
-            for n, r in routers.items()
+            n: verifier_report(r.where(rows), good[rows], part) for n, r in routers.items()
         }
     return result
 
@@ -166,27 +209,21 @@ def _arrays(outcomes: Outcomes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 
 def evaluate_verifier(
-    rows: Sequence[AnswerRow],
-    confidence_of_features: Callable[[np.ndarray], np.ndarray],
+    data: VerifySet,
+    verifier_confidence: np.ndarray,
     *,
-    witnesses: int = TRIO,
     prompt_confidence: np.ndarray | None = None,
+    route: Router | None = None,
 ) -> dict[str, dict[str, VerifierReport]]:
-    """The verifier (given as a function of feature rows) and the baselines on ``rows``, with
-    each candidate's first ``witnesses`` witnesses; overall (``"all"``) and per task.
+    """The verifier (its confidence on each row of ``data``), route+verify (``route``, when
+    given) and the baselines, overall (``"all"``) and per task.
 
     ``prompt_confidence``: a prompt scorer's confidence per row, for the prompt-only baseline.
     """
-    examples = featurize(rows, first_witnesses(witnesses))
-    outcomes = outcomes_of(rows, examples.row)
-    routers = {
-        "verifier": Router(confidence_of_features(examples.features), examples.evidence_cost),
-        **baseline_routers(
-            examples.features[:, ANSWER_FEATURE_NAMES.index("agree_share")],
-            examples.evidence_cost,
-            outcomes,
-            None if prompt_confidence is None else prompt_confidence[examples.row],
-        ),
-    }
-    tasks = [rows[int(i)].task for i in examples.row]
-    return reports_by_group(routers, examples.good, outcomes, tasks)
+    routers = {"verifier": Router(np.asarray(verifier_confidence), data.evidence_cost)}
+    if route is not None:
+        routers["route+verify"] = route
+    routers.update(
+        baseline_routers(data.agreement, data.evidence_cost, data.outcomes, prompt_confidence)
+    )
+    return reports_by_group(routers, data.good, data.outcomes, data.tasks)
