@@ -15,10 +15,10 @@ from cascade.errors import PolicyError
 from cascade.model.verifier import OnnxVerifier
 from cascade.policy import parse_policy
 from cascade.resources import policy_path
-from cascade.training.answers import load_answers
+from cascade.training.answers import AnswerRow, Witness, load_answers
 from cascade.training.calibration import threshold_for, write_verify_threshold
 from cascade.training.evaluation import Outcomes
-from cascade.training.majority_answer import majority_index, majority_rows
+from cascade.training.majority_answer import compare_answers, majority_index, majority_rows
 from cascade.training.route_verify import choose_skip
 from cascade.training.verifier_eval import Router, cost_curve
 from cascade.training.verify_set import VerifySet, load_verify_set
@@ -318,3 +318,26 @@ def test_majority_rows_swap_the_candidate_and_keep_what_is_paid() -> None:
         now = [after.candidate_cost, *(w.cost for w in after.witnesses[:2])]
         assert sorted(paid) == pytest.approx(sorted(now))
         assert after.witnesses[0].text == before.candidate
+
+
+def _row(task: str, answers: list[tuple[str, float]]) -> AnswerRow:
+    (text, score), *others = answers
+    witnesses = tuple(Witness(f"m{i}", t, s, 1.0) for i, (t, s) in enumerate(others))
+    return AnswerRow("id", task, "What is 6 * 7?", text, score, 1.0, 1.0, 10.0, witnesses)
+
+
+def test_the_vote_is_measured_apart_from_who_votes() -> None:
+    """Two witnesses that agree on the right answer outvote a wrong candidate; with three
+    different answers the majority keeps the candidate, and the symmetric vote is then the
+    mean voter."""
+    agreeing = _row("a", [('{"answer": 41}', 0.0), ('{"answer": 42}', 1.0), ("42", 1.0)])
+    split = _row("b", [('{"answer": 41}', 0.0), ('{"answer": 42}', 1.0), ("40", 0.0)])
+    rows = [agreeing, split]
+    choices = compare_answers(rows, majority_rows(rows))
+    assert choices["a"].first_accuracy == 0.0
+    assert choices["a"].majority_accuracy == 1.0
+    assert choices["a"].changed == 1.0
+    assert choices["b"].majority_accuracy == 0.0
+    assert choices["b"].member_accuracy == pytest.approx(1 / 3)
+    assert choices["b"].vote_accuracy == pytest.approx(1 / 3)
+    assert choices["all"].vote_accuracy == pytest.approx((1 + 1 / 3) / 2)

@@ -216,14 +216,18 @@ def _print_answers(answers: AnswerStudy) -> None:
     print(
         "which answer to keep: the first (the candidate) or the majority's final answer among "
         "the candidate and its witnesses (ties: the first). The witnesses are other models, "
-        "not samples of the candidate's model."
+        "not samples of the candidate's model, and may be better or worse ones: 'member' (one "
+        "voter's answer, picked without looking) against 'vote' (the majority, ties to each "
+        "voter in turn) measures the vote itself. Accuracy = mean score; in the cascade the "
+        "verifier judges the answer it keeps."
     )
-    print(f"  {'task':26} {'rows':>5} {'first':>6} {'major.':>6} {'changed':>7} | cascade "
-          "APGR$ first/major.  $@80% first/major.  $@95% first/major.")  # fmt: skip
+    print(f"  {'task':26} {'rows':>5} {'first':>6} {'major.':>6} {'member':>6} {'vote':>6} "
+          f"{'changed':>7} | cascade APGR$ first/major.  $@80% first/major.  $@95% "
+          "first/major.")  # fmt: skip
     for group, a in answers.choices.items():
         row = (
-            f"  {group[:26]:26} {a.rows:5d} {a.first_accuracy:6.3f} "
-            f"{a.majority_accuracy:6.3f} {a.changed:7.1%} |       "
+            f"  {group[:26]:26} {a.rows:5d} {a.first_accuracy:6.3f} {a.majority_accuracy:6.3f} "
+            f"{a.member_accuracy:6.3f} {a.vote_accuracy:6.3f} {a.changed:7.1%} |       "
         )
         if group not in answers.cascade:  # no quality gap on this task: no cascade to measure
             print(row + "     -")

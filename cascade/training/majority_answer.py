@@ -72,13 +72,24 @@ def majority_rows(rows: Sequence[AnswerRow], witnesses: int = TRIO) -> list[Answ
 
 @dataclass(frozen=True)
 class AnswerChoice:
-    """The first answer against the majority's on one set of prompts."""
+    """The first answer against the majority's on one set of prompts.
+
+    ``first_accuracy`` against ``majority_accuracy`` is the question as the router meets it: keep
+    the candidate, or what the vote says. The witnesses here may be better or worse models than
+    the candidate, so the pair of ``member_accuracy`` (one answer of the vote, picked without
+    looking) and ``vote_accuracy`` (the majority, ties going to each voter in turn) measures the
+    vote itself, as it would be among samples of one model that are interchangeable.
+    """
 
     rows: int
     first_accuracy: float
     """Mean score of the candidate (the first answer)."""
     majority_accuracy: float
     """Mean score of the answer :func:`majority_index` returns."""
+    member_accuracy: float
+    """Mean score of the voters' answers (a voter picked at random)."""
+    vote_accuracy: float
+    """Mean score of the majority's answer with ties broken by each voter in turn."""
     changed: float
     """Share of prompts where the majority's answer is not the candidate's."""
 
@@ -88,17 +99,21 @@ class AnswerChoice:
             "rows": self.rows,
             "first_accuracy": round(self.first_accuracy, 4),
             "majority_accuracy": round(self.majority_accuracy, 4),
+            "member_accuracy": round(self.member_accuracy, 4),
+            "vote_accuracy": round(self.vote_accuracy, 4),
             "changed": round(self.changed, 4),
         }
 
 
 def compare_answers(
-    rows: Sequence[AnswerRow], voted: Sequence[AnswerRow]
+    rows: Sequence[AnswerRow], voted: Sequence[AnswerRow], witnesses: int = TRIO
 ) -> dict[str, AnswerChoice]:
-    """First against majority (``voted``: :func:`majority_rows` of ``rows``), on all rows
-    (``"all"``) and per task."""
+    """First against majority (``voted``: :func:`majority_rows` of ``rows`` with as many
+    ``witnesses``), on all rows (``"all"``) and per task."""
     first = np.array([r.candidate_score for r in rows])
     majority = np.array([r.candidate_score for r in voted])
+    pairs = np.array([_symmetric(r, witnesses) for r in rows]).reshape(len(rows), 2)
+    member, vote = pairs[:, 0], pairs[:, 1]
     changed = np.array([a is not b for a, b in zip(rows, voted, strict=True)])
     tasks = np.array([r.task for r in rows])
     groups = {"all": np.ones(len(rows), dtype=bool)}
@@ -108,7 +123,24 @@ def compare_answers(
             rows=int(mask.sum()),
             first_accuracy=float(first[mask].mean()),
             majority_accuracy=float(majority[mask].mean()),
+            member_accuracy=float(member[mask].mean()),
+            vote_accuracy=float(vote[mask].mean()),
             changed=float(changed[mask].mean()),
         )
         for name, mask in groups.items()
     }
+
+
+def _symmetric(row: AnswerRow, witnesses: int) -> tuple[float, float]:
+    """(mean score of the voters, mean score of the vote with each voter first in turn)."""
+    choices = has_choices(row.prompt)
+    voters = [(row.candidate, row.candidate_score)]
+    voters += [(w.text, w.score) for w in row.witnesses[:witnesses]]
+    finals = [extract_final_answer(text, choices=choices) for text, _ in voters]
+    keys = [f.key if f is not None else None for f in finals]
+    scores = [score for _, score in voters]
+    picked = []
+    for first in range(len(voters)):
+        order = [first, *(i for i in range(len(voters)) if i != first)]
+        picked.append(scores[order[majority_index([keys[i] for i in order])]])
+    return sum(scores) / len(scores), sum(picked) / len(picked)

@@ -156,4 +156,4 @@ def _answer_study(data: VerifySet, confidence: Confidence, witnesses: int) -> An
                 voted.outcomes.weak_score[rows],
             ),
         }
-    return AnswerStudy(compare_answers(data.rows, voted_rows), cascade)
+    return AnswerStudy(compare_answers(data.rows, voted_rows, witnesses), cascade)
