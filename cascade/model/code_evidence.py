@@ -77,6 +77,12 @@ class Behaviour:
     refused: tuple[str, ...] = ()
 
     @property
+    def answered(self) -> bool:
+        """Returned or printed something on some input: a program that fails on every input
+        states no answer (two such programs do not agree)."""
+        return any(not out.startswith("!") for out in self.outputs)
+
+    @property
     def signature(self) -> str:
         """Equal for two behaviours with equal outputs on every input."""
         return hashlib.sha256("\x1f".join(self.outputs).encode()).hexdigest()[:16]
