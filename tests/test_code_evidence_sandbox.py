@@ -172,3 +172,10 @@ def test_a_script_is_run_for_its_printed_output() -> None:
     """Without a function, the program's output is what it prints."""
     (result,) = run_programs([Program("print(sorted({'b', 'a'}))\n", None)], LIMITS)
     assert result.outputs == ("print:['a', 'b']",)
+
+
+def test_the_code_sees_none_of_the_routers_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A secret in the router's environment (an API key) is not in the sandbox's."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    result = _run("def f(n):\n    return sorted(__import__('os').environ)\n", calls=1)
+    assert result.outputs == ("=['LC_ALL', 'PYTHONHASHSEED', 'PYTHONIOENCODING']",)

@@ -12,7 +12,9 @@ other. Two behaviours agree on the share of inputs where their outputs are equal
 :attr:`Behaviour.signature` is equal when they agree on all of them, and is what
 :mod:`cascade.model.answer_features` uses as the final answer of a code answer.
 
-Running code costs tens of milliseconds and up to :attr:`Limits.wall_seconds`: it never
+Running code costs tens of milliseconds (about 65 ms for a candidate and two witnesses on two
+cores, about a second when one of them loops: ``benchmarks/bench_code_evidence``) and never more
+than :attr:`~cascade.model.code_evidence_sandbox.Limits.wall_seconds`. It never
 happens for an answer :func:`looks_like_code` says is not code, and an async caller runs a
 code check off the event loop: ``await check_code_async(...)``, or
 ``await asyncio.to_thread(verifier.confidence, ...)`` when ``looks_like_code(candidate)``.

@@ -209,8 +209,10 @@ def _kill(child: _Child) -> None:
 def _stop(child: _Child) -> None:
     _kill(child)
     child.process.wait()
-    if child.process.stdout is not None:
-        child.process.stdout.close()
+    for pipe in (child.process.stdin, child.process.stdout):
+        if pipe is not None and not pipe.closed:
+            with contextlib.suppress(BrokenPipeError):  # closing flushes the unread job
+                pipe.close()
 
 
 def _result(child: _Child) -> Run:
