@@ -12,6 +12,8 @@ from cascade.model.answer_features import (
     ANSWER_FEATURE_NAMES,
     ANSWER_FEATURES_VERSION,
     answer_features,
+    parse_answer,
+    with_behaviours,
 )
 from cascade.model.final_answer import FinalAnswer, extract_final_answer, has_choices
 from cascade.training.train import PARITY_TEXTS
@@ -148,5 +150,57 @@ def test_real_answers_agree_where_both_are_correct() -> None:
 
 def test_the_feature_version_names_the_features() -> None:
     """The version a manifest records is the one this code computes."""
-    assert ANSWER_FEATURES_VERSION == "answer-features-v1"
-    assert len(set(ANSWER_FEATURE_NAMES)) == len(ANSWER_FEATURE_NAMES) == 22
+    assert ANSWER_FEATURES_VERSION == "answer-features-v2"
+    assert len(set(ANSWER_FEATURE_NAMES)) == len(ANSWER_FEATURE_NAMES) == 24
+
+
+PROGRAM_PROMPT = "Write a python function fib(n) that returns the n-th Fibonacci number (0 based)."
+ITERATIVE = (
+    "Here is an iterative version:\n```python\ndef fib(n):\n    a, b = 0, 1\n"
+    "    for _ in range(n):\n        a, b = b, a + b\n    return a\n```\nIt runs in O(n)."
+)
+RECURSIVE = "```py\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n```"
+OFF_BY_ONE = (
+    "```python\ndef fib(n):\n    a, b = 1, 1\n    for _ in range(n):\n"
+    "        a, b = b, a + b\n    return a\n```"
+)
+BROKEN = "```python\ndef fib(n)\n    return n\n```"
+
+
+def test_an_answer_stated_in_the_requested_form_is_not_run() -> None:
+    """A reply with an explicit final answer keeps it, even with code in its reasoning."""
+    reply = '{"reasoning": "```python\\ndef f(x):\\n    return x\\n```", "answer": "7"}'
+    parsed = parse_answer(reply, choices=False)
+    assert parsed.code is None
+    assert parsed.final is not None
+    assert parsed.final.value == "7"
+
+
+def test_agreement_features_carry_behaviour_for_code() -> None:
+    """For code, agree_share and friends compare behaviour, not words: a right candidate
+    agrees with right witnesses; a wrong one that shares more words with them does not."""
+    right = answer_features(PROGRAM_PROMPT, ITERATIVE, [RECURSIVE, RECURSIVE])
+    wrong = answer_features(PROGRAM_PROMPT, OFF_BY_ONE, [ITERATIVE, RECURSIVE])
+    broken = answer_features(PROGRAM_PROMPT, BROKEN, [ITERATIVE, RECURSIVE])
+    assert _feature(right, "all_agree") == 1.0
+    assert _feature(right, "agree_share") == 1.0
+    assert _feature(right, "behaviour_agreement") == 1.0
+    assert _feature(wrong, "agree_share") == 0.0
+    assert _feature(wrong, "none_agree") == 1.0
+    assert _feature(wrong, "behaviour_agreement") < 0.5
+    assert _feature(wrong, "similarity_mean") > _feature(right, "similarity_mean")
+    assert [_feature(v, "code_parses") for v in (right, wrong, broken)] == [1.0, 1.0, 0.0]
+    assert _feature(broken, "candidate_extracted") == 0.0
+
+
+def test_text_answers_take_the_fast_path() -> None:
+    """A candidate that is not code runs nothing: with_behaviours hands the answers back."""
+    candidate = parse_answer("The answer is 55.", choices=False)
+    witnesses = [parse_answer(RECURSIVE, choices=False)]
+    same, others = with_behaviours(PROGRAM_PROMPT, candidate, witnesses)
+    assert same is candidate
+    assert others[0] is witnesses[0]
+    assert others[0].behaviour is None
+    values = answer_features(PROGRAM_PROMPT, "The answer is 55.", ["55"])
+    assert _feature(values, "code_parses") == 0.0
+    assert _feature(values, "behaviour_agreement") == 0.0

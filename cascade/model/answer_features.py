@@ -7,10 +7,21 @@ answer (:mod:`cascade.model.final_answer`)? When no final answer can be extracte
 the texts? Besides: the candidate's form (stated in the requested format? hedging? a refusal? a
 runaway repetition?) and, when the tier returns them, its token logprobs.
 
+Code is its own case (:mod:`cascade.model.code_evidence`): when an answer is Python code (and
+states no final answer in a requested form), its final answer is its *behaviour*: the outputs
+of its function on a fixed set of inputs, run in a sandbox beside the witnesses' code on the same
+inputs. The agreement columns then say whether the programs behave alike; ``code_parses`` and
+``behaviour_agreement`` (the share of inputs with equal outputs) add what a key cannot. Only a
+candidate that is code runs anything: :func:`answer_features` then blocks for tens of
+milliseconds (up to seconds for code that loops), so an async caller computes it off the event
+loop when :func:`~cascade.model.code_evidence.looks_like_code` says the candidate is code.
+Other answers take the fast path, as before.
+
 :func:`answer_features` returns the numbers in the order of :data:`ANSWER_FEATURE_NAMES`; a
 verifier's manifest records :data:`ANSWER_FEATURES_VERSION`. Changing a feature means bumping it
-and retraining. Training parses each answer once (:func:`parse_answer`) and combines parsed
-answers with :func:`features_of`, the same function serving ends in.
+and retraining. Training parses each answer once (:func:`parse_answer`), runs code once per
+prompt (:func:`with_behaviours`), and combines parsed answers with :func:`features_of`, the same
+functions serving goes through.
 """
 
 from __future__ import annotations
@@ -22,8 +33,9 @@ import statistics
 import string
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from cascade.model.code_evidence import Behaviour, Code, check_code, looks_like_code, python_code
 from cascade.model.final_answer import FinalAnswer, extract_final_answer, has_choices
 
 __all__ = [
@@ -33,9 +45,10 @@ __all__ = [
     "answer_features",
     "features_of",
     "parse_answer",
+    "with_behaviours",
 ]
 
-ANSWER_FEATURES_VERSION = "answer-features-v1"
+ANSWER_FEATURES_VERSION = "answer-features-v2"
 """Identifies :func:`answer_features`; a verifier whose manifest differs needs retraining."""
 
 ANSWER_FEATURE_NAMES: tuple[str, ...] = (
@@ -61,6 +74,8 @@ ANSWER_FEATURE_NAMES: tuple[str, ...] = (
     "logprobs_present",
     "logprob_mean",
     "logprob_min",
+    "code_parses",
+    "behaviour_agreement",
 )
 """The columns :func:`answer_features` returns, in order."""
 
@@ -97,7 +112,8 @@ _TOKEN_SAMPLE = 4000
 
 @dataclass(frozen=True, slots=True)
 class ParsedAnswer:
-    """One answer, read once: its final answer, its words and its length."""
+    """One answer, read once: its final answer, its words and its length; for code, the code
+    and (after :func:`with_behaviours`) its behaviour, whose signature is then the final answer."""
 
     final: FinalAnswer | None
     words: frozenset[str]
@@ -105,6 +121,8 @@ class ParsedAnswer:
     distinct_word_share: float
     hedges: int
     refusal: bool
+    code: Code | None = None
+    behaviour: Behaviour | None = None
 
 
 def parse_answer(text: str, *, choices: bool) -> ParsedAnswer:
@@ -117,14 +135,43 @@ def parse_answer(text: str, *, choices: bool) -> ParsedAnswer:
     hedges = sum(map(_HEDGE_WORDS.__contains__, words))
     hedges += sum(map(_HEDGE_PAIRS.__contains__, itertools.pairwise(words)))
     distinct = frozenset(words)
+    final = extract_final_answer(text, choices=choices)
+    code = None
+    if (final is None or not final.explicit) and looks_like_code(text):
+        code = python_code(text)  # code's answer is its behaviour, not its last number
     return ParsedAnswer(
-        final=extract_final_answer(text, choices=choices),
+        final=final if code is None else None,
         words=distinct,
         chars=len(text),
         distinct_word_share=len(distinct) / len(words) if words else 1.0,
         hedges=hedges,
         refusal=_REFUSAL.match(text[:300]) is not None,
+        code=code,
     )
+
+
+def with_behaviours(
+    prompt: str, candidate: ParsedAnswer, witnesses: Sequence[ParsedAnswer]
+) -> tuple[ParsedAnswer, list[ParsedAnswer]]:
+    """When the candidate is code that parses, run it and the witnesses' code on the same
+    inputs (:func:`~cascade.model.code_evidence.check_code`); each program's behaviour becomes
+    its final answer (when it returned or printed something on some input). Otherwise returns
+    the answers as they are, at no cost. Each witness's behaviour depends on the prompt and the
+    candidate only, so any subset of the witnesses gets the same values."""
+    if candidate.code is None or not candidate.code.parses:
+        return candidate, list(witnesses)
+    check = check_code(prompt, candidate.code, [w.code for w in witnesses])
+    if check is None:
+        return candidate, list(witnesses)
+    return _behaving(candidate, check.candidate), [
+        w if b is None else _behaving(w, b) for w, b in zip(witnesses, check.witnesses, strict=True)
+    ]
+
+
+def _behaving(answer: ParsedAnswer, behaviour: Behaviour) -> ParsedAnswer:
+    answered = behaviour.answered  # failing on every input states nothing: no final answer
+    final = FinalAnswer("code", behaviour.signature, explicit=True) if answered else None
+    return replace(answer, final=final, behaviour=behaviour)
 
 
 def answer_features(
@@ -136,11 +183,12 @@ def answer_features(
     """The verifier's input for ``candidate`` given ``witnesses``, in :data:`ANSWER_FEATURE_NAMES`
     order. ``logprobs``: the candidate's token logprobs, when its tier returned them."""
     choices = has_choices(prompt)
-    return features_of(
+    parsed, others = with_behaviours(
+        prompt,
         parse_answer(candidate, choices=choices),
         [parse_answer(w, choices=choices) for w in witnesses],
-        logprobs,
     )
+    return features_of(parsed, others, logprobs)
 
 
 def features_of(
@@ -161,6 +209,7 @@ def features_of(
     similarity_mean = sum(similarities) / k if k else 0.0
     median_chars = statistics.median(w.chars for w in witnesses) if k else candidate.chars
     mean, low, present = _logprob_summary(logprobs)
+    behaviour = candidate.behaviour
     return [
         agree / k if k else 0.0,
         float(k > 0 and agree == k),
@@ -184,6 +233,8 @@ def features_of(
         present,
         mean,
         low,
+        float(candidate.code is not None and candidate.code.parses),
+        sum(behaviour.agreement(w.behaviour) for w in witnesses) / k if behaviour and k else 0.0,
     ]
 
 

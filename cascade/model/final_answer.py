@@ -24,7 +24,9 @@ from typing import Literal
 
 __all__ = ["FinalAnswer", "Kind", "extract_final_answer", "has_choices"]
 
-Kind = Literal["letter", "number", "yesno", "text"]
+Kind = Literal["letter", "number", "yesno", "text", "code"]
+"""``code``: a program's behaviour signature (:mod:`cascade.model.code_evidence`), never
+extracted from text here."""
 
 MAX_SCAN = 20_000
 """Characters of a reply looked at: a final answer is stated once, and runaway replies are long."""

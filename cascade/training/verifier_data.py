@@ -3,7 +3,8 @@
 One row gives one example per witness subset asked for: the trio convention (the first two
 ``other_cheap`` answers), the first ``k`` for measuring with ``k`` witnesses, or random draws of
 one to three witnesses from the first :data:`POOL` so a model learns to read any count. Each
-answer of a row is parsed once, whatever the number of subsets.
+answer of a row is parsed once, whatever the number of subsets (and, where the candidate is
+code, each program runs once).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cascade.model.answer_features import (
     ParsedAnswer,
     features_of,
     parse_answer,
+    with_behaviours,
 )
 from cascade.model.final_answer import has_choices
 from cascade.training.answers import AnswerRow
@@ -101,6 +103,10 @@ def featurize(rows: Sequence[AnswerRow], subsets: Subsets) -> VerifierSet:
         choices = has_choices(row.prompt)
         candidate = parse_answer(row.candidate, choices=choices)
         parsed: dict[int, ParsedAnswer] = {}
+        if candidate.code is not None:  # code: every witness's program runs once, on one input set
+            everyone = [parse_answer(w.text, choices=choices) for w in row.witnesses]
+            candidate, everyone = with_behaviours(row.prompt, candidate, everyone)
+            parsed = dict(enumerate(everyone))
         for subset in subsets(row):
             for w in subset:
                 if w not in parsed:
