@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from cascade.model.features import FEATURE_VERSION, MAX_CHARS, normalize
+from cascade.model.features import (
+    ANCHORED_FEATURES,
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    MAX_CHARS,
+    normalize,
+    prompt_features,
+)
 from cascade.training.train import PARITY_TEXTS
 
 
@@ -48,3 +55,41 @@ def test_normalizing_twice_changes_nothing() -> None:
 def test_feature_version_follows_the_cut_length() -> None:
     """Changing MAX_CHARS without a new FEATURE_VERSION fails: old models would see other text."""
     assert FEATURE_VERSION.endswith(f"+{MAX_CHARS}")
+
+
+def _column(text: str, name: str) -> float:
+    return prompt_features(text)[FEATURE_NAMES.index(name)]
+
+
+@pytest.mark.parametrize(
+    "text", ["Hi!", "good morning :)", "Merci beaucoup", "Danke schön", "こんにちは", "Спасибо!"]
+)
+def test_greetings_and_thanks_are_small_talk(text: str) -> None:
+    """Greetings and thanks in several languages and scripts are counted as small talk."""
+    assert _column(text, "small_talk_share") >= 0.5
+    assert _column(text, "expert_term_share") == 0.0
+
+
+def test_expert_terms_count_words_and_word_pairs() -> None:
+    """A proof or a lock-free queue is expert work; a pair like "lock-free" counts once."""
+    assert _column("Prove that the square root of 2 is irrational.", "expert_term_share") > 0
+    queue = "Write a lock-free queue in C++."
+    assert _column(queue, "expert_term_share") == pytest.approx(1 / 7)  # write a lock free ...
+    assert _column("What is the capital of France?", "expert_term_share") == 0.0
+
+
+def test_short_chat_is_short_questions_and_small_talk() -> None:
+    """``short_chat`` rises as a question or a chatty message gets shorter, and is 0 for a
+    short instruction or anything of ten words or more."""
+    assert _column("Why?", "short_chat") == pytest.approx(0.9)
+    assert _column("Hi, I'm Ana.", "short_chat") == pytest.approx(0.6)
+    assert _column("Tell me a joke.", "short_chat") == 0.0
+    assert (
+        _column("Is it true that the ten largest cities are all coastal ones?", "short_chat") == 0
+    )
+
+
+def test_new_columns_come_after_v1s() -> None:
+    """v2 only appended columns, so a v1 model is v2's first 25 weights (see reexport)."""
+    assert FEATURE_NAMES[-len(ANCHORED_FEATURES) :] == ANCHORED_FEATURES
+    assert len(FEATURE_NAMES) == 25 + len(ANCHORED_FEATURES)

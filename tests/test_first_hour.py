@@ -277,7 +277,9 @@ def test_calibrate_reports_probes_and_keeps_the_policy_when_one_would_fail(
     policy = tmp_path / "p.yaml"
     policy.write_text((ROOT / "policies" / "default.yaml").read_text())
     before = policy.read_text()
+    # the default policy's scorer: the sums score above its arithmetic probe
     argv = ["calibrate", "--data", str(_rows(tmp_path)), "--max-strong-share", "0.3"]
+    argv += ["--model", "prompt-features-v2"]
     assert main([*argv, "--policy", str(policy), "--tier", "small", "--write"]) == 1
     captured = capsys.readouterr()
     assert "probe FAIL 'arithmetic fact' expected small, got medium" in captured.out

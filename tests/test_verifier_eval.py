@@ -25,7 +25,7 @@ from cascade.training.verify_set import VerifySet, load_verify_set
 from tests.test_verifier import FIXTURE, _train_tiny
 
 ROUTERS = {"verifier", "route+verify", "majority", "prompt-only", "random", "oracle"}
-VERIFY_BLOCK = "    threshold: 0.818\n    verify:\n      samples: 3\n      answer: majority\n"
+VERIFY_BLOCK = "    threshold: 0.825\n    verify:\n      samples: 3\n      answer: majority\n"
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_calibrate_verifier_writes_the_verify_threshold(
     assert main(argv) == 2
     assert "tiers[small].verify: no verify block" in capsys.readouterr().err
     assert policy.read_text("utf-8") == text
-    policy.write_text(text.replace("    threshold: 0.818\n", VERIFY_BLOCK), "utf-8")
+    policy.write_text(text.replace("    threshold: 0.825\n", VERIFY_BLOCK), "utf-8")
     assert main(argv) == 0
     out = capsys.readouterr().out
     threshold = float(out.split()[2].rstrip(":"))
@@ -208,7 +208,7 @@ def test_calibrate_verifier_writes_the_verify_threshold(
     assert verify is not None
     assert verify.threshold == threshold
     assert (
-        parse_policy(policy.read_text("utf-8")).tier("small").threshold == 0.818
+        parse_policy(policy.read_text("utf-8")).tier("small").threshold == 0.825
     )  # the routing threshold is not touched
     assert "# calibrated: " in policy.read_text("utf-8")
     assert f"wrote tiers[small].verify.threshold in {policy}" in out
@@ -219,7 +219,7 @@ def test_write_verify_threshold_handles_flow_style_and_replaces_the_old_comment(
     value and the provenance, adding nothing."""
     text = policy_path("default").read_text("utf-8")
     text = text.replace(
-        "    threshold: 0.818\n", "    threshold: 0.818\n    verify: {witness: medium}\n"
+        "    threshold: 0.825\n", "    threshold: 0.825\n    verify: {witness: medium}\n"
     )
     once = write_verify_threshold(text, "small", 0.4321, "first run")
     assert "    # calibrated: first run\n    verify: {witness: medium, threshold: 0.4321}" in once

@@ -3,6 +3,13 @@
 JSONL, one object per line: ``id``, ``task``, ``prompt``, ``weak_score``, ``strong_score``,
 ``weak_cost_usd``, ``strong_cost_usd``. The team's routing data comes in it, ``cascade train``,
 ``eval`` and ``calibrate`` read it, and ``cascade export`` writes the ledger's traffic in it.
+
+An optional ``anchor_weight`` (a number > 0) marks an **authored** row rather than observed
+traffic: a prompt whose outcome is known by construction (a greeting any tier answers, a proof
+the smallest one should not be trusted with; see :mod:`cascade.training.obvious`). ``cascade
+train`` fits such rows only into the columns traffic barely exercises
+(:data:`~cascade.model.features.ANCHORED_FEATURES`), each counting ``anchor_weight`` traffic
+rows, and leaves them out of the calibration table and the metrics.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ class LabeledExample:
     strong_score: float
     weak_cost_usd: float
     strong_cost_usd: float
+    anchor_weight: float | None = None
 
     @property
     def weak_suffices(self) -> bool:
@@ -87,4 +95,5 @@ def _parse_row(line: str, where: str) -> LabeledExample:
         strong_score=field("strong_score", float, 0.0, 1.0),
         weak_cost_usd=field("weak_cost_usd", float, 0.0),
         strong_cost_usd=field("strong_cost_usd", float, 0.0),
+        anchor_weight=field("anchor_weight", float, 1e-9) if "anchor_weight" in row else None,
     )

@@ -5,8 +5,10 @@
 :mod:`cascade.training.feature_model` on the rows outside the held-out tasks, checks that the ONNX
 export agrees with scikit-learn on messy text, measures AUROC and APGR on the held-out tasks and on
 the dev files, and writes ``model.onnx`` and ``manifest.json``. ``--base MODEL`` adapts an existing
-model to the given rows instead (:func:`adapt`). Training is deterministic: the same files and
-seed give a byte-identical ``model.onnx``.
+model to the given rows instead (:func:`adapt`). Rows with ``anchor_weight`` (authored obvious
+prompts, :mod:`cascade.training.obvious`) correct the result on the columns traffic barely
+exercises. Training is deterministic: the same files and seed give a byte-identical
+``model.onnx``.
 
 scikit-learn, onnx and onnxruntime are imported inside the functions that need them, so
 importing this module costs nothing.
@@ -40,7 +42,9 @@ from cascade.resources import model_dir
 from cascade.training.evaluation import Outcomes, auroc, report
 from cascade.training.feature_model import (
     ALPHA,
+    Anchors,
     LinearConfidence,
+    anchor_confidence,
     export_onnx,
     feature_matrix,
     fit_confidence,
@@ -48,7 +52,7 @@ from cascade.training.feature_model import (
     read_onnx,
     reference_confidence,
 )
-from cascade.training.traffic import load_labeled
+from cascade.training.traffic import LabeledExample, load_labeled
 
 __all__ = [
     "ADAPT_ALPHAS",
@@ -153,9 +157,12 @@ def train_model(
 
     The shipped model is the one fitted without the held-out tasks, so its holdout numbers are
     honest estimates for unseen subjects. ``dev_data`` (another distribution) is only measured.
+    Authored rows (``anchor_weight``) then correct the anchored columns
+    (:func:`~cascade.training.feature_model.anchor_confidence`); they are not traffic, so the
+    calibration table and the metrics leave them out.
     Raises :class:`TrainingError` if a held-out task is absent or ONNX and scikit-learn disagree.
     """
-    examples = load_labeled(data)
+    examples, authored = _split_authored(load_labeled(data))
     dev = load_labeled(dev_data) if dev_data else []
     held_out = set(holdout_tasks)
     if missing := sorted(held_out - {e.task for e in examples}):
@@ -172,9 +179,17 @@ def train_model(
         model = fit_confidence(features[~is_held], fit_rows, alpha=ALPHA)
     else:
         model, adaptation = adapt(_load_base(base), features[~is_held], fit_rows, seed=seed)
+    if authored:
+        anchors = Anchors(
+            feature_matrix([e.prompt for e in authored]),
+            Outcomes.from_examples(authored),
+            np.array([e.anchor_weight for e in authored], dtype=np.float64),
+        )
+        model = anchor_confidence(model, features[~is_held], fit_rows, anchors)
     onnx_bytes = export_onnx(model)
     parity_texts = [
         *PARITY_TEXTS,
+        *(e.prompt for e in authored[:100]),
         *(e.prompt for e in examples[:200]),
         *(e.prompt for e in dev[:200]),
     ]
@@ -234,6 +249,19 @@ def train_model(
     (out_dir / manifest.file).write_bytes(onnx_bytes)
     (out_dir / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
     return manifest, adaptation
+
+
+def _split_authored(
+    rows: list[LabeledExample],
+) -> tuple[list[LabeledExample], list[LabeledExample]]:
+    """Traffic rows and authored rows (``anchor_weight``); traffic must not be empty."""
+    traffic = [e for e in rows if e.anchor_weight is None]
+    if not traffic:
+        raise TrainingError(
+            "every row is authored (has anchor_weight): authored rows only correct a model "
+            "fitted on traffic; add labeled traffic to --data"
+        )
+    return traffic, [e for e in rows if e.anchor_weight is not None]
 
 
 def _load_base(base: str | Path) -> LinearConfidence:
