@@ -10,6 +10,11 @@ concurrency: requests/s and latency direct, added latency, the proxy's CPU per r
 which takes the machine's speed out of the comparison. Needs wrk (``apt-get install wrk``).
 
     .venv/bin/python -m benchmarks.bench_proxy [--seconds 5] [--workers 2] [--concurrency 1 16 64]
+        [--verify witness]
+
+``--verify witness`` turns the verify step on: each answer of the cheap tiers is judged against
+a witness tier's answer (a second upstream call in parallel, then the verifier), which is what
+verification costs the proxy itself.
 
 Targets (issue: the proxy), on a 2-core machine: >= 3,000 requests/s through the proxy at
 concurrency 64 against a fast upstream; added p99 <= 10 ms at concurrency 16. Where they were set,
@@ -53,6 +58,27 @@ tiers:
   - {{name: big, model: b, kind: self_hosted, endpoint: "{url}/v1", max_concurrency: 100000,
       price: {{input_usd_per_mtok: 2.5, output_usd_per_mtok: 10}}}}
 """
+# --verify witness: the cheap tiers verify every answer against a witness tier's (one more call
+# to the upstream per request, and one verifier decision); the witness agrees, so it is kept.
+_VERIFY = {
+    "      price: {{gpu_usd_per_hour: 2.3, tokens_per_second: 32000}}, threshold: 0.83}}": (
+        "      price: {{gpu_usd_per_hour: 2.3, tokens_per_second: 32000}}, threshold: 0.83,\n"
+        "      verify: {{witness: medium, threshold: 0.5}}}}"
+    ),
+    "      price: {{gpu_usd_per_hour: 2.3, tokens_per_second: 14500}}, threshold: 0.72}}": (
+        "      price: {{gpu_usd_per_hour: 2.3, tokens_per_second: 14500}}, threshold: 0.72,\n"
+        "      verify: {{witness: small, threshold: 0.5}}}}"
+    ),
+}
+
+
+def policy_text(url: str, *, verify: bool) -> str:
+    """The benchmark's policy for an upstream at ``url``, with or without the verify step."""
+    text = FAST_POLICY
+    if verify:
+        for plain, verified in _VERIFY.items():
+            text = text.replace(plain, verified)
+    return text.format(url=url)
 
 
 @dataclass(frozen=True)
@@ -116,6 +142,12 @@ def main() -> None:
     parser.add_argument(
         "--ledger", choices=["off", "sqlite"], default="off", help="record requests (in a temp dir)"
     )
+    parser.add_argument(
+        "--verify",
+        choices=["off", "witness"],
+        default="off",
+        help="witness: the cheap tiers verify each answer against another tier's",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench_proxy needs wrk: apt-get install wrk")
@@ -124,7 +156,7 @@ def main() -> None:
     reference = f"http://127.0.0.1:{args.reference_port}"
     with tempfile.TemporaryDirectory() as tmp:
         policy = Path(tmp, "bench.yaml")
-        policy.write_text(FAST_POLICY.format(url=upstream))
+        policy.write_text(policy_text(upstream, verify=args.verify == "witness"))
         script = Path(tmp, "post.lua")
         script.write_text(
             'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
@@ -191,8 +223,8 @@ def main() -> None:
                 time.sleep(3)  # every worker listening: wrk's connections spread over all of them
             print(
                 f"proxy added latency and throughput; {args.workers} proxy worker(s), ledger "
-                f"{args.ledger}, {args.upstream_server} upstream; wrk, 1 thread, {args.seconds} s "
-                "per run"
+                f"{args.ledger}, verify {args.verify}, {args.upstream_server} upstream; wrk, 1 "
+                f"thread, {args.seconds} s per run"
             )
             print(
                 f"{'conc':>5} {'direct rps':>11} {'proxy rps':>10} {'direct p50/p99 ms':>18} "

@@ -1,6 +1,6 @@
 """Verifier latency on one CPU core: one candidate with two witnesses, and batches of 64.
 
-    .venv/bin/python -m benchmarks.bench_verifier [--model verifier-v1] [--iterations 3000]
+    .venv/bin/python -m benchmarks.bench_verifier [--model verifier-v2] [--iterations 3000]
 
 Prints p50/p99 of ``OnnxVerifier.confidence`` (final-answer extraction and features of three
 answers included), of the features alone, and of ``confidence_batch`` for 64 items. The answers
@@ -60,7 +60,7 @@ def _time(call: Callable[[int], object], iterations: int) -> list[float]:
 def main() -> None:
     """Print verifier latency percentiles for single calls, features alone, and batches."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--model", default="verifier-v1")
+    parser.add_argument("--model", default="verifier-v2")
     parser.add_argument("--iterations", type=int, default=3000)
     parser.add_argument("--chars", type=int, default=1500)
     args = parser.parse_args()

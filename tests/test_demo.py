@@ -22,19 +22,22 @@ def test_demo_answers_every_request_and_records_each_one(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "48 requests in " in out
-    assert "48 answered, 0 failed" in out
+    assert "72 requests in " in out  # 24 steady + 24 burst, then the 24 steady with verify
+    assert "72 answered, 0 failed" in out
+    assert "same 24 steady prompts, without and with the verify step:" in out
+    assert "  demo-verify  right " in out
+    assert "the verifier escalated " in out
     assert "request.completed" not in out + done.stderr
     assert "simulator.request" not in out + done.stderr
     log_file = database.with_suffix(".log")
     assert f"logs: {log_file}" in out
-    assert log_file.read_text().count('"event":"request.completed"') == 48
+    assert log_file.read_text().count('"event":"request.completed"') == 72
     assert len(out.splitlines()) < 80
     with sqlite3.connect(database) as conn:
         (requests,) = conn.execute("select count(*) from requests").fetchone()
         (attempts,) = conn.execute("select count(*) from attempts").fetchone()
         tiers = {t for (t,) in conn.execute("select distinct final_tier from requests")}
-    assert requests == 48
-    assert attempts >= 48
+    assert requests == 72
+    assert attempts >= 72
     assert tiers <= {"small", "medium", "frontier"}
     assert len(tiers) >= 2

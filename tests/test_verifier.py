@@ -178,7 +178,7 @@ def test_answers_files_read_compressed_and_name_bad_lines(tmp_path: Path) -> Non
 
 def test_shipped_verifier_matches_its_manifest() -> None:
     """The shipped verifier's file has its manifest's sha256, today's features, and parity."""
-    folder = model_dir("verifier-v1")
+    folder = model_dir("verifier-v2")
     manifest = load_manifest(folder)
     assert manifest.kind == "verifier"
     assert manifest.sha256 == hashlib.sha256((folder / manifest.file).read_bytes()).hexdigest()

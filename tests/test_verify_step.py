@@ -350,3 +350,29 @@ def test_the_report_shows_what_the_verify_step_did(
     assert "verified 100.00% of requests" in line
     assert "escalated by the verifier 50.00%" in line
     assert "evidence cost 0.00004" in line  # 2 samples x 20 tokens at $1/M, twice
+
+
+CODE_QUESTION = [
+    {"role": "user", "content": "Write a Python function add_one(x) that returns x plus one."}
+]
+RIGHT = "```python\ndef add_one(x):\n    return x + 1\n```"
+ALSO_RIGHT = "Here you go:\n```python\ndef add_one(x):\n    y = x\n    return 1 + y\n```"
+WRONG = "```python\ndef add_one(x):\n    return x + 2\n```"
+
+
+@pytest.mark.parametrize(("witness", "tier"), [(ALSO_RIGHT, "small"), (WRONG, "medium")])
+def test_code_answers_are_judged_by_what_the_code_does(
+    stack_for: Any, witness: str, tier: str
+) -> None:
+    """Two differently written functions that behave alike agree; a function that returns
+    something else does not, although it reads almost the same."""
+    stack = stack_for("{witness: medium, threshold: 0.5}")
+    stack.small.answers = [RIGHT]
+    stack.medium.answers = [witness]
+    response = httpx.post(
+        f"{stack.url}/v1/chat/completions",
+        json={"model": "small", "messages": CODE_QUESTION},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-cascade-tier"] == tier

@@ -12,9 +12,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "demo",
         help="run simulated tiers + the proxy + a mixed workload, then print the cost report",
         description="Start simulated 1.5B, 7B and frontier tiers and the proxy on loopback, "
-        "send real prompts (steady, then a burst that saturates the self-hosted tiers) and "
-        "print what it cost. No GPU, no API key; about 20 seconds. The proxy's and the "
-        "simulated tiers' logs go to a file beside the database (--verbose: to the terminal).",
+        "send real prompts (steady, then a burst that saturates the self-hosted tiers, then "
+        "the steady prompts again with the verify step on), grade every answer with the "
+        "simulator's ground truth, and print what it cost and what the verify step changed. "
+        "No GPU, no API key; about 30 seconds. The proxy's and the simulated tiers' logs go "
+        "to a file beside the database (--verbose: to the terminal).",
     )
     demo.add_argument(
         "--database", type=Path, default=Path("cascade-demo.db"), help="the demo's SQLite ledger"
@@ -50,6 +52,6 @@ def _demo(ns: argparse.Namespace) -> int:
     print()
     from cascade.cli import main
 
-    report = ["report", "--url", f"sqlite:///{database}", "--since", "all", "--by", "tier"]
+    report = ["report", "--url", f"sqlite:///{database}", "--since", "all", "--by", "policy"]
     report += ["--policy", str(result.policy)]
     return main(report + (["--html", str(ns.html)] if ns.html else []))

@@ -15,7 +15,7 @@ from cascade.cli.verify_eval import VERIFIER_OPTIONS
 from cascade.cli.verify_eval import add_arguments as add_verifier_eval_arguments
 
 DEFAULT_MODEL = "prompt-features-v1"
-DEFAULT_VERIFIER = "verifier-v1"
+DEFAULT_VERIFIER = "verifier-v2"
 _BATCH = 512
 
 

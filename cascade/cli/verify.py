@@ -17,7 +17,7 @@ from typing import Any
 
 from cascade.cli.verify_eval import add_arguments as add_eval_arguments
 
-DEFAULT_VERIFIER = "verifier-v1"
+DEFAULT_VERIFIER = "verifier-v2"
 _BATCH = 512
 _ANSWER_KEYS = ("content", "logprobs")
 _INPUT_SHAPE = (

@@ -3,10 +3,13 @@
 After a cheap tier answers, the router may ask for evidence (more samples of that tier, or a
 second cheap tier's answer: the *witnesses*) and accept the candidate only when the verifier's
 confidence clears the policy's threshold; otherwise it escalates. :class:`OnnxVerifier` loads a
-verifier model folder (``router_models/verifier-v1``) the way :class:`~cascade.model.scorer.
+verifier model folder (``router_models/verifier-v2``) the way :class:`~cascade.model.scorer.
 OnnxScorer` loads a scorer (sha256 checked, onnxruntime imported on first use, one intra-op
 thread by default) and computes :func:`~cascade.model.answer_features.answer_features`, the
-function its training used. One call costs tens of microseconds (``benchmarks/bench_verifier``).
+function its training used. One call on text answers costs a fraction of a millisecond
+(``benchmarks/bench_verifier``); on a code candidate it runs the candidate's and the witnesses'
+code in a sandbox first (:mod:`cascade.model.code_evidence`, tens of milliseconds: call it off
+the event loop, as the router does).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from cascade.model.session import Device, open_model
 
 __all__ = ["DEFAULT_VERIFIER", "OnnxVerifier", "Verification", "Verifier"]
 
-DEFAULT_VERIFIER = "verifier-v1"
+DEFAULT_VERIFIER = "verifier-v2"
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ class Verify(_Strict):
 class VerifierSettings(_Strict):
     """Which verifier model judges answers for the tiers that have a ``verify`` block."""
 
-    model: str = "verifier-v1"
+    model: str = "verifier-v2"
     """A verifier shipped in router_models/ (by name) or a path to a verifier model folder."""
     device: Literal["cpu", "cuda"] = "cpu"
     """Where it runs; one decision takes well under a millisecond on one CPU core."""

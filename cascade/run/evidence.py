@@ -17,6 +17,7 @@ threshold.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from cascade.core.request import ChatRequest
+from cascade.model.code_evidence import looks_like_code
 from cascade.model.final_answer import extract_final_answer, has_choices
 from cascade.model.verifier import Verifier
 from cascade.policy.model import Tier, Verify
@@ -127,19 +129,27 @@ def split_samples(answer: TierAnswer, prompt: str, *, majority: bool) -> Samples
     return Samples(replace(answer, body=body, usage=candidate_usage), witnesses, rest, chosen)
 
 
-def judge(
+async def judge(
     verifier: Verifier,
     rules: Verify,
     prompt: str,
     candidate: str,
     witnesses: Sequence[str],
 ) -> Verdict:
-    """Accept ``candidate`` when the verifier's confidence clears ``rules.threshold``."""
+    """Accept ``candidate`` when the verifier's confidence clears ``rules.threshold``.
+
+    A text answer is judged inline (well under a millisecond); a code answer is run beside the
+    witnesses' code in a sandbox (tens of milliseconds, up to its time limits), in a worker
+    thread so the event loop keeps serving.
+    """
     if not witnesses:
         accepted = rules.on_missing_evidence == "accept"
         action = "kept unverified" if accepted else "escalated"
         return Verdict(None, accepted, f"verify: no witness answered; {action}", 0)
-    confidence = verifier.confidence(prompt, candidate, witnesses)
+    if looks_like_code(candidate):
+        confidence = await asyncio.to_thread(verifier.confidence, prompt, candidate, witnesses)
+    else:
+        confidence = verifier.confidence(prompt, candidate, witnesses)
     accepted = confidence >= rules.threshold
     relation = "at or above" if accepted else "below"
     reason = (

@@ -263,7 +263,7 @@ class Router:
             accepted = _Accepted(tier, role, result, called)
             if isinstance(result, _Opened):  # a stream is relayed as it comes: nothing to verify
                 return accepted
-            problem, reason, confidence = self._review(request, result, rules, witnesses)
+            problem, reason, confidence = await self._review(request, result, rules, witnesses)
             stronger = self._stronger(tier, allowed)
             rejects = problem is not None and stronger is not None
             outcome: Outcome = "rejected" if rejects else "ok"
@@ -312,7 +312,7 @@ class Router:
         witness = self.policy.tier(rules.witness) if rules.witness is not None else None
         return await self.evidence.answer(tier, rules, witness, payload, evidence)
 
-    def _review(
+    async def _review(
         self,
         request: ChatRequest,
         answer: TierAnswer,
@@ -324,7 +324,7 @@ class Router:
         problem = find_problem(request, answer.body, self.policy.escalation)
         if problem is not None or rules is None:
             return problem, problem, None
-        verdict = judge(
+        verdict = await judge(
             self.planner.verifier,
             rules,
             prompt_text(request.messages),
