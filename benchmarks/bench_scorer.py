@@ -1,6 +1,6 @@
 """Scoring latency on one CPU core: one 2,000-character prompt, and batches of 64.
 
-    .venv/bin/python -m benchmarks.bench_scorer [--model prompt-features-v1] [--iterations 3000]
+    .venv/bin/python -m benchmarks.bench_scorer [--model prompt-features-v2] [--iterations 3000]
 
 Prints p50/p99 of ``OnnxScorer.score`` for one prompt (features or normalization included) and
 of ``score_batch`` for 64 prompts. Prompts are fixed rotations of a mixed-language text, so runs
@@ -20,7 +20,7 @@ from cascade.model.scorer import OnnxScorer
 def main() -> None:
     """Print scorer latency percentiles for single prompts and batches of 64."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--model", default="prompt-features-v1")
+    parser.add_argument("--model", default="prompt-features-v2")
     parser.add_argument("--iterations", type=int, default=3000)
     parser.add_argument("--chars", type=int, default=2000)
     args = parser.parse_args()

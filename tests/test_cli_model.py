@@ -88,7 +88,9 @@ def test_calibrate_writes_the_threshold_into_the_policy(
     """``--write`` sets the tier's threshold to the printed value with a provenance comment."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(policy_path("default").read_text("utf-8"), "utf-8")
+    # (v1 scores these synthetic rows in the range the default thresholds sit in)
     args = ["calibrate", "--data", str(labeled), "--max-strong-share", "0.3"]
+    args += ["--model", "prompt-features-v1"]
     assert main([*args, "--policy", str(policy), "--tier", "frontier", "--write"]) == 2
     assert "cascade: error:" in capsys.readouterr().err  # frontier must stay below medium
     assert main([*args, "--policy", str(policy), "--tier", "small", "--write"]) == 0
@@ -97,6 +99,19 @@ def test_calibrate_writes_the_threshold_into_the_policy(
     assert parse_policy(policy.read_text("utf-8")).tier("small").threshold == threshold
     assert "# calibrated:" in policy.read_text("utf-8")
     assert "rows.jsonl" in policy.read_text("utf-8")
+
+
+def test_calibrate_for_a_policy_uses_the_policys_own_scorer(
+    labeled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A threshold is only meaningful for the model it is compared with: without --model,
+    calibrating for a policy scores with that policy's scorer, not the CLI's default."""
+    policy = tmp_path / "policy.yaml"
+    text = policy_path("default").read_text("utf-8")
+    policy.write_text(text.replace("model: prompt-features-v2", "model: prompt-features-v1"))
+    args = ["calibrate", "--data", str(labeled), "--max-strong-share", "0.3"]
+    assert main([*args, "--policy", str(policy), "--tier", "small"]) == 0
+    assert "model prompt-features-v1" in capsys.readouterr().out
 
 
 def test_train_on_your_own_data_says_what_it_chose(

@@ -14,15 +14,15 @@ from typing import Any
 from cascade.cli.verify_eval import VERIFIER_OPTIONS
 from cascade.cli.verify_eval import add_arguments as add_verifier_eval_arguments
 
-DEFAULT_MODEL = "prompt-features-v1"
+DEFAULT_MODEL = "prompt-features-v2"
 DEFAULT_VERIFIER = "verifier-v2"
 _BATCH = 512
 
 
 _MODEL_HELP = "a shipped model's name or a model folder (default: %(default)s)"
 _KIND_MODEL_HELP = (
-    f"a shipped model's name or a model folder (default: {DEFAULT_MODEL}, or "
-    f"{DEFAULT_VERIFIER} with --kind verifier)"
+    f"a shipped model's name or a model folder (default: the --policy's own scorer or "
+    f"verifier, else {DEFAULT_MODEL}, or {DEFAULT_VERIFIER} with --kind verifier)"
 )
 _DATA_HELP = (
     "labeled-traffic JSONL (--kind verifier: answers files, or labeled traffic whose rows "
@@ -314,13 +314,24 @@ def _calibrate(ns: argparse.Namespace) -> int:
         if ns.witnesses is not None and ns.witnesses < 1:
             print("cascade calibrate: error: --witnesses must be >= 1", file=sys.stderr)
             return 2
-        ns.model = ns.model or DEFAULT_VERIFIER
+        ns.model = ns.model or _policy_model(ns.policy, "verifier") or DEFAULT_VERIFIER
         return calibrate(ns, lambda: verified_confidence(ns.data, ns.model, ns.witnesses))
     if ns.witnesses is not None:
         print("cascade calibrate: error: --witnesses is for --kind verifier", file=sys.stderr)
         return 2
-    ns.model = ns.model or DEFAULT_MODEL
+    ns.model = ns.model or _policy_model(ns.policy, "scorer") or DEFAULT_MODEL
     return calibrate(ns, lambda: _labeled_confidence(ns.data, ns.model))
+
+
+def _policy_model(policy: Path | None, kind: str) -> str | None:
+    """The model the policy itself uses (its ``scorer`` or ``verifier``): a threshold written
+    into a policy must be calibrated on the model that will be compared with it."""
+    if policy is None:
+        return None
+    from cascade.policy.loading import load_policy
+
+    loaded = load_policy(policy)
+    return loaded.verifier.model if kind == "verifier" else loaded.scorer.model
 
 
 def _read_prompts(path: Path) -> list[str]:

@@ -57,7 +57,7 @@ class OnnxScorer:
 
     def __init__(
         self,
-        model: str | Path = "prompt-features-v1",
+        model: str | Path = "prompt-features-v2",
         *,
         device: Device = "auto",
         intra_op_threads: int = 1,

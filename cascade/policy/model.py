@@ -157,7 +157,7 @@ class PromptSettings(_Strict):
 class ScorerSettings(_Strict):
     """Which confidence model scores requests, and where."""
 
-    model: str = "prompt-features-v1"
+    model: str = "prompt-features-v2"
     """A model shipped in router_models/ (by name) or a path to a model folder."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: the GPU when onnxruntime-gpu can use one, else the CPU."""
