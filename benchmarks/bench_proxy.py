@@ -59,7 +59,8 @@ tiers:
       price: {{input_usd_per_mtok: 2.5, output_usd_per_mtok: 10}}}}
 """
 # --verify witness: the cheap tiers verify every answer against a witness tier's (one more call
-# to the upstream per request, and one verifier decision); the witness agrees, so it is kept.
+# to the upstream per request, and one verifier decision); the upstream then answers "The answer
+# is (B).", the witness agrees, and the answer is kept.
 _VERIFY = {
     "      price: {{gpu_usd_per_hour: 2.3, tokens_per_second: 32000}}, threshold: 0.83}}": (
         "      price: {{gpu_usd_per_hour: 2.3, tokens_per_second: 32000}}, threshold: 0.83,\n"
@@ -173,6 +174,8 @@ def main() -> None:
                     str(args.upstream_port),
                     "--server",
                     args.upstream_server,
+                    # verified answers need a final answer the verifier can compare
+                    *(["--content", "The answer is (B)."] if args.verify == "witness" else []),
                 ],
                 f"{upstream}/",
             ),

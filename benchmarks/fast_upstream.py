@@ -86,12 +86,29 @@ async def _serve_raw(port: int) -> None:
         await server.serve_forever()
 
 
+def _answer_with(content: str) -> None:
+    """Answer with ``content`` instead of the default sentence (set before serving)."""
+    global _ANSWER, _HEADERS, _RESPONSE  # noqa: PLW0603 - the canned answer, built once
+    body = json.loads(_ANSWER)
+    body["choices"][0]["message"]["content"] = content
+    _ANSWER = json.dumps(body).encode()
+    _HEADERS = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_ANSWER)).encode()),
+    ]
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    _RESPONSE = head % len(_ANSWER) + _ANSWER
+
+
 def main() -> None:
     """Serve the fast upstream."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=9101)
     parser.add_argument("--server", choices=["raw", "asgi"], default="raw")
+    parser.add_argument("--content", help="the answer's text (default: a sentence about Paris)")
     args = parser.parse_args()
+    if args.content is not None:
+        _answer_with(args.content)
     if args.server == "raw":
         uvloop.run(_serve_raw(args.port))
         return

@@ -132,9 +132,12 @@ def test_error_messages_never_grow_past_their_bound() -> None:
     assert error_message(b"[" * 5000) == "[" * (MAX_MESSAGE_CHARS - 1) + "\u2026"
 
 
-def test_api_tier_errors_carry_the_providers_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_tier_errors_carry_the_providers_retry_after(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     """A provider's 429 with Retry-After reaches cascade at once (the SDK does not wait it out
-    and retry) as rate_limited with retry_after_s from the header."""
+    and retry) as rate_limited with retry_after_s from the header; litellm's own help banner is
+    not printed (stdout is the CLI's output, and the proxy logs the failure itself)."""
     from cascade.tiers.api import LiteLLMClient  # noqa: PLC0415 - litellm is heavy
 
     monkeypatch.setenv("CASCADE_TEST_FRONTIER_KEY", "sk-test")
@@ -172,6 +175,8 @@ def test_api_tier_errors_carry_the_providers_retry_after(monkeypatch: pytest.Mon
     error = asyncio.run(scenario())
     assert (error.kind, error.status, error.retry_after_s) == ("rate_limited", 429, 7.0)
     assert "slow down" in str(error)
+    printed = capfd.readouterr()
+    assert "Give Feedback" not in printed.out + printed.err
 
 
 LITELLM_ERRORS = [

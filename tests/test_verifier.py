@@ -208,3 +208,24 @@ def test_importing_the_verifier_runtime_is_cheap() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "candidate", "judged"),
+    [
+        ("What is 17*3?", "17*3 = 51", True),  # a number
+        (MC_PROMPT, "I think it is B.", True),  # an option letter
+        ("Give the output.", '{"reasoning": "...", "answer": "abc"}', True),  # stated
+        ("Write f(x) returning x+1.", "```python\ndef f(x):\n    return x + 1\n```", True),
+        ("Capital of France?", "The capital of France is Paris.", False),  # open-ended
+        (
+            "Write a haiku about rain.",
+            "Soft rain on the roof\nwhispers to the sleeping town",
+            False,
+        ),
+    ],
+)
+def test_the_verifier_says_which_answers_it_can_judge(
+    prompt: str, candidate: str, judged: bool
+) -> None:
+    assert OnnxVerifier().can_judge(prompt, candidate) is judged

@@ -376,3 +376,23 @@ def test_code_answers_are_judged_by_what_the_code_does(
     )
     assert response.status_code == 200, response.text
     assert response.headers["x-cascade-tier"] == tier
+
+
+@pytest.mark.parametrize("missing", ["accept", "escalate"])
+def test_open_ended_answers_are_not_judged_on_agreement(stack_for: Any, missing: str) -> None:
+    """Two free-text replies that say the same thing in other words would read as a
+    disagreement; the verifier was never measured on such answers, so the answer is treated as
+    having no evidence (kept unverified, or escalated, as the policy says)."""
+    stack = stack_for(f"{{witness: medium, threshold: 0.5, on_missing_evidence: {missing}}}")
+    stack.small.answers = ["The capital of France is Paris."]
+    stack.medium.answers = ["Paris is the capital of France."]
+    response = httpx.post(
+        f"{stack.url}/v1/chat/completions",
+        json={"model": "small", "messages": [{"role": "user", "content": "Capital of France?"}]},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-cascade-tier"] == ("small" if missing == "accept" else "medium")
+    assert "x-cascade-verify-confidence" not in response.headers
+    primary = next(r for r in stack.attempts(2) if r["role"] == "primary")
+    assert "no final answer the verifier can compare" in primary["reason"]

@@ -44,6 +44,7 @@ __all__ = [
     "ParsedAnswer",
     "answer_features",
     "features_of",
+    "judgeable",
     "parse_answer",
     "with_behaviours",
 ]
@@ -172,6 +173,20 @@ def _behaving(answer: ParsedAnswer, behaviour: Behaviour) -> ParsedAnswer:
     answered = behaviour.answered  # failing on every input states nothing: no final answer
     final = FinalAnswer("code", behaviour.signature, explicit=True) if answered else None
     return replace(answer, final=final, behaviour=behaviour)
+
+
+def judgeable(prompt: str, candidate: str) -> bool:
+    """Whether the verifier has measured evidence for ``candidate``: code that parses (judged by
+    behaviour), or a final answer that is stated (JSON ``answer``, ``\\boxed{}``, "the answer
+    is"), an option letter or a number — the forms of the benchmarks it was trained and measured
+    on. An open-ended reply (free text whose only "final answer" would be the whole reply) is not:
+    agreement between such replies was never measured above chance, so the verify step treats
+    it as having no evidence rather than trust a confidence the data does not support."""
+    parsed = parse_answer(candidate, choices=has_choices(prompt))
+    if parsed.code is not None:
+        return parsed.code.parses
+    final = parsed.final
+    return final is not None and (final.explicit or final.kind in ("letter", "number"))
 
 
 def answer_features(

@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from cascade.errors import ScorerError
-from cascade.model.answer_features import answer_features
+from cascade.model.answer_features import answer_features, judgeable
 from cascade.model.manifest import Manifest
 from cascade.model.session import Device, open_model
 
@@ -55,6 +55,10 @@ class Verifier(Protocol):
         logprobs: Sequence[float] | None = None,
     ) -> float:
         """P(the candidate is good enough) given the witnesses."""
+        ...
+
+    def can_judge(self, prompt: str, candidate: str) -> bool:
+        """Whether the candidate is in a form the verifier's confidence means something for."""
         ...
 
 
@@ -99,6 +103,12 @@ class OnnxVerifier:
             [answer_features(prompt, candidate, witnesses, logprobs)], dtype=np.float32
         )
         return float(self.confidence_of_features(features)[0])
+
+    def can_judge(self, prompt: str, candidate: str) -> bool:
+        """Whether ``candidate`` is in a form this verifier was measured on (see
+        :func:`~cascade.model.answer_features.judgeable`); the verify step keeps an answer it
+        cannot judge unverified (or escalates it, as the policy says)."""
+        return judgeable(prompt, candidate)
 
     def confidence_batch(self, items: Sequence[Verification]) -> list[float]:
         """:meth:`confidence` of each item, in order; one onnxruntime call."""

@@ -142,10 +142,13 @@ async def judge(
     witnesses' code in a sandbox (tens of milliseconds, up to its time limits), in a worker
     thread so the event loop keeps serving.
     """
+    accepted = rules.on_missing_evidence == "accept"
+    action = "kept unverified" if accepted else "escalated"
     if not witnesses:
-        accepted = rules.on_missing_evidence == "accept"
-        action = "kept unverified" if accepted else "escalated"
         return Verdict(None, accepted, f"verify: no witness answered; {action}", 0)
+    if not verifier.can_judge(prompt, candidate):
+        why = "no final answer the verifier can compare (open-ended text)"
+        return Verdict(None, accepted, f"verify: {why}; {action}", len(witnesses))
     if looks_like_code(candidate):
         confidence = await asyncio.to_thread(verifier.confidence, prompt, candidate, witnesses)
     else:

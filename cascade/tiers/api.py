@@ -38,6 +38,9 @@ def _litellm() -> Any:
         import litellm  # noqa: PLC0415 - heavy optional dependency, loaded only for API tiers
     except ModuleNotFoundError as exc:
         raise missing_extra(exc.name) or exc from None
+    # litellm prints a help banner to stdout on every failed call; the proxy logs its own
+    # failures (as JSON, with the tier and the reason), and stdout is the client's in the CLI.
+    litellm.suppress_debug_info = True
     return litellm
 
 
