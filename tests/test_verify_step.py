@@ -153,7 +153,8 @@ def stack_for(tmp_path: Path) -> Iterator[Any]:
             batch_scoring="never",
         )
         url = exits.enter_context(serving(create_app(settings)))
-        return Stack(url, *tiers, database)
+        small, medium, big = tiers
+        return Stack(url, small, medium, big, database)
 
     yield start
     for exits in reversed(started):
