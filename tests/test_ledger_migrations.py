@@ -47,10 +47,10 @@ def test_upgrade_downgrade_upgrade(database: LedgerDatabase) -> None:
             assert await current_revision(engine) is None
             await upgrade(engine)
             assert await current_revision(engine) == head_revision()
-            assert {"requests", "attempts"} <= await _tables(database)
+            assert {"requests", "attempts", "api_keys"} <= await _tables(database)
             await downgrade(engine, "base")
             assert await current_revision(engine) is None
-            assert not {"requests", "attempts"} & await _tables(database)
+            assert not {"requests", "attempts", "api_keys"} & await _tables(database)
             await upgrade(engine)
             assert await current_revision(engine) == head_revision()
         finally:

@@ -1,4 +1,5 @@
-"""The ledger's tables: ``requests`` (one row per client request), ``attempts`` (one per call).
+"""The ledger's tables: ``requests`` (one row per client request), ``attempts`` (one per call),
+``api_keys`` (the proxy's virtual keys: a keyed hash of each secret, never the secret).
 
 Money is exact: ``NUMERIC(18, 10)`` on Postgres. SQLite has no exact decimal type (a NUMERIC column
 there stores a binary float), so on SQLite money is kept as the decimal's text and turned back into
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Numeric,
     String,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -162,6 +164,35 @@ class Attempt(Base):
         UniqueConstraint("request_id", "seq"),
         Index("ix_attempts_tier", "tier"),
     )
+
+
+class ApiKey(Base):
+    """One virtual key: its public id, the keyed hash of its secret, its tenant and its limits.
+
+    ``updated_at`` changes with every change to the row (create, revoke, rotate): the proxy polls
+    the rows changed since the newest it has seen, so a revoked key stops working within a second
+    on every worker. ``tiers`` and ``policies`` are comma-separated names; ``None`` allows all.
+    """
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(), primary_key=True)
+    hash: Mapped[str] = mapped_column(String())
+    tenant: Mapped[str] = mapped_column(String())
+    name: Mapped[str | None] = mapped_column(String())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    budget_usd: Mapped[Decimal | None] = mapped_column(Money())
+    budget_period: Mapped[str | None] = mapped_column(String())
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    tiers: Mapped[str | None] = mapped_column(String())
+    policies: Mapped[str | None] = mapped_column(String())
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    __table_args__ = (Index("ix_api_keys_updated_at", "updated_at"),)
 
 
 metadata = Base.metadata
