@@ -119,6 +119,28 @@ def test_workload_limits_the_tiers(policy: Policy, prompt: PreparedPrompt) -> No
     assert decide(policy, 0.0, prompt, capacity=StaticCapacity(), workload="batch").tier == "medium"
 
 
+def test_a_callers_tiers_narrow_the_workloads(policy: Policy, prompt: PreparedPrompt) -> None:
+    """A caller whose key allows small and medium never gets the frontier, even saturated or
+    unsure, and the decision carries the narrowed tiers for the escalations after it."""
+    only = {"small", "medium"}
+    d = decide(policy, 0.0, prompt, capacity=StaticCapacity(), only_tiers=only)
+    assert (d.tier, d.only_tiers) == ("medium", ("small", "medium"))
+    assert d.reason.endswith("(this caller may use small, medium)")
+    full = StaticCapacity({"medium": 1})  # medium's overflow is the frontier: not allowed here
+    d = decide(policy, 0.6, prompt, capacity=full, only_tiers=only)
+    assert d.tier == "medium"
+    assert d.queued
+    with pytest.raises(RoutingError, match=r"workload 'batch' .* none of the tiers.*frontier"):
+        decide(
+            policy,
+            0.5,
+            prompt,
+            capacity=StaticCapacity(),
+            workload="batch",
+            only_tiers={"frontier"},
+        )
+
+
 def test_everything_saturated_queues_on_the_chosen_tier(
     policy: Policy, prompt: PreparedPrompt
 ) -> None:

@@ -3,7 +3,7 @@
 Pure: no I/O, no clock. Given the policy, the scorer's confidence, the prepared prompt and a view
 of each tier's load, it picks the cheapest tier that
 
-1. the request's workload class allows,
+1. the request's workload class allows (and the caller's key, when it names tiers),
 2. whose threshold the confidence clears (the last allowed tier takes whatever reaches it), and
 3. that has capacity; a saturated tier sends the request to its overflow target, else to the next
    stronger allowed tier with room, else the request queues: on the tier it was given, or the
@@ -13,6 +13,7 @@ of each tier's load, it picks the cheapest tier that
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
 from typing import Any
@@ -56,6 +57,9 @@ class Decision:
     """The tier the confidence chose, when it was saturated and the request went elsewhere."""
     queued: bool = False
     """Every allowed tier is saturated: the request waits in ``tier``'s queue for a slot."""
+    only_tiers: tuple[str, ...] | None = None
+    """The only tiers the caller may use (its key's), narrowing the workload's for every call of
+    the request, escalations and spills included; None: the workload's tiers."""
 
     def pinned(self, tier: Tier) -> Decision:
         """This decision with routing skipped: ``tier`` was asked for by its model's name."""
@@ -85,8 +89,12 @@ def decide(
     capacity: CapacityView,
     workload: str | None = None,
     max_tokens: int | None = None,
+    only_tiers: Collection[str] | None = None,
 ) -> Decision:
-    """Pick the tier for one request (see the module docstring for the rule)."""
+    """Pick the tier for one request (see the module docstring for the rule).
+
+    ``only_tiers``: the only tier names the caller may use (a key's), or None.
+    """
     workload_name = policy.default_workload if workload is None else workload
     if workload_name not in policy.workloads:
         allowed = ", ".join(policy.workloads)
@@ -96,6 +104,15 @@ def decide(
     settings = policy.workloads[workload_name]
     allowed_names = settings.tiers
     tiers = [t for t in policy.tiers if allowed_names is None or t.name in allowed_names]
+    narrowed = None
+    if only_tiers is not None:
+        narrowed = tuple(t.name for t in policy.tiers if t.name in only_tiers)
+        tiers = [t for t in tiers if t.name in narrowed]
+        if not tiers:
+            raise RoutingError(
+                f"workload {workload_name!r} of policy {policy.name!r} may use none of the "
+                f"tiers allowed here ({', '.join(sorted(only_tiers)) or 'none'})"
+            )
 
     chosen, reason = _by_confidence(tiers, confidence)
     target, note, queued = _with_capacity(chosen, tiers, policy, capacity, spill=settings.spill)
@@ -103,6 +120,8 @@ def decide(
         reason = f"{reason}; {note}"
     if allowed_names is not None:
         reason = f"{reason} (workload {workload_name} allows {', '.join(t.name for t in tiers)})"
+    elif narrowed is not None:
+        reason = f"{reason} (this caller may use {', '.join(t.name for t in tiers)})"
 
     if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
         raise InvalidRequestError(
@@ -130,6 +149,7 @@ def decide(
         moved=prompt.volatile if prompt.moved else (),
         spilled_from=chosen.name if target is not chosen else None,
         queued=queued,
+        only_tiers=narrowed,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,11 +85,14 @@ class Planner:
         workload: str | None = None,
         max_tokens: int | None = None,
         capacity: CapacityView | None = None,
+        only_tiers: Collection[str] | None = None,
     ) -> Decision:
         """Prepare the prompt, score it and decide its tier."""
         prompt = self._prepare(messages, tools)
         confidence = self.scorer.score(prompt.scoring_text)
-        return self._decide(prompt, confidence, workload, max_tokens, capacity)
+        return self._decide(
+            prompt, confidence, workload, max_tokens, capacity, only_tiers=only_tiers
+        )
 
     async def aplan(
         self,
@@ -100,11 +103,14 @@ class Planner:
         workload: str | None = None,
         max_tokens: int | None = None,
         capacity: CapacityView | None = None,
+        only_tiers: Collection[str] | None = None,
     ) -> Decision:
         """:meth:`plan` for async callers: the score comes from ``scorer`` (e.g. a MicroBatcher)."""
         prompt = self._prepare(messages, tools)
         confidence = await scorer.score(prompt.scoring_text)
-        return self._decide(prompt, confidence, workload, max_tokens, capacity)
+        return self._decide(
+            prompt, confidence, workload, max_tokens, capacity, only_tiers=only_tiers
+        )
 
     def _prepare(self, messages: Messages, tools: Tools) -> PreparedPrompt:
         move = self.policy.prompt.move_volatile
@@ -117,6 +123,8 @@ class Planner:
         workload: str | None,
         max_tokens: int | None,
         capacity: CapacityView | None,
+        *,
+        only_tiers: Collection[str] | None,
     ) -> Decision:
         return decide(
             self.policy,
@@ -125,6 +133,7 @@ class Planner:
             capacity=self.capacity if capacity is None else capacity,
             workload=workload,
             max_tokens=max_tokens,
+            only_tiers=only_tiers,
         )
 
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +129,13 @@ class Router:
         *,
         workload: str | None = None,
         tier: str | None = None,
+        only_tiers: Collection[str] | None = None,
     ) -> Decision:
-        """Decide the first tier (or honour ``tier``, a pinned tier name)."""
+        """Decide the first tier (or honour ``tier``, a pinned tier name); every call of the
+        request stays within ``only_tiers`` (the caller's key's tier names), when given."""
         chat = ChatRequest.of(request)
         max_tokens = chat.max_output_tokens
+        narrow = only_tiers if tier is None else None  # a pinned tier was checked by the caller
         if self.batcher is not None:
             decision = await self.planner.aplan(
                 chat.messages,
@@ -141,6 +144,7 @@ class Router:
                 workload=workload,
                 max_tokens=max_tokens,
                 capacity=self.capacity,
+                only_tiers=narrow,
             )
         else:
             decision = self.planner.plan(
@@ -149,10 +153,13 @@ class Router:
                 workload=workload,
                 max_tokens=max_tokens,
                 capacity=self.capacity,
+                only_tiers=narrow,
             )
-        if tier is None or tier == decision.tier:
+        if tier is not None and tier != decision.tier:
+            decision = decision.pinned(self.policy.tier(tier))
+        if tier is None or only_tiers is None:
             return decision
-        return decision.pinned(self.policy.tier(tier))
+        return replace(decision, only_tiers=tuple(sorted(only_tiers)))
 
     async def complete(
         self,
@@ -229,7 +236,7 @@ class Router:
         call: _Call = self._open if stream else self._call
         if stream:
             payload["stream_options"] = {"include_usage": True}  # usage prices the request
-        allowed = self.allowed(decision.workload)
+        allowed = self.allowed(decision.workload, decision.only_tiers)
         spill = self.policy.workloads[decision.workload].spill
         current: Tier | None = self.policy.tier(decision.tier)
         role: Role = "spill" if decision.spilled_from else "primary"
@@ -365,10 +372,11 @@ class Router:
             raise
         return _Opened(first, rest, hold)
 
-    def allowed(self, workload: str) -> list[Tier]:
-        """The policy's tiers that ``workload`` may use, cheapest first."""
+    def allowed(self, workload: str, only: Collection[str] | None = None) -> list[Tier]:
+        """The policy's tiers that ``workload`` may use (of ``only``, if given), cheapest first."""
         names = self.policy.workloads[workload].tiers
-        return [t for t in self.policy.tiers if names is None or t.name in names]
+        kept = [t for t in self.policy.tiers if names is None or t.name in names]
+        return kept if only is None else [t for t in kept if t.name in only]
 
     def _usable(self, tier: Tier) -> bool:
         busy = self.capacity.in_flight(tier.name) >= tier.max_concurrency
