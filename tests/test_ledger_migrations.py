@@ -29,6 +29,9 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LedgerD
         yield db
 
 
+_TABLES = ("requests", "attempts", "api_keys", "budget_periods", "budget_leases")
+
+
 async def _tables(database: LedgerDatabase) -> set[str]:
     engine = database.engine()
     try:
@@ -47,10 +50,10 @@ def test_upgrade_downgrade_upgrade(database: LedgerDatabase) -> None:
             assert await current_revision(engine) is None
             await upgrade(engine)
             assert await current_revision(engine) == head_revision()
-            assert {"requests", "attempts", "api_keys"} <= await _tables(database)
+            assert set(_TABLES) <= await _tables(database)
             await downgrade(engine, "base")
             assert await current_revision(engine) is None
-            assert not {"requests", "attempts", "api_keys"} & await _tables(database)
+            assert not set(_TABLES) & await _tables(database)
             await upgrade(engine)
             assert await current_revision(engine) == head_revision()
         finally:

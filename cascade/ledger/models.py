@@ -1,5 +1,7 @@
 """The ledger's tables: ``requests`` (one row per client request), ``attempts`` (one per call),
-``api_keys`` (the proxy's virtual keys: a keyed hash of each secret, never the secret).
+``api_keys`` (the proxy's virtual keys: a keyed hash of each secret, never the secret),
+``budget_periods`` and ``budget_leases`` (each key's spend per period, and the blocks of it that
+workers hold: see :mod:`cascade.ledger.budgets`).
 
 Money is exact: ``NUMERIC(18, 10)`` on Postgres. SQLite has no exact decimal type (a NUMERIC column
 there stores a binary float), so on SQLite money is kept as the decimal's text and turned back into
@@ -17,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -193,6 +196,35 @@ class ApiKey(Base):
     admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (Index("ix_api_keys_updated_at", "updated_at"),)
+
+
+class BudgetPeriod(Base):
+    """One key's budget in one period (a UTC day or month), in nano-dollars (whole numbers, so
+    that sums in SQL are exact on SQLite too). ``settled + leased <= limit`` always holds."""
+
+    __tablename__ = "budget_periods"
+
+    key_id: Mapped[str] = mapped_column(String(), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)
+    limit_nusd: Mapped[int] = mapped_column(BigInteger)
+    settled_nusd: Mapped[int] = mapped_column(BigInteger)
+    leased_nusd: Mapped[int] = mapped_column(BigInteger)
+    self_hosted_nusd: Mapped[int] = mapped_column(BigInteger)
+
+
+class BudgetLease(Base):
+    """A block of one key's budget that one worker may spend until ``expires_at``."""
+
+    __tablename__ = "budget_leases"
+
+    lease_id: Mapped[str] = mapped_column(String(), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String())
+    period_start: Mapped[datetime] = mapped_column(UtcDateTime())
+    worker: Mapped[str] = mapped_column(String())
+    amount_nusd: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (Index("ix_budget_leases_expires_at", "expires_at"),)
 
 
 metadata = Base.metadata
