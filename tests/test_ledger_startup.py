@@ -55,10 +55,11 @@ async def _ids(url: str) -> list[str]:
 
 
 def test_proxy_starts_while_postgres_is_unreachable_and_catches_up(tmp_path: Path) -> None:
-    """Started while connections to its database are refused, the proxy answers every request,
-    says on /readyz (200) that the ledger is degraded and how many requests are spooled, then
-    migrates and replays once the database can be reached: no row lost, none twice, spool
-    empty."""
+    """Started while connections to its database are refused, a proxy told it uses no virtual
+    keys (which it could not read: with them, /v1 waits for the database, see test_keys) answers
+    every request, says on /readyz (200) that the ledger is degraded and how many requests are
+    spooled, then migrates and replays once the database can be reached: no row lost, none
+    twice, spool empty."""
     with postgres_database() as url, relay_loop() as loop, serving(ScriptedTier("s").app()) as tier:
         outage = Outage(url)
 
@@ -71,7 +72,10 @@ def test_proxy_starts_while_postgres_is_unreachable_and_catches_up(tmp_path: Pat
         policy.write_text(POLICY.format(url=tier))
         spool = tmp_path / "spool"
         settings = ServerSettings(
-            policies=(str(policy),), database_url=outage.url, spool_path=str(spool)
+            policies=(str(policy),),
+            database_url=outage.url,
+            spool_path=str(spool),
+            virtual_keys=False,
         )
         body = {"model": "cascade", "messages": [{"role": "user", "content": "hi"}]}
         with serving(create_app(settings)) as proxy:
@@ -152,15 +156,15 @@ def test_an_unreachable_postgres_starts_the_ledger_spooling(tmp_path: Path) -> N
 
 
 def test_workers_start_while_postgres_is_unreachable(tmp_path: Path) -> None:
-    """``cascade serve --workers 2`` with nothing listening at the database's address starts,
-    answers, and says on /readyz that its ledger is degraded."""
+    """``cascade serve --workers 2 --no-keys`` with nothing listening at the database's address
+    starts, answers, and says on /readyz that its ledger is degraded."""
     policy, port = tmp_path / "policy.yaml", closed_port()
     url = f"postgresql://postgres@127.0.0.1:{closed_port()}/test"
     with serving(ScriptedTier("s").app()) as tier, (tmp_path / "log").open("w") as log:
         policy.write_text(POLICY.format(url=tier))
         command = [sys.executable, "-m", "cascade", "serve", "--policy", str(policy)]
         command += ["--port", str(port), "--workers", "2", "--database-url", url]
-        command += ["--spool", str(tmp_path / "spool"), "--log-level", "warning"]
+        command += ["--spool", str(tmp_path / "spool"), "--log-level", "warning", "--no-keys"]
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
         try:
             body = {"model": "cascade", "messages": [{"role": "user", "content": "hi"}]}

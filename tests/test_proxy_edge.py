@@ -197,7 +197,8 @@ def test_a_bug_outside_the_hot_path_is_a_500_in_openai_shape(
         raise RuntimeError("secret internal detail")
 
     monkeypatch.setattr(Proxy, "model_names", broken)
-    response = httpx.get(f"{edge.url}/v1/models", timeout=30)
+    key = {"authorization": f"Bearer {KEY}"}  # /v1/models asks for the key like every /v1 route
+    response = httpx.get(f"{edge.url}/v1/models", headers=key, timeout=30)
     assert _error(response, 500)["code"] == "internal_error"
     assert "secret internal detail" not in response.text
 

@@ -288,8 +288,9 @@ from cascade.server.workers import serve_workers
 
 policy, database, spool, port = sys.argv[1:]
 configure_json_logs("warning")
-settings = ServerSettings(
-    policies=(policy,), database_url=database, spool_path=spool, migrate_on_start=False
+settings = ServerSettings(  # no virtual keys: they could not be read from that database
+    policies=(policy,), database_url=database, spool_path=spool, migrate_on_start=False,
+    virtual_keys=False,
 )
 serve_workers(
     functools.partial(create_worker_app, settings),

@@ -36,6 +36,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="name of an environment variable holding the key clients must send (default: "
         "none); it is read at start and removed from the environment, so no worker inherits it",
     )
+    serve.add_argument(
+        "--no-keys",
+        action="store_true",
+        help="never read virtual keys (cascade keys) from the database: the tenant comes from "
+        "x-cascade-tenant, and a database unreachable at start does not hold requests back",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
         "--workers", type=int, default=1, help="worker processes (each loads policies and model)"
@@ -55,6 +61,7 @@ def _serve(ns: argparse.Namespace) -> int:
     from cascade.cli.policy import check_policies
     from cascade.errors import CascadeError
     from cascade.ledger import database_url
+    from cascade.ledger.keys import PEPPER_ENV
     from cascade.logs import configure_json_logs
     from cascade.server.settings import ServerSettings
 
@@ -69,6 +76,8 @@ def _serve(ns: argparse.Namespace) -> int:
         if not key:
             raise CascadeError(f"--api-key-env {ns.api_key_env}: that variable is not set")
         keys = frozenset({key})
+    # Out of the environment too; the workers get it in their pickled settings.
+    pepper = os.environ.pop(PEPPER_ENV, "").encode()
     configure_json_logs(ns.log_level)
     ledger_url = None
     if not ns.no_ledger:
@@ -77,6 +86,8 @@ def _serve(ns: argparse.Namespace) -> int:
         policies=policies,
         max_body_bytes=ns.max_body_bytes,
         api_keys=keys,
+        virtual_keys=not ns.no_keys,
+        key_pepper=pepper,
         database_url=ledger_url,
         spool_path=ns.spool,
     )

@@ -31,7 +31,7 @@ from cascade.ledger.database import check_sqlite_folder, create_engine
 from cascade.ledger.failures import first_line, is_outage
 from cascade.ledger.records import AttemptRecord, RequestRecord
 from cascade.ledger.spool import adopt_spools as adopt
-from cascade.ledger.store import Ledger
+from cascade.ledger.store import ANY_TENANT, Ledger, Owner
 from cascade.ledger.writer import LedgerWriter, WriterStats
 
 _log = structlog.get_logger("cascade.ledger")
@@ -51,18 +51,20 @@ class LedgerService:
         """Hand one request and its attempts over; returns at once, never blocks on the database."""
         self._writer.submit(request, attempts)
 
-    async def mark_useless(self, request_id: str) -> bool:
-        """Record that a request's answer was of no use; False when the ledger has no such request.
+    async def mark_useless(self, request_id: str, *, tenant: Owner = ANY_TENANT) -> bool:
+        """Record that a request's answer was of no use; False when the ledger has no such request
+        (``tenant``: none of that tenant's; another tenant's request is answered the same way, by
+        the same steps, as one that does not exist).
 
         A request answered a moment ago may still be on its way to the database: when the
         request is not found, everything submitted so far is flushed and it is looked up again.
         """
-        if await self._ledger.mark_useless(request_id):
+        if await self._ledger.mark_useless(request_id, tenant=tenant):
             return True
         await self._writer.flush()
         if self._writer.stats.in_spool:
             await self._writer.replay()  # journaled while the database was behind
-        return await self._ledger.mark_useless(request_id)
+        return await self._ledger.mark_useless(request_id, tenant=tenant)
 
     async def flush(self) -> None:
         """Wait until every row submitted so far is in the database or the spool."""

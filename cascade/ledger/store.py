@@ -15,6 +15,7 @@ SQLAlchemy's multi-row ``INSERT`` (benchmarks/bench_ledger.py). SQLite, and
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -56,6 +57,16 @@ def _unnested_insert() -> str:
 
 
 _UNNESTED_INSERT = _unnested_insert()
+
+
+class _AnyTenant(enum.Enum):
+    ANY = "any"
+
+
+ANY_TENANT = _AnyTenant.ANY
+"""For :meth:`Ledger.mark_useless`: a request of any tenant (or none)."""
+Owner = str | None | _AnyTenant
+"""Whose requests feedback may mark: one tenant's, those without a tenant (None), or any."""
 _PROBE = LedgerEntry(
     RequestRecord(
         request_id="cascade-ledger-probe",
@@ -131,18 +142,20 @@ class Ledger:
             driver: Any = pooled.driver_connection  # an asyncpg.Connection
             await driver.execute(_UNNESTED_INSERT, *columns)
 
-    async def mark_useless(self, request_id: str) -> bool:
-        """Record feedback that a request's answer was of no use; False if no such request.
+    async def mark_useless(self, request_id: str, *, tenant: Owner = ANY_TENANT) -> bool:
+        """Record feedback that a request's answer was of no use; False if no such request
+        (or, with ``tenant``, none of that tenant's: another tenant's request looks unknown).
 
         Idempotent: marking twice leaves the same row. Its useful tokens drop to 0, so the
         request's whole cost then counts against the other requests' useful tokens.
         """
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(Request)
-                .where(Request.request_id == request_id)
-                .values(useless=True, useful_tokens=0)
+        query = update(Request).where(Request.request_id == request_id)
+        if tenant is not ANY_TENANT:
+            query = query.where(
+                Request.tenant.is_(None) if tenant is None else Request.tenant == tenant
             )
+        async with self.engine.begin() as conn:
+            result = await conn.execute(query.values(useless=True, useful_tokens=0))
         return result.rowcount > 0
 
     async def fetch(self, request_id: str) -> LedgerEntry | None:

@@ -3,8 +3,11 @@
 Endpoints: ``POST /v1/chat/completions`` (streamed and not; the hot path, in
 :mod:`cascade.server.chat`), ``POST /v1/feedback``, ``GET /v1/models``, ``/healthz``, ``/readyz``
 and ``/metrics`` (Prometheus). Everything shared — routers, the HTTP session, the scorer's
-micro-batcher, the ledger writer — is built in the lifespan. Client mistakes get OpenAI's error
-body with a 4xx status; upstream failures 502/503/504 with the reason; never a traceback.
+micro-batcher, the ledger writer, the key cache — is built in the lifespan. Who may call what is
+:mod:`cascade.server.auth`'s: ``/v1`` routes take the caller's key, ``/metrics`` an admin key
+once virtual keys exist; ``/healthz`` and ``/readyz`` stay open for load balancers. Client
+mistakes get OpenAI's error body with a 4xx status; upstream failures 502/503/504 with the
+reason; never a traceback.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from starlette.types import Receive, Scope, Send
 
 from cascade.core.request import parse_json_object
 from cascade.errors import InvalidRequestError
+from cascade.ledger.store import ANY_TENANT, Owner
+from cascade.server.auth import Caller, KeyCache
 from cascade.server.chat import CHAT_PATH, chat_completions
 from cascade.server.metrics import Metrics, ledger_series
 from cascade.server.openai_format import (
     BadRequestError,
     ClientGoneError,
-    authenticate,
     error_body,
     error_response,
     read_body,
@@ -79,10 +83,13 @@ def create_app(settings: ServerSettings) -> ProxyApp:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
         proxy = Proxy(settings)
+        keys = KeyCache(settings)
         try:
-            await proxy.start()
-            yield {"proxy": proxy, "metrics": metrics}
+            await proxy.start()  # migrates the ledger: the key table exists after it
+            await keys.start()
+            yield {"proxy": proxy, "metrics": metrics, "keys": keys}
         finally:
+            await keys.aclose()
             await proxy.close()
 
     return ProxyApp(
@@ -106,8 +113,11 @@ async def feedback(request: Request) -> Response:
     Its output tokens then stop counting as useful, so cost per useful token shows the waste.
     """
     proxy: Proxy = request.state.proxy
+    keys: KeyCache = request.state.keys
     try:
-        authenticate(request.headers.get("authorization"), proxy.settings.api_keys)
+        caller = keys.authorize(
+            request.headers.get("authorization"), request.headers.get("x-cascade-tenant")
+        )
         require_json(request.headers.get("content-type"))
         raw = await read_body(request.receive, request.headers.get("content-length"), 64 * 1024)
         body = parse_json_object(raw)
@@ -126,7 +136,10 @@ async def feedback(request: Request) -> Response:
             raise BadRequestError(
                 400, "useless: only true is accepted (answers start useful)", param="useless"
             )
-        if not await proxy.mark_useless(request_id):
+        # With virtual keys, a caller marks only its own tenant's requests; another tenant's
+        # request id is answered exactly like one that does not exist.
+        owner: Owner = caller.tenant if keys.required else ANY_TENANT
+        if not await proxy.mark_useless(request_id, tenant=owner):
             raise BadRequestError(
                 404, f"no request {request_id!r} in the ledger", param="request_id"
             )
@@ -169,13 +182,31 @@ async def crashed(request: Request, exc: Exception) -> Response:
 
 
 async def models(request: Request) -> Response:
-    """The model names clients may send: ``cascade``, ``cascade/<policy>`` and tier models."""
+    """The model names the caller may send: ``cascade``, ``cascade/<policy>`` and tier models
+    (with a virtual key, those its policies and tiers allow)."""
     proxy: Proxy = request.state.proxy
+    keys: KeyCache = request.state.keys
+    try:
+        caller = keys.authorize(
+            request.headers.get("authorization"), request.headers.get("x-cascade-tenant")
+        )
+    except BadRequestError as exc:
+        return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
     data = [
         {"id": name, "object": "model", "created": 0, "owned_by": "cascade"}
         for name in proxy.model_names()
+        if _may_name(caller, proxy, name)
     ]
     return JSONResponse({"object": "list", "data": data})
+
+
+def _may_name(caller: Caller, proxy: Proxy, model: str) -> bool:
+    router, tier = proxy.resolve(model)
+    try:
+        caller.permit(router.policy.name, tier)
+    except BadRequestError:
+        return False
+    return True
 
 
 async def healthz(request: Request) -> Response:
@@ -210,9 +241,14 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus metrics, with calls in flight per tier."""
+    """Prometheus metrics, with calls in flight per tier (an admin key once keys exist)."""
     metrics: Metrics = request.state.metrics
     proxy: Proxy = request.state.proxy
+    keys: KeyCache = request.state.keys
+    try:
+        keys.authorize_admin(request.headers.get("authorization"))
+    except BadRequestError as exc:
+        return error_response(exc.status, exc.message, code=exc.code)
     text = generate_latest(metrics.registry).decode()
     for tier, count in sorted(proxy.in_flight().items()):
         text += f'cascade_in_flight{{tier="{tier}"}} {count}\n'

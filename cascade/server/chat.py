@@ -30,13 +30,14 @@ from cascade.core.request import ChatRequest, parse_chat_request
 from cascade.errors import InvalidRequestError, RoutingError
 from cascade.run.attempts import Attempt, Completion, UpstreamError, describe_attempts
 from cascade.run.ids import new_request_id
+from cascade.run.router import Router
 from cascade.run.streaming import StreamRun
+from cascade.server.auth import Caller, KeyCache
 from cascade.server.disconnects import CancelOnDisconnect
 from cascade.server.metrics import Metrics
 from cascade.server.openai_format import (
     BadRequestError,
     ClientGoneError,
-    authenticate,
     chunks_from_completion,
     read_body,
     require_json,
@@ -96,7 +97,8 @@ class _Exchange:
     proxy: Proxy
     metrics: Metrics
     request_id: str
-    tenant: str | None
+    caller: Caller
+    """Who sent the request (its key's tenant and limits)."""
     started: float
 
     def elapsed_ms(self) -> float:
@@ -125,7 +127,7 @@ class _Exchange:
                     final_tier=final_tier,
                     http_status=http_status,
                     latency_ms=self.elapsed_ms(),
-                    tenant=self.tenant,
+                    tenant=self.caller.tenant,
                     stream=chat.stream,
                 ),
                 attempt_records(attempts),
@@ -145,6 +147,8 @@ class _Exchange:
             "stream": chat.stream,
             **log_fields,
         }
+        if self.caller.key_id is not None:  # the key's public id, never the key
+            fields |= {"tenant": self.caller.tenant, "key_id": self.caller.key_id}
         if self.proxy.routers[decision.policy].policy.prompt.log_prompts:
             fields["prompt"] = _prompt_text(chat)
         if http_status == 200:
@@ -157,19 +161,21 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> Reply:
     state = scope.get("state") or {}
     proxy: Proxy | None = state.get("proxy")
     metrics: Metrics | None = state.get("metrics")
-    if proxy is None or metrics is None:
+    keys: KeyCache | None = state.get("keys")
+    if proxy is None or metrics is None or keys is None:
         return error_reply(503, "the proxy is starting; retry shortly", request_id=request_id)
     headers = _headers_of(scope)
-    exchange = _Exchange(
-        proxy, metrics, request_id, headers.get("x-cascade-tenant"), time.perf_counter()
-    )
+    started = time.perf_counter()
     try:
-        authenticate(headers.get("authorization"), proxy.settings.api_keys)
+        caller = keys.authorize(headers.get("authorization"), headers.get("x-cascade-tenant"))
+        exchange = _Exchange(proxy, metrics, request_id, caller, started)
         require_json(headers.get("content-type"))
         limit = proxy.settings.max_body_bytes
         chat = parse_chat_request(await read_body(receive, headers.get("content-length"), limit))
         router, pinned = proxy.resolve(chat.model)
-        decision = await router.plan(chat, workload=headers.get("x-cascade-workload"), tier=pinned)
+        workload = headers.get("x-cascade-workload")
+        _permit(caller, router, pinned, chat.model, workload)
+        decision = await router.plan(chat, workload=workload, tier=pinned, only_tiers=caller.tiers)
         metrics.observe_decision(time.perf_counter() - exchange.started)
         attempts: list[Attempt] = []
         try:
@@ -193,6 +199,25 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> Reply:
     except UpstreamError as exc:
         return _failed(exc, chat, decision, exchange)
     return _delivered(completion, chat, exchange)
+
+
+def _permit(
+    caller: Caller, router: Router, tier: str | None, model: str, workload: str | None
+) -> None:
+    """Refuse (403) what the caller's key may not use: the policy, a tier asked for by name, or
+    a workload none of whose tiers it may use (routing then stays within its tiers)."""
+    caller.permit(router.policy.name, tier, model if tier is not None else None)
+    name = workload or router.policy.default_workload
+    narrowed = tier is None and caller.tiers is not None and name in router.policy.workloads
+    if narrowed and not router.allowed(name, caller.tiers):
+        workload_tiers = ", ".join(t.name for t in router.allowed(name))
+        raise BadRequestError(
+            403,
+            f"this key may use the tiers {', '.join(sorted(caller.tiers or ()))}; workload "
+            f"{name!r} of policy {router.policy.name!r} uses {workload_tiers}",
+            param="model",
+            code="model_not_allowed",
+        )
 
 
 def _failed(

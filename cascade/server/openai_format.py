@@ -1,9 +1,9 @@
-"""The OpenAI wire format at the proxy's edge: authentication, the body's size, error bodies,
-SSE chunks. (The request itself is read by :mod:`cascade.core.request`.)"""
+"""The OpenAI wire format at the proxy's edge: the body's type and size, error bodies, SSE
+chunks. (Who may call is :mod:`cascade.server.auth`'s; the request itself is read by
+:mod:`cascade.core.request`.)"""
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -15,6 +15,7 @@ from starlette.types import Receive
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
@@ -36,29 +37,6 @@ class BadRequestError(Exception):
 
 class ClientGoneError(Exception):
     """The client disconnected before its request body arrived."""
-
-
-def authenticate(authorization: str | None, keys: frozenset[str]) -> None:
-    """Refuse (401) a request whose bearer token is not one of ``keys`` (none: no check).
-
-    ``authorization`` is the header as ASGI servers give it (its bytes read as latin-1). The
-    scheme is case-insensitive (RFC 7235: ``bearer`` and ``Bearer`` alike); a bare key without
-    it is refused. Every key is compared in constant time, so the time taken tells nothing about
-    how much of a key was right.
-    """
-    if not keys:
-        return
-    scheme, _, credentials = (authorization or "").strip().partition(" ")
-    token = credentials.strip().encode("latin-1", "replace") if scheme.lower() == "bearer" else b""
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(token, key.encode())
-    if not token or not matched:
-        raise BadRequestError(
-            401,
-            "missing or wrong API key (send 'Authorization: Bearer <key>')",
-            code="invalid_api_key",
-        )
 
 
 def require_json(content_type: str | None) -> None:

@@ -17,6 +17,7 @@ from cascade.core.planner import Planner
 from cascade.core.pricing import Rates
 from cascade.errors import CascadeError
 from cascade.ledger import AttemptRecord, LedgerService, RequestRecord, open_ledger
+from cascade.ledger.store import ANY_TENANT, Owner
 from cascade.model.batching import LoopBatcher, MicroBatcher
 from cascade.model.scorer import OnnxScorer, Scorer
 from cascade.policy.loading import load_policy
@@ -104,11 +105,12 @@ class Proxy:
         if self.ledger is not None:
             self.ledger.submit(request, attempts)
 
-    async def mark_useless(self, request_id: str) -> bool:
-        """Mark a request's answer useless; False when the ledger has no such request."""
+    async def mark_useless(self, request_id: str, *, tenant: Owner = ANY_TENANT) -> bool:
+        """Mark a request's answer useless; False when the ledger has no such request (of
+        ``tenant``'s, when given)."""
         if self.ledger is None:
             raise BadRequestError(404, "this proxy keeps no ledger (start it with a database)")
-        return await self.ledger.mark_useless(request_id)
+        return await self.ledger.mark_useless(request_id, tenant=tenant)
 
     def resolve(self, model: str) -> tuple[Router, str | None]:
         """The router for a request's model name, and the tier it pins (None: route it)."""

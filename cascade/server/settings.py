@@ -19,6 +19,13 @@ class ServerSettings:
     api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
     """Bearer tokens clients must send; empty means no authentication (a sidecar on loopback).
     Left out of the settings' repr, so that logging the settings never logs a key."""
+    virtual_keys: bool = True
+    """Read virtual keys (``cascade keys``) from the ledger's database: once it holds any, every
+    /v1 request needs one, and until it has been read (Postgres unreachable at start) /v1
+    requests get 503. False (``cascade serve --no-keys``): never read; the tenant comes from
+    ``x-cascade-tenant`` (see :mod:`cascade.server.auth`)."""
+    key_pepper: bytes = field(default=b"", repr=False)
+    """The HMAC key of the virtual keys' hashes (``$CASCADE_KEY_PEPPER``); never in a repr."""
     reload_interval_s: float = 1.0
     """How often policy files are checked for changes (0 disables reloading)."""
     database_url: str | None = None
