@@ -98,6 +98,7 @@ def _facts() -> list[RequestFacts]:
                 cost_usd=sum((a.cost_usd for a in attempts), Decimal(0)),
                 useful_tokens=60,
                 useless=False,
+                key_id=None,
                 attempts=tuple(attempts),
             )
         )

@@ -46,7 +46,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     report.add_argument("--url", help=_URL_HELP)
     report.add_argument("--since", default="7d", help=_SINCE_HELP)
     report.add_argument(
-        "--by", choices=("tier", "tenant", "policy", "day"), default="tier", help="group by"
+        "--by", choices=("tier", "tenant", "key", "policy", "day"), default="tier", help="group by"
     )
     report.add_argument("--policy", default="default", help=_POLICY_HELP)
     report.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML page")

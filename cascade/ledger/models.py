@@ -130,10 +130,13 @@ class Request(Base):
     useless: Mapped[bool] = mapped_column(Boolean)
     estimated: Mapped[bool] = mapped_column(Boolean)
     stream: Mapped[bool] = mapped_column(Boolean)
+    key_id: Mapped[str | None] = mapped_column(String())
+    """The public id of the virtual key the request came with (None: no key)."""
 
     __table_args__ = (
         Index("ix_requests_created_at", "created_at"),
         Index("ix_requests_tenant_created_at", "tenant", "created_at"),
+        Index("ix_requests_key_id_created_at", "key_id", "created_at"),
         Index("ix_requests_policy_created_at", "policy", "created_at"),
         Index("ix_requests_final_tier_created_at", "final_tier", "created_at"),
     )
@@ -225,6 +228,18 @@ class BudgetLease(Base):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
     __table_args__ = (Index("ix_budget_leases_expires_at", "expires_at"),)
+
+
+class RateWindow(Base):
+    """One key's use of one minute (UTC): requests and tokens leased out to workers so far
+    (:mod:`cascade.ledger.rate_windows`); never more than the key's ``rpm`` and ``tpm``."""
+
+    __tablename__ = "rate_windows"
+
+    key_id: Mapped[str] = mapped_column(String(), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(BigInteger)
 
 
 metadata = Base.metadata

@@ -64,6 +64,8 @@ class RequestFacts:
     cost_usd: Decimal
     useful_tokens: int
     useless: bool
+    key_id: str | None
+    """The public id of the request's virtual key (None: no key)."""
     attempts: tuple[AttemptFacts, ...]
 
     def has_role(self, role: str) -> bool:
@@ -101,6 +103,7 @@ async def fetch_requests(engine: AsyncEngine, since: datetime | None) -> list[Re
         Request.cost_usd,
         Request.useful_tokens,
         Request.useless,
+        Request.key_id,
     ).order_by(Request.created_at, Request.id)
     attempts = (
         select(

@@ -40,6 +40,7 @@ TEXT_LIMITS: dict[str, int] = {
     "decision_reason": 256,
     "status": 32,
     "tenant": 128,
+    "key_id": 64,
     "first_tier": 128,
     "final_tier": 128,
     "prefix_hash": 128,
@@ -172,6 +173,8 @@ class RequestRecord:
     """True when any attempt's usage was estimated."""
     stream: bool = False
     """True when the answer was streamed."""
+    key_id: str | None = None
+    """Public id of the virtual key the request came with (never the key); None without one."""
 
     def __post_init__(self) -> None:
         _check_money("RequestRecord.cost_usd", self.cost_usd)
@@ -196,6 +199,7 @@ _REQUEST_TEXT = (
     "first_tier",
     "final_tier",
     "prefix_hash",
+    "key_id",
 )
 
 

@@ -34,8 +34,8 @@ from cascade.core.pricing import Rates
 from cascade.errors import LedgerError
 from cascade.ledger.queries import RequestFacts
 
-GroupBy = Literal["tier", "tenant", "policy", "day"]
-GROUP_BYS: tuple[GroupBy, ...] = ("tier", "tenant", "policy", "day")
+GroupBy = Literal["tier", "tenant", "key", "policy", "day"]
+GROUP_BYS: tuple[GroupBy, ...] = ("tier", "tenant", "key", "policy", "day")
 NONE_LABEL = "(none)"
 _MILLION = Decimal(1_000_000)
 _ZERO = Decimal(0)
@@ -303,6 +303,8 @@ def _group_key(fact: RequestFacts, by: GroupBy) -> str:
         return fact.final_tier or NONE_LABEL
     if by == "tenant":
         return fact.tenant or NONE_LABEL
+    if by == "key":
+        return fact.key_id or NONE_LABEL
     if by == "policy":
         return fact.policy
     return fact.created_at.astimezone(UTC).date().isoformat()

@@ -129,6 +129,7 @@ class _Exchange:
                     latency_ms=self.elapsed_ms(),
                     tenant=self.caller.tenant,
                     stream=chat.stream,
+                    key_id=self.caller.key_id,
                 ),
                 attempt_records(attempts),
             )

@@ -47,6 +47,7 @@ def request_record(
     latency_ms: float,
     tenant: str | None,
     stream: bool,
+    key_id: str | None = None,
 ) -> RequestRecord:
     """The request's row: totals over every attempt; useful tokens from the delivered answer."""
     delivered = attempts[-1] if attempts and attempts[-1].outcome == "ok" else None
@@ -83,4 +84,5 @@ def request_record(
         useful_tokens=delivered.usage.completion_tokens if delivered and delivered.usage else 0,
         estimated=estimated,
         stream=stream,
+        key_id=key_id,
     )
