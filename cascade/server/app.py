@@ -115,9 +115,7 @@ async def feedback(request: Request) -> Response:
     proxy: Proxy = request.state.proxy
     keys: KeyCache = request.state.keys
     try:
-        caller = keys.authorize(
-            request.headers.get("authorization"), request.headers.get("x-cascade-tenant")
-        )
+        caller = keys.authorize(*_credentials(request))
         require_json(request.headers.get("content-type"))
         raw = await read_body(request.receive, request.headers.get("content-length"), 64 * 1024)
         body = parse_json_object(raw)
@@ -187,9 +185,7 @@ async def models(request: Request) -> Response:
     proxy: Proxy = request.state.proxy
     keys: KeyCache = request.state.keys
     try:
-        caller = keys.authorize(
-            request.headers.get("authorization"), request.headers.get("x-cascade-tenant")
-        )
+        caller = keys.authorize(*_credentials(request))
     except BadRequestError as exc:
         return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
     data = [
@@ -198,6 +194,19 @@ async def models(request: Request) -> Response:
         if _may_name(caller, proxy, name)
     ]
     return JSONResponse({"object": "list", "data": data})
+
+
+def _credentials(request: Request) -> tuple[str | None, str | None]:
+    """``Authorization`` and ``x-cascade-tenant``, each sent at most once (else 400)."""
+    found: list[str | None] = []
+    for name in ("authorization", "x-cascade-tenant"):
+        values = request.headers.getlist(name)
+        if len(values) > 1:
+            raise BadRequestError(
+                400, f"{name}: sent more than once; send it once", code="duplicate_header"
+            )
+        found.append(values[0] if values else None)
+    return found[0], found[1]
 
 
 def _may_name(caller: Caller, proxy: Proxy, model: str) -> bool:
@@ -246,7 +255,7 @@ async def metrics_endpoint(request: Request) -> Response:
     proxy: Proxy = request.state.proxy
     keys: KeyCache = request.state.keys
     try:
-        keys.authorize_admin(request.headers.get("authorization"))
+        keys.authorize_admin(_credentials(request)[0])
     except BadRequestError as exc:
         return error_response(exc.status, exc.message, code=exc.code)
     text = generate_latest(metrics.registry).decode()

@@ -165,9 +165,9 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> Reply:
     keys: KeyCache | None = state.get("keys")
     if proxy is None or metrics is None or keys is None:
         return error_reply(503, "the proxy is starting; retry shortly", request_id=request_id)
-    headers = _headers_of(scope)
     started = time.perf_counter()
     try:
+        headers = _headers_of(scope)
         caller = keys.authorize(headers.get("authorization"), headers.get("x-cascade-tenant"))
         exchange = _Exchange(proxy, metrics, request_id, caller, started)
         require_json(headers.get("content-type"))
@@ -284,9 +284,17 @@ def _prompt_text(chat: ChatRequest) -> str:
 
 
 def _headers_of(scope: Scope) -> dict[str, str]:
-    """The few request headers the proxy reads (ASGI servers send names in lower case)."""
+    """The few request headers the proxy reads (ASGI servers send names in lower case); one
+    of them sent twice is refused (400): which copy counts would be a guess an attacker picks."""
     raw: Iterable[tuple[bytes, bytes]] = scope["headers"]
-    return {name.decode(): value.decode("latin-1") for name, value in raw if name in _WANTED}
+    found = {name.decode(): value.decode("latin-1") for name, value in raw if name in _WANTED}
+    if len(found) < sum(1 for name, _ in raw if name in _WANTED):
+        seen = [name.decode() for name, _ in raw if name in _WANTED]
+        twice = next(name for name in seen if seen.count(name) > 1)
+        raise BadRequestError(
+            400, f"{twice}: sent more than once; send it once", code="duplicate_header"
+        )
+    return found
 
 
 def _answer_headers(tier: str, model: str, decision: Decision, request_id: str) -> dict[str, str]:
