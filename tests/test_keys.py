@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from sqlalchemy import select
 
@@ -217,6 +218,27 @@ def test_the_key_names_the_tenant_and_x_cascade_tenant_cannot_change_it(keyed: K
     assert keyed.ask("a", **{"x-cascade-tenant": "team-a"}).status_code == 200
     request_id = answer.headers["x-cascade-request-id"]
     assert wait_until(lambda: _tenant(keyed.database, request_id) == "team-a")
+
+
+def test_the_openai_sdk_takes_a_key_as_its_api_key(keyed: Keyed) -> None:
+    """The README's client: the OpenAI SDK with a key as ``api_key`` is answered; a revoked key
+    raises the SDK's AuthenticationError, a tier the key may not use its PermissionDeniedError."""
+    client = openai.OpenAI(base_url=f"{keyed.url}/v1", api_key=keyed.keys["a"], max_retries=0)
+    answer = client.chat.completions.create(
+        model="cascade", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert answer.choices[0].message.content == "answer from small"
+    with pytest.raises(openai.PermissionDeniedError, match="may not use model 'frontier-x'"):
+        client.chat.completions.create(
+            model="frontier-x", messages=[{"role": "user", "content": "hi"}]
+        )
+    revoked = openai.OpenAI(
+        base_url=f"{keyed.url}/v1", api_key=keyed.keys["revoked"], max_retries=0
+    )
+    with pytest.raises(openai.AuthenticationError, match="was revoked"):
+        revoked.chat.completions.create(
+            model="cascade", messages=[{"role": "user", "content": "hi"}]
+        )
 
 
 def test_revoked_expired_and_unknown_keys_are_refused(keyed: Keyed) -> None:
