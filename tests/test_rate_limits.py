@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from cascade.server.ratelimit import RateLimiter
 from tests.ledger_databases import KINDS, LedgerDatabase, migrate, open_database
+from tests.upstreams import closed_port
 
 MINUTE = 1_800_000_000.0  # the start of a minute, as time.time() gives it
 
@@ -104,9 +106,9 @@ def test_tokens_per_minute_count_the_output_a_request_may_produce(
     assert asyncio.run(scenario()) == [True, True, False, False]
 
 
-def test_a_database_outage_admits_rather_than_refuses(tmp_path: Path) -> None:
+def test_a_database_outage_admits_rather_than_refuses() -> None:
     """Rate limits protect capacity; a ledger outage must not refuse every keyed request."""
-    missing = LedgerDatabase(f"sqlite:///{tmp_path / 'no-such-dir' / 'ledger.db'}")
+    missing = LedgerDatabase(f"postgresql://postgres@127.0.0.1:{closed_port()}/ledger")
 
     async def scenario() -> bool:
         engine = missing.engine()
@@ -117,3 +119,31 @@ def test_a_database_outage_admits_rather_than_refuses(tmp_path: Path) -> None:
             await engine.dispose()
 
     assert asyncio.run(scenario()) is True
+
+
+def test_a_key_over_its_limit_is_refused_without_asking_the_database(tmp_path: Path) -> None:
+    """A client hammering past its limit must not turn every refusal into database work."""
+    database = LedgerDatabase(f"sqlite:///{tmp_path / 'ledger.db'}")
+    migrate(database)
+
+    async def scenario() -> tuple[int, int]:
+        engine = database.engine()
+        statements = 0
+
+        def count(*_args: object) -> None:
+            nonlocal statements
+            statements += 1
+
+        try:
+            limiter = RateLimiter(engine, Clock(MINUTE + 5))
+            for _ in range(3):
+                await limiter.admit("k", rpm=3, tpm=None, tokens=1)
+            event.listen(engine.sync_engine, "before_cursor_execute", count)
+            refused = [await limiter.admit("k", rpm=3, tpm=None, tokens=1) for _ in range(50)]
+            return sum(not a.allowed for a in refused), statements
+        finally:
+            await engine.dispose()
+
+    refused, statements = asyncio.run(scenario())
+    assert refused == 50
+    assert statements <= 3  # one look at the window, then every refusal is local

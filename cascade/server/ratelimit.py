@@ -80,7 +80,9 @@ class RateLimiter:
             return Admission(False, self._headers(window, rpm, tpm, now), 60, reason)
         if not self._covers(window, rpm, tpm, tokens):
             async with window.lock:
-                if not self._covers(window, rpm, tpm, tokens):
+                if not self._covers(window, rpm, tpm, tokens) and self._may_lease(
+                    window, rpm, tpm, tokens
+                ):
                     await self._lease(key_id, window, rpm, tpm, tokens)
             if not self._covers(window, rpm, tpm, tokens):
                 reset = max(1, math.ceil(60 - now % 60))
@@ -92,6 +94,15 @@ class RateLimiter:
         if tpm is not None:
             window.tokens -= tokens
         return Admission(True, self._headers(window, rpm, tpm, now))
+
+    @staticmethod
+    def _may_lease(window: _Window, rpm: int | None, tpm: int | None, tokens: int) -> bool:
+        """Whether the minute may still have what this worker lacks (what the window had given
+        out at this worker's last lease only grows): a key over its limit is refused without a
+        database statement until its minute ends."""
+        if rpm is not None and window.requests < 1 and window.used_requests >= rpm:
+            return False
+        return tpm is None or window.tokens + (tpm - window.used_tokens) >= tokens
 
     @staticmethod
     def _covers(window: _Window, rpm: int | None, tpm: int | None, tokens: int) -> bool:
