@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, model_validator
 
 from cascade.policy.parts import (
+    Budgets,
     GpuPrice,
     Money,
     Price,
@@ -30,6 +31,7 @@ Check = Literal["length", "empty", "refusal", "invalid_json", "invalid_tool_call
 
 __all__ = [
     "CHECKS",
+    "Budgets",
     "Check",
     "CrossFieldError",
     "Escalation",
@@ -225,6 +227,8 @@ class Policy(_Strict):
     """The confidence model."""
     verifier: VerifierSettings = Field(default_factory=VerifierSettings)
     """The verifier model, used by tiers with a ``verify`` block."""
+    budgets: Budgets = Field(default_factory=Budgets)
+    """What a key's budget covers, and what happens when it is spent."""
     probes: list[Probe] = Field(default_factory=list)
     """Example requests with the tier each must route to."""
 

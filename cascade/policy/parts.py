@@ -115,3 +115,22 @@ class VerifierSettings(_Strict):
     """A verifier shipped in router_models/ (by name) or a path to a verifier model folder."""
     device: Literal["cpu", "cuda"] = "cpu"
     """Where it runs; one decision takes well under a millisecond on one CPU core."""
+
+
+class Budgets(_Strict):
+    """What a key's budget covers under this policy, and what happens when it is spent.
+
+    Keys get their budgets from ``cascade keys create --budget``. Before each call the proxy
+    reserves the request's worst-case cost from the key's budget, and settles what it really
+    cost after.
+    """
+
+    on_spent: Literal["refuse", "self_hosted"] = "refuse"
+    """When a key's budget cannot cover a request's worst case: ``refuse`` it with OpenAI's
+    429 ``insufficient_quota`` (the budget covers all spend, self-hosted tiers' included), or
+    serve it from the ``self_hosted`` tiers only (the budget covers API spend; self-hosted spend
+    is reported beside it, and a request that names an API tier's model is refused)."""
+    max_output_tokens: int = Field(default=4096, ge=1)
+    """The output a request under a budget may have when it sets no ``max_tokens`` (it is sent
+    to the tier as its ``max_tokens``): without a cap its worst-case cost would be unknown, and
+    the budget could be overspent."""

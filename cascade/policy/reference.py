@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from cascade.policy.model import (
+    Budgets,
     Escalation,
     GpuPrice,
     Policy,
@@ -36,6 +37,7 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("prompt", PromptSettings),
     ("scorer", ScorerSettings),
     ("verifier", VerifierSettings),
+    ("budgets", Budgets),
     ("probes[]", Probe),
 ]
 

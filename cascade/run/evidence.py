@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -69,14 +69,22 @@ class Samples:
     """Index of the candidate among the samples the tier sent."""
 
 
-def verify_rules(tier: Tier, allowed: Sequence[Tier], request: ChatRequest) -> Verify | None:
+def verify_rules(
+    tier: Tier, allowed: Sequence[Tier], request: ChatRequest, only: Collection[str] | None = None
+) -> Verify | None:
     """The tier's verify block, when it applies to a complete answer: one choice asked for (a
-    client's own ``n`` is left alone), and a stronger tier to escalate to."""
+    client's own ``n`` is left alone), and a stronger tier to escalate to. Its witness is left
+    out when the caller may use ``only`` some tiers and it is not one of them (the answer then
+    has no witness: ``on_missing_evidence`` says what happens)."""
     rules = tier.verify
     if rules is None or request.n != 1:
         return None
     place = next((i for i, t in enumerate(allowed) if t is tier), len(allowed))
-    return rules if place < len(allowed) - 1 else None
+    if place >= len(allowed) - 1:
+        return None
+    if only is not None and rules.witness is not None and rules.witness not in only:
+        return rules.model_copy(update={"witness": None})
+    return rules
 
 
 def prompt_text(messages: Sequence[Mapping[str, Any]]) -> str:

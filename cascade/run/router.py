@@ -253,7 +253,7 @@ class Router:
                     current, role = fallback, "spill"
                     continue
             calls += 1
-            rules = None if stream else verify_rules(tier, allowed, request)
+            rules = None if stream else verify_rules(tier, allowed, request, decision.only_tiers)
             evidence: list[Attempt] = []
             called = time.perf_counter()
             try:
