@@ -14,6 +14,8 @@ catch one type. Each message says what went wrong, where, and what is allowed::
      │    └── InvalidRequestError   a field of the request has the wrong type or range
      ├── TierError              a call to a tier failed (saturated, 429, 5xx, timeout, refused, …)
      ├── LedgerError            the ledger cannot store or read a row (bad record, URL, spool)
+     ├── BudgetExceededError    a key's budget cannot cover a request's worst-case cost
+     ├── BudgetUnavailableError a key's budget cannot be read now (its database is out of reach)
      ├── LabeledDataError       a labeled-traffic file is unreadable or has an invalid row
      └── TrainingError          a router model cannot be trained or exported as asked
 """
@@ -21,6 +23,7 @@ catch one type. Each message says what went wrong, where, and what is allowed::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 
 class CascadeError(Exception):
@@ -86,6 +89,23 @@ class InvalidRequestError(RoutingError):
 
 class LedgerError(CascadeError):
     """The ledger cannot do what was asked (bad record, bad URL, unreadable spool, …)."""
+
+
+class BudgetExceededError(CascadeError):
+    """A key's budget cannot cover a request's worst-case cost (the proxy's 429
+    ``insufficient_quota``)."""
+
+    def __init__(self, key_id: str, need_usd: Decimal, left_usd: Decimal, hint: str = "") -> None:
+        self.key_id, self.need_usd, self.left_usd = key_id, need_usd, left_usd
+        super().__init__(
+            f"the budget of key {key_id} cannot cover this request: it may cost up to "
+            f"${need_usd:.6f} (every attempt it may make, at the dearest tier it may reach) and "
+            f"${max(left_usd, Decimal(0)):.6f} of the budget is left for this period{hint}"
+        )
+
+
+class BudgetUnavailableError(CascadeError):
+    """A key's budget is in a database this worker cannot reach now."""
 
 
 class LabeledDataError(CascadeError):

@@ -16,6 +16,7 @@ from cascade.ledger.budgets import (
     Lease,
     LeaseLost,
     nanos,
+    period_end,
     period_spend,
     period_start,
     reclaim_expired,
@@ -73,13 +74,17 @@ def test_money_is_counted_in_whole_nano_dollars_rounded_up() -> None:
 
 
 def test_periods_are_utc_calendar_days_and_months() -> None:
-    """A day starts at UTC midnight and a month on its first day, whatever the time zone given."""
+    """A day starts at UTC midnight and a month on its first day, whatever the time zone given,
+    and each ends where the next begins."""
     now = datetime(2026, 12, 2, 1, 30, tzinfo=timezone(timedelta(hours=3)))  # 2026-12-01 22:30 UTC
     assert period_start("day", now) == datetime(2026, 12, 1, tzinfo=UTC)
     assert period_start("month", now) == datetime(2026, 12, 1, tzinfo=UTC)
     assert period_start(None, now) == datetime(1970, 1, 1, tzinfo=UTC)
     with pytest.raises(ValueError, match="allowed: day, month"):
         period_start("week", now)
+    december = datetime(2026, 12, 1, tzinfo=UTC)
+    assert period_end("day", december) == datetime(2026, 12, 2, tzinfo=UTC).timestamp()
+    assert period_end("month", december) == datetime(2027, 1, 1, tzinfo=UTC).timestamp()
 
 
 def test_a_lease_takes_a_share_of_what_is_left_and_at_least_what_is_needed(

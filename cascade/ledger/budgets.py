@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import cast
 
@@ -47,6 +47,7 @@ __all__ = [
     "PeriodSpend",
     "add_self_hosted",
     "nanos",
+    "period_end",
     "period_spend",
     "period_start",
     "reclaim_expired",
@@ -83,6 +84,16 @@ def period_start(period: str | None, now: datetime) -> datetime:
     if period is None:
         return _LIFETIME
     raise ValueError(f"budget period {period!r}; allowed: {', '.join(PERIODS)} (or none)")
+
+
+def period_end(period: str | None, start: datetime) -> float:
+    """When the period that began at ``start`` ends, as a Unix time (never, without one)."""
+    if period == "day":
+        return (start + timedelta(days=1)).timestamp()
+    if period == "month":
+        year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+        return start.replace(year=year, month=month).timestamp()
+    return float("inf")
 
 
 @dataclass(frozen=True)
@@ -226,14 +237,16 @@ async def settle(
     return replace(lease, amount=keep, expires_at=expires_at) if keep else None
 
 
-async def add_self_hosted(engine: AsyncEngine, key_id: str, start: datetime, amount: int) -> None:
-    """Record self-hosted spend beside a budget that does not cover it (no limit applies)."""
+async def add_self_hosted(
+    engine: AsyncEngine, key_id: str, start: datetime, amount: int, *, limit: int
+) -> None:
+    """Record self-hosted spend beside a budget (``limit``) that does not cover it."""
     async with engine.begin() as conn:
         await conn.execute(
             _insert(conn, _PERIODS).values(
                 key_id=key_id,
                 period_start=start,
-                limit_nusd=0,
+                limit_nusd=limit,
                 settled_nusd=0,
                 leased_nusd=0,
                 self_hosted_nusd=0,

@@ -44,6 +44,7 @@ from cascade.server.openai_format import (
     sse,
 )
 from cascade.server.proxy import Proxy
+from cascade.server.quota import Allowance, plan_within_budget, spent
 from cascade.server.recording import attempt_records, request_record
 from cascade.server.replies import JSONReply, StreamReply, error_reply
 
@@ -90,7 +91,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     await reply(scope, receive, send)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Exchange:
     """One request's context while the handler works on it."""
 
@@ -100,6 +101,8 @@ class _Exchange:
     caller: Caller
     """Who sent the request (its key's tenant and limits)."""
     started: float
+    allowance: Allowance | None = None
+    """What the request may spend (its budget's reservation, settled in :meth:`finish`)."""
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -115,6 +118,8 @@ class _Exchange:
         **log_fields: object,
     ) -> None:
         """Count the request in the metrics, hand its rows to the ledger, and log it."""
+        if self.allowance is not None:
+            spent(self.proxy.budgets, self.allowance, attempts)
         outcome = "ok" if http_status == 200 else "error"
         last = final_tier or (attempts[-1].tier if attempts else decision.tier)
         self.metrics.record(decision.policy, last, outcome, attempts)
@@ -176,7 +181,10 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> Reply:
         router, pinned = proxy.resolve(chat.model)
         workload = headers.get("x-cascade-workload")
         _permit(caller, router, pinned, chat.model, workload)
-        decision = await router.plan(chat, workload=workload, tier=pinned, only_tiers=caller.tiers)
+        exchange.allowance, decision = await plan_within_budget(
+            proxy.budgets, caller, router, chat, workload=workload, pinned=pinned
+        )
+        chat = exchange.allowance.request  # its output capped, when its budget needed a cap
         metrics.observe_decision(time.perf_counter() - exchange.started)
         attempts: list[Attempt] = []
         try:

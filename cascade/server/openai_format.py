@@ -20,6 +20,9 @@ _ERROR_TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
+_TYPES_OF_CODES = {"insufficient_quota": "insufficient_quota"}
+"""Errors whose type is not their status's: a spent budget is a 429 of its own type, as
+OpenAI's is."""
 
 
 class BadRequestError(Exception):
@@ -79,7 +82,9 @@ def error_body(
     status: int, message: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     """An error in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
-    kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    kind = _TYPES_OF_CODES.get(code or "") or _ERROR_TYPES.get(
+        status, "api_error" if status >= 500 else "invalid_request_error"
+    )
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 

@@ -24,6 +24,7 @@ from cascade.policy.loading import load_policy
 from cascade.policy.model import Policy, Tier
 from cascade.resources import policy_path
 from cascade.run.router import Router
+from cascade.server.budget import BudgetBook, open_budgets
 from cascade.server.openai_format import BadRequestError
 from cascade.server.settings import ServerSettings
 from cascade.tiers.base import TierClient
@@ -51,6 +52,8 @@ class Proxy:
         self._api: LiteLLMClient | None = None
         self._stack = AsyncExitStack()
         self.ledger: LedgerService | None = None
+        self.budgets: BudgetBook | None = None
+        """This worker's blocks of the keys' budgets (with a ledger and virtual keys)."""
         self._reloader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -94,6 +97,8 @@ class Proxy:
         )
         # Closing the stack flushes every acknowledged row to the database or the spool.
         self.ledger = await self._stack.enter_async_context(ledger)
+        if self.settings.virtual_keys:  # budgets are the keys': settled, then given back at close
+            self.budgets = await self._stack.enter_async_context(open_budgets(url))
 
     @property
     def keeps_ledger(self) -> bool:
