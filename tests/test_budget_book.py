@@ -15,8 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from cascade.ledger.budgets import PeriodSpend, period_spend, period_start
-from cascade.server.budget import BudgetBook, BudgetExceededError
-from tests.ledger_databases import KINDS, LedgerDatabase, migrate, open_database
+from cascade.server.budget import BudgetBook, BudgetExceededError, BudgetUnavailableError
+from tests.ledger_databases import (
+    KINDS,
+    LedgerDatabase,
+    Outage,
+    migrate,
+    open_database,
+    postgres_url,
+)
 
 LIMIT = Decimal("1.00")
 
@@ -245,3 +252,36 @@ def test_self_hosted_spend_is_recorded_beside_the_budget(database: LedgerDatabas
         assert spend.left_usd == LIMIT
 
     asyncio.run(run())
+
+
+def test_a_block_is_spent_through_a_database_outage_and_then_refused(tmp_path: Path) -> None:
+    """With Postgres gone, a worker keeps reserving from the block it holds (were the block
+    reclaimed meanwhile, it was counted as spent whole); a request the block cannot cover is
+    refused with BudgetUnavailableError (fail closed); when the database is back, the spend
+    made meanwhile is settled."""
+    outage = Outage(postgres_url())
+
+    async def run(database: LedgerDatabase) -> PeriodSpend:
+        await outage.start()
+        engine = LedgerDatabase(outage.url, database.connect_args).engine()
+        book = BudgetBook(engine, lease_s=0.2)
+        try:
+            first = await book.reserve("k1", LIMIT, "day", Decimal("0.02"))  # a block of 5 cents
+            book.settle(first, Decimal("0.01"), Decimal(0))
+            await outage.stop()
+            await asyncio.sleep(0.2)  # past the block's renewal: the next reservation tries it
+            second = await book.reserve("k1", LIMIT, "day", Decimal("0.02"))
+            book.settle(second, Decimal("0.01"), Decimal(0))
+            with pytest.raises(BudgetUnavailableError, match="k1"):
+                await book.reserve("k1", LIMIT, "day", Decimal("0.10"))
+            await outage.start()
+            await book.aclose()
+            return await _spend(engine)
+        finally:
+            await engine.dispose()
+            await outage.stop()
+
+    with open_database("postgres", tmp_path) as database:
+        migrate(database)
+        spend = asyncio.run(run(database))
+    assert (spend.settled_usd, spend.leased_usd) == (Decimal("0.02"), Decimal(0))

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -137,6 +138,39 @@ def test_a_request_its_budget_cannot_cover_is_refused_in_openais_shape(tmp_path:
     assert spend is not None
     assert (spend.settled_usd, spend.leased_usd) == (2 * ANSWER_USD, Decimal(0))
     assert _ledger_cost(url, record.key_id) == (2, 2 * ANSWER_USD)
+
+
+def test_streams_settle_what_they_cost_whether_they_finish_or_are_abandoned(
+    tmp_path: Path,
+) -> None:
+    """A passthrough stream that runs to its end is charged its usage; one whose client hangs
+    up after the first chunk is charged what the ledger records for it; neither leaves
+    anything reserved (a leaked reservation would stay leased after the proxy stops)."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    record, key = make_key(url, "team-a", budget=Budget(Decimal(100), "day"))
+    small = ScriptedTier("small")
+    policy = ONE_TIER.replace("{{max_attempts: 1}}", "{{max_attempts: 1, streaming: passthrough}}")
+    body = {**ASK, "stream": True}
+    with _proxy(url, policy, tmp_path, small=small) as proxy, httpx.Client(timeout=30) as http:
+        finished = http.post(f"{proxy}/v1/chat/completions", json=body, headers=bearer(key))
+        assert finished.text.endswith("data: [DONE]\n\n")
+        gate = threading.Event()
+        small.stream_gate = gate
+        try:
+            with http.stream(
+                "POST", f"{proxy}/v1/chat/completions", json=body, headers=bearer(key)
+            ) as reply:
+                lines = reply.iter_lines()  # kept: a dropped iterator would close the response
+                assert next(lines).startswith("data: ")
+            assert wait_until(lambda: small.streams_ended_early == 1)
+            assert wait_until(lambda: _ledger_cost(url, record.key_id)[0] == 2)
+        finally:
+            gate.set()
+    spend = _spend(url, record.key_id)
+    assert spend is not None
+    _, cost = _ledger_cost(url, record.key_id)
+    assert (spend.settled_usd, spend.leased_usd) == (cost, Decimal(0))
+    assert cost >= 103 * TOKEN_USD  # the finished stream's usage: 100 prompt and 3 output tokens
 
 
 @pytest.mark.parametrize("on_spent", ["refuse", "self_hosted"])

@@ -2,23 +2,19 @@
 
 Before a call the proxy *reserves* the request's worst-case cost (:mod:`cascade.run.ceiling`)
 from the block this worker holds for the key; after the call it *settles* what the request
-really cost, and the rest of the reservation is free again. Neither touches the database: a
-reservation is a dict lookup and three integer operations. Only when the block cannot cover a
-reservation does the worker lease more (one transaction: :func:`cascade.ledger.budgets.take`,
-a share of what is left, at least the reservation), and a refused lease is a refused request.
+really cost, and the rest of the reservation is free again: a dict lookup and a few integer
+operations, no database round trip (one row updated per request would serialize every worker
+on its lock: ``benchmarks/bench_budgets.py``). Only when the block cannot cover a reservation
+does the worker lease more (:func:`cascade.ledger.budgets.take`: a share of what is left, at
+least the reservation); a refused lease is a refused request.
 
-The blocks go back to the key's budget on their own: a block nobody reserved from for
-``idle_s`` is returned (its spend settled, the rest given back, so other workers and replicas
-can use it), and a busy block is renewed before it expires (its spend settled, its expiry
-moved). A worker that dies leaves its block to expire; the next worker to look counts it as
-spent (:func:`cascade.ledger.budgets.reclaim_expired`): a crash costs at most the unspent part of
-one block per key, and never lets the budget be overspent.
-
-Why blocks and not one row per request: every request of a key would update one hot row, and
-row locks serialize; measured in ``benchmarks/bench_budgets.py``.
-
-Failures are closed: a key whose block is spent and whose budget cannot be reached in the
-database is refused (503 ``budget_unavailable``): a budget protects money.
+A block nobody reserved from for ``idle_s`` goes back (its spend settled, the rest returned for
+other workers and replicas); a busy one is renewed before it expires. A worker that dies leaves
+its block to expire, and the next worker to look counts it as spent, whole
+(:func:`cascade.ledger.budgets.reclaim_expired`): a crash costs at most the unspent part of one
+block per key, and never lets the budget be overspent. For the same reason a worker may spend
+its block while the database is out of reach; a request the block cannot cover is then refused
+(503 ``budget_unavailable``): a budget protects money.
 """
 
 from __future__ import annotations
@@ -276,7 +272,15 @@ class BudgetBook:
         """The slow path, under the account's lock: renew or grow the block, or lease one."""
         held = account.held
         if held is not None and time.monotonic() >= held.usable_until:
-            await self._renew(account)
+            try:
+                await self._renew(account)
+            except (SQLAlchemyError, OSError) as exc:
+                # The block is still this worker's to spend: were it reclaimed meanwhile, it
+                # was counted as spent whole. Try the database again a second later.
+                log.warning(
+                    "budget.store_unavailable", key_id=account.key_id, error=first_line(exc)
+                )
+                held.usable_until = time.monotonic() + _REFUSAL_S
             held = account.held
         free = max(held.free, 0) if held is not None and not held.closing else 0
         if held is not None and free >= need:
