@@ -8,12 +8,18 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import event
 
+from cascade.server.app import create_app
 from cascade.server.ratelimit import RateLimiter
+from cascade.server.settings import ServerSettings
 from tests.ledger_databases import KINDS, LedgerDatabase, migrate, open_database
-from tests.upstreams import closed_port
+from tests.servers import serving
+from tests.test_keys import bearer, make_key
+from tests.test_proxy import POLICY
+from tests.upstreams import ScriptedTier, closed_port
 
 MINUTE = 1_800_000_000.0  # the start of a minute, as time.time() gives it
 
@@ -147,3 +153,45 @@ def test_a_key_over_its_limit_is_refused_without_asking_the_database(tmp_path: P
     refused, statements = asyncio.run(scenario())
     assert refused == 50
     assert statements <= 3  # one look at the window, then every refusal is local
+
+
+def test_the_proxy_enforces_a_keys_limits_with_openais_headers(tmp_path: Path) -> None:
+    """Through the real proxy: a key with 2 requests a minute gets two answers carrying the
+    x-ratelimit-* headers, then a 429 rate_limit_exceeded with Retry-After; another key and the
+    tokens limit are counted apart."""
+    database = f"sqlite:///{tmp_path / 'limited.db'}"
+    _, limited = make_key(database, "team-a", rpm=2)
+    _, thrifty = make_key(database, "team-b", tpm=300)
+    tier = ScriptedTier("small")
+    with serving(tier.app()) as upstream:
+        policy = tmp_path / "proxytest.yaml"
+        policy.write_text(POLICY.format(small=upstream, medium=upstream, big=upstream))
+        settings = ServerSettings(
+            policies=(str(policy),), database_url=database, spool_path=str(tmp_path / "spool")
+        )
+        with serving(create_app(settings)) as url:
+
+            def ask(key: str, **body: object) -> httpx.Response:
+                sent = {"model": "cascade", "messages": [{"role": "user", "content": "hi"}]}
+                return httpx.post(
+                    f"{url}/v1/chat/completions",
+                    json={**sent, **body},
+                    headers=bearer(key),
+                    timeout=30,
+                )
+
+            first, second, third = ask(limited), ask(limited), ask(limited)
+            small = ask(thrifty, max_tokens=100)
+            large = ask(thrifty, max_tokens=1000)  # more than the key's tokens per minute
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert third.status_code == 429
+    error = third.json()["error"]
+    assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+    assert 1 <= int(third.headers["retry-after"]) <= 60
+    assert third.headers["x-ratelimit-remaining-requests"] == "0"
+    assert small.status_code == 200
+    assert small.headers["x-ratelimit-limit-tokens"] == "300"
+    assert large.status_code == 429
+    assert "tokens" in large.json()["error"]["message"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import orjson
@@ -45,6 +45,7 @@ from cascade.server.openai_format import (
 )
 from cascade.server.proxy import Proxy
 from cascade.server.quota import Allowance, plan_within_budget, spent
+from cascade.server.ratelimit import admit
 from cascade.server.recording import attempt_records, request_record
 from cascade.server.replies import JSONReply, StreamReply, error_reply
 
@@ -103,6 +104,8 @@ class _Exchange:
     started: float
     allowance: Allowance | None = None
     """What the request may spend (its budget's reservation, settled in :meth:`finish`)."""
+    rate_headers: dict[str, str] = field(default_factory=dict)
+    """The key's ``x-ratelimit-*`` headers, for every answer."""
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -181,6 +184,7 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> Reply:
         router, pinned = proxy.resolve(chat.model)
         workload = headers.get("x-cascade-workload")
         _permit(caller, router, pinned, chat.model, workload)
+        exchange.rate_headers = await admit(proxy.rate_limits, caller, chat, router, workload)
         exchange.allowance, decision = await plan_within_budget(
             proxy.budgets, caller, router, chat, workload=workload, pinned=pinned
         )
@@ -200,7 +204,13 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> Reply:
             raise
     except BadRequestError as exc:
         return error_reply(
-            exc.status, exc.message, param=exc.param, code=exc.code, request_id=request_id
+            exc.status,
+            exc.message,
+            param=exc.param,
+            code=exc.code,
+            kind=exc.kind,
+            headers=exc.headers,
+            request_id=request_id,
         )
     except RoutingError as exc:
         param = exc.param if isinstance(exc, InvalidRequestError) else None
@@ -255,7 +265,7 @@ def _failed(
 
 def _delivered(completion: Completion, chat: ChatRequest, exchange: _Exchange) -> Reply:
     """An accepted answer: count, record and log it, and send it as JSON or as a stream."""
-    reply_headers = _completion_headers(completion)
+    reply_headers = _completion_headers(completion) | exchange.rate_headers
     exchange.finish(
         chat,
         completion.decision,
@@ -379,4 +389,5 @@ def _relay(run: StreamRun, chat: ChatRequest, decision: Decision, exchange: _Exc
             await end()
 
     headers = _answer_headers(run.tier.name, run.tier.model, decision, exchange.request_id)
+    headers |= exchange.rate_headers
     return StreamReply(events(), headers, closing=end)

@@ -29,13 +29,24 @@ class BadRequestError(Exception):
     """A client mistake, answered with an OpenAI error body."""
 
     def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        *,
+        kind: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.kind = kind
+        """The error's ``type`` when the status and code do not say it (``requests``)."""
+        self.headers = dict(headers or {})
+        """Headers to answer with (``Retry-After``, ``x-ratelimit-*``)."""
 
 
 class ClientGoneError(Exception):
@@ -79,11 +90,18 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
 
 
 def error_body(
-    status: int, message: str, *, param: str | None = None, code: str | None = None
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """An error in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
-    kind = _TYPES_OF_CODES.get(code or "") or _ERROR_TYPES.get(
-        status, "api_error" if status >= 500 else "invalid_request_error"
+    kind = (
+        kind
+        or _TYPES_OF_CODES.get(code or "")
+        or _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     )
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 

@@ -26,6 +26,7 @@ from cascade.resources import policy_path
 from cascade.run.router import Router
 from cascade.server.budget import BudgetBook, open_budgets
 from cascade.server.openai_format import BadRequestError
+from cascade.server.ratelimit import RateLimiter, open_rate_limits
 from cascade.server.settings import ServerSettings
 from cascade.tiers.base import TierClient
 from cascade.tiers.pool import ConnectionPool
@@ -54,6 +55,8 @@ class Proxy:
         self.ledger: LedgerService | None = None
         self.budgets: BudgetBook | None = None
         """This worker's blocks of the keys' budgets (with a ledger and virtual keys)."""
+        self.rate_limits: RateLimiter | None = None
+        """This worker's share of the keys' rate limits (with a ledger and virtual keys)."""
         self._reloader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -99,6 +102,7 @@ class Proxy:
         self.ledger = await self._stack.enter_async_context(ledger)
         if self.settings.virtual_keys:  # budgets are the keys': settled, then given back at close
             self.budgets = await self._stack.enter_async_context(open_budgets(url))
+            self.rate_limits = await self._stack.enter_async_context(open_rate_limits(url))
 
     @property
     def keeps_ledger(self) -> bool:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -25,9 +26,15 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cascade.core.request import ChatRequest
+from cascade.core.tokens import estimate_message_tokens
+from cascade.ledger import create_engine
 from cascade.ledger.rate_windows import lease_block
+from cascade.run.router import Router
+from cascade.server.auth import Caller
+from cascade.server.openai_format import BadRequestError
 
-__all__ = ["Admission", "RateLimiter"]
+__all__ = ["Admission", "RateLimiter", "admit", "open_rate_limits"]
 
 _log = structlog.get_logger("cascade.ratelimit")
 _BLOCKS_PER_MINUTE = 10
@@ -42,6 +49,8 @@ class Admission:
     headers: dict[str, str]
     retry_after_s: int = 0
     reason: str = ""
+    kind: str = "requests"
+    """Which limit refused it: ``requests`` or ``tokens`` (OpenAI's error type)."""
 
 
 @dataclass
@@ -77,7 +86,7 @@ class RateLimiter:
         tokens = max(tokens, 0)
         if tpm is not None and tokens > tpm:
             reason = f"this request may use {tokens} tokens, more than the key's {tpm} per minute"
-            return Admission(False, self._headers(window, rpm, tpm, now), 60, reason)
+            return Admission(False, self._headers(window, rpm, tpm, now), 60, reason, "tokens")
         if not self._covers(window, rpm, tpm, tokens):
             async with window.lock:
                 if not self._covers(window, rpm, tpm, tokens) and self._may_lease(
@@ -88,7 +97,8 @@ class RateLimiter:
                 reset = max(1, math.ceil(60 - now % 60))
                 what = "requests" if rpm is not None and window.requests < 1 else "tokens"
                 reason = f"the key's {what} per minute are used up; retry in {reset} s"
-                return Admission(False, self._headers(window, rpm, tpm, now), reset, reason)
+                headers = self._headers(window, rpm, tpm, now)
+                return Admission(False, headers, reset, reason, what)
         if rpm is not None:
             window.requests -= 1
         if tpm is not None:
@@ -152,3 +162,44 @@ class RateLimiter:
             headers["x-ratelimit-remaining-tokens"] = str(min(left, tpm))
             headers["x-ratelimit-reset-tokens"] = reset
         return headers
+
+
+@asynccontextmanager
+async def open_rate_limits(url: str) -> AsyncIterator[RateLimiter]:
+    """A :class:`RateLimiter` on the ledger's database at ``url`` (its engine closed after)."""
+    engine = create_engine(url)
+    try:
+        yield RateLimiter(engine)
+    finally:
+        await engine.dispose()
+
+
+async def admit(
+    limiter: RateLimiter | None,
+    caller: Caller,
+    request: ChatRequest,
+    router: Router,
+    workload: str | None,
+) -> dict[str, str]:
+    """Admit ``request`` under its key's limits: the ``x-ratelimit-*`` headers for its answer,
+    or OpenAI's 429 ``rate_limit_exceeded`` (type ``requests`` or ``tokens``) with
+    ``Retry-After``. Tokens: the prompt's estimate plus the output it may produce."""
+    if limiter is None or caller.key_id is None or (caller.rpm is None and caller.tpm is None):
+        return {}
+    output = request.max_output_tokens
+    if output is None:
+        name = workload if workload in router.policy.workloads else None
+        output = router.policy.workloads[
+            name or router.policy.default_workload
+        ].expected_output_tokens
+    tokens = estimate_message_tokens(request.messages, request.tools) + output
+    admission = await limiter.admit(caller.key_id, caller.rpm, caller.tpm, tokens)
+    if admission.allowed:
+        return admission.headers
+    raise BadRequestError(
+        429,
+        f"rate limit reached for this key: {admission.reason}",
+        code="rate_limit_exceeded",
+        kind=admission.kind,
+        headers={**admission.headers, "retry-after": str(admission.retry_after_s)},
+    )

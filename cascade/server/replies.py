@@ -52,10 +52,12 @@ def error_reply(
     request_id: str,
     param: str | None = None,
     code: str | None = None,
+    kind: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONReply:
     """An error in OpenAI's shape, with the request id to quote when asking about it."""
-    body = orjson.dumps(error_body(status, message, param=param, code=code))
-    return JSONReply(status, body, {"x-cascade-request-id": request_id})
+    body = orjson.dumps(error_body(status, message, param=param, code=code, kind=kind))
+    return JSONReply(status, body, {**(headers or {}), "x-cascade-request-id": request_id})
 
 
 @dataclass(frozen=True)
