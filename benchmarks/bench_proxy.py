@@ -10,7 +10,7 @@ concurrency: requests/s and latency direct, added latency, the proxy's CPU per r
 which takes the machine's speed out of the comparison. Needs wrk (``apt-get install wrk``).
 
     .venv/bin/python -m benchmarks.bench_proxy [--seconds 5] [--workers 2] [--concurrency 1 16 64]
-        [--verify witness]
+        [--verify witness] [--ledger sqlite [--keys]]
 
 ``--verify witness`` turns the verify step on: each answer of the cheap tiers is judged against
 a witness tier's answer (a second upstream call in parallel, then the verifier), which is what
@@ -125,6 +125,29 @@ def _wrk(url: str, concurrency: int, seconds: int, script: Path) -> Run:
     return Run(count, rps, latency("50"), latency("99"), int(errors.group(1)) if errors else 0)
 
 
+def _create_key(url: str) -> str:
+    """A key with a budget, requests and tokens per minute, made with the CLI."""
+    limits = ["--budget", "1000000/day", "--rpm", "100000000", "--tpm", "100000000000"]
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cascade",
+            "keys",
+            "create",
+            "--tenant",
+            "bench",
+            *limits,
+            "--url",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return made.stdout.split()[0]
+
+
 def main() -> None:
     """Print requests/s and latency, direct and through the proxy, at each concurrency."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -144,12 +167,19 @@ def main() -> None:
         "--ledger", choices=["off", "sqlite"], default="off", help="record requests (in a temp dir)"
     )
     parser.add_argument(
+        "--keys",
+        action="store_true",
+        help="requests carry a virtual key with a budget and rate limits (needs --ledger sqlite)",
+    )
+    parser.add_argument(
         "--verify",
         choices=["off", "witness"],
         default="off",
         help="witness: the cheap tiers verify each answer against another tier's",
     )
     args = parser.parse_args()
+    if args.keys and args.ledger == "off":
+        sys.exit("--keys needs a ledger: add --ledger sqlite")
     if shutil.which("wrk") is None:
         sys.exit("bench_proxy needs wrk: apt-get install wrk")
     upstream = f"http://127.0.0.1:{args.upstream_port}"
@@ -159,10 +189,13 @@ def main() -> None:
         policy = Path(tmp, "bench.yaml")
         policy.write_text(policy_text(upstream, verify=args.verify == "witness"))
         script = Path(tmp, "post.lua")
-        script.write_text(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = [[{json.dumps(_BODY)}]]\n"
-        )
+        lua = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        auth: dict[str, str] = {}
+        if args.keys:  # limits far above what one run sends: the checks' cost, not refusals
+            key = _create_key(f"sqlite:///{tmp}/bench.db")
+            lua += f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+            auth = {"authorization": f"Bearer {key}"}
+        script.write_text(lua + f"wrk.body = [[{json.dumps(_BODY)}]]\n")
         python = sys.executable
         with (
             started(
@@ -221,13 +254,14 @@ def main() -> None:
                 f"{reference}/",
             ),
         ):
-            httpx.post(f"{proxy}/v1/chat/completions", json=_BODY, timeout=30).raise_for_status()
+            warm = httpx.post(f"{proxy}/v1/chat/completions", json=_BODY, headers=auth, timeout=30)
+            warm.raise_for_status()
             if args.workers > 1:
                 time.sleep(3)  # every worker listening: wrk's connections spread over all of them
             print(
                 f"proxy added latency and throughput; {args.workers} proxy worker(s), ledger "
-                f"{args.ledger}, verify {args.verify}, {args.upstream_server} upstream; wrk, 1 "
-                f"thread, {args.seconds} s per run"
+                f"{args.ledger}, keys {'on' if args.keys else 'off'}, verify {args.verify}, "
+                f"{args.upstream_server} upstream; wrk, 1 thread, {args.seconds} s per run"
             )
             print(
                 f"{'conc':>5} {'direct rps':>11} {'proxy rps':>10} {'direct p50/p99 ms':>18} "
