@@ -3,7 +3,9 @@
 ``cascade report`` prints, per group (final tier, tenant, policy or day), the requests, tokens,
 exact cost, cost per useful token, tier mix, escalation/spill/error rates, prefix-cache hits and
 the savings against sending everything to the policy's last (frontier) tier; ``--json`` prints
-the same as JSON, ``--html FILE`` writes a self-contained page with charts.
+the same as JSON, ``--html FILE`` writes a self-contained page with charts. Where keys have
+budgets, each also shows every such key's (and tenant's) budget in the current period: limit,
+settled, leased, left and self-hosted spend, beside its spend in the window.
 
 ``cascade export`` writes the ledger's traffic as labeled-traffic JSONL
 (``cascade.training.traffic``).
@@ -41,7 +43,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="cost per useful token, tier mix, escalations and savings from the ledger",
         description="Summarize the ledger: per group, requests, tokens, exact cost, cost per "
         "useful token, tier shares, escalation/spill/error rates, prefix-cache hits and savings "
-        "against sending every request to the policy's last tier.",
+        "against sending every request to the policy's last tier; then, for each key with a "
+        "budget and each tenant, the budget now (limit, settled, leased, left, self-hosted) "
+        "beside its spend in the window.",
     )
     report.add_argument("--url", help=_URL_HELP)
     report.add_argument("--since", default="7d", help=_SINCE_HELP)
@@ -81,24 +85,31 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _report(ns: argparse.Namespace) -> int:
-    from cascade.ledger.queries import read_requests
+    from datetime import UTC, datetime
+
+    from cascade.ledger.budget_report import budgets_json, build_budgets, format_budgets
+    from cascade.ledger.queries import read_budgets, read_requests
     from cascade.ledger.report_text import format_report
     from cascade.ledger.reports import build_report, parse_since, report_json
 
-    since = parse_since(ns.since)
+    now = datetime.now(UTC)
+    since = parse_since(ns.since, now)
     name, frontier, rates = _frontier(ns.policy)
     facts = read_requests(ns.url, since)
     report = build_report(
         facts, by=ns.by, policy=name, frontier_tier=frontier, frontier_rates=rates, since=since
     )
+    budgets = build_budgets(read_budgets(ns.url, now), facts, frontier_rates=rates, now=now)
     if ns.html is not None:
         from cascade.ledger.report_html import render_html
 
-        ns.html.write_text(render_html(report), encoding="utf-8")
+        ns.html.write_text(render_html(report, budgets), encoding="utf-8")
     if ns.json:
-        print(json.dumps(report_json(report), indent=2))
+        print(json.dumps(report_json(report) | {"budgets": budgets_json(budgets)}, indent=2))
     else:
         print(format_report(report))
+        if budgets.keys:
+            print("\n" + format_budgets(budgets))
     if ns.html is not None:
         print(f"wrote {ns.html}", file=sys.stderr)
     return 0

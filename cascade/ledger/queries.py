@@ -3,6 +3,8 @@
 Two queries read a window (one per table) into :class:`RequestFacts`; everything after is pure
 Python over them (:mod:`cascade.ledger.reports`, :mod:`cascade.ledger.labeled_traffic`), so money
 stays an exact :class:`~decimal.Decimal` on SQLite (where it is stored as text) as on Postgres.
+Two more read the keys that have a budget and their budget in the current period
+(:class:`KeyBudget`, for :mod:`cascade.ledger.budget_report`); never a key's hash.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cascade.core.pricing import Rates
+from cascade.ledger.budgets import PERIODS, PeriodSpend, period_start, usd
 from cascade.ledger.database import run_with_engine
-from cascade.ledger.models import Attempt, Request
+from cascade.ledger.models import ApiKey, Attempt, BudgetPeriod, Request
 
 _ZERO = Decimal(0)
 
@@ -146,3 +149,56 @@ def read_requests(url: str | None, since: datetime | None) -> list[RequestFacts]
     ``url`` None: ``$CASCADE_DATABASE_URL``, else ``./cascade.db``; errors name the database.
     """
     return run_with_engine(url, lambda engine: fetch_requests(engine, since), existing=True)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyBudget:
+    """A key that has a budget, and that budget in the period holding the report's ``now``."""
+
+    key_id: str
+    name: str | None
+    tenant: str
+    period: str
+    """``day`` or ``month`` (UTC calendar periods)."""
+    spend: PeriodSpend
+    """The period's numbers; the limit is the key's budget now (a changed budget applies from
+    the next lease), settled/leased/self-hosted are zero before the period's first lease."""
+
+
+async def fetch_budgets(engine: AsyncEngine, now: datetime) -> list[KeyBudget]:
+    """Every key with a budget (revoked and expired ones too: their spend still counts), by
+    tenant then key id, with its budget in the current period: two queries."""
+    keys = (
+        select(ApiKey.key_id, ApiKey.name, ApiKey.tenant, ApiKey.budget_usd, ApiKey.budget_period)
+        .where(ApiKey.budget_usd.is_not(None))
+        .order_by(ApiKey.tenant, ApiKey.key_id)
+    )
+    starts = {period: period_start(period, now) for period in PERIODS}
+    periods = select(
+        BudgetPeriod.key_id,
+        BudgetPeriod.period_start,
+        BudgetPeriod.settled_nusd,
+        BudgetPeriod.leased_nusd,
+        BudgetPeriod.self_hosted_nusd,
+    ).where(BudgetPeriod.period_start.in_(sorted(set(starts.values()))))
+    async with engine.connect() as conn:
+        key_rows = (await conn.execute(keys)).all()
+        held = {(r.key_id, r.period_start): r for r in (await conn.execute(periods)).all()}
+    budgets = []
+    for key in key_rows:
+        period = key.budget_period or "month"
+        start = starts[period]
+        row = held.get((key.key_id, start))
+        settled, leased, hosted = (
+            (0, 0, 0) if row is None else (row.settled_nusd, row.leased_nusd, row.self_hosted_nusd)
+        )
+        spend = PeriodSpend(
+            key.key_id, start, key.budget_usd, usd(settled), usd(leased), usd(hosted)
+        )
+        budgets.append(KeyBudget(key.key_id, key.name, key.tenant, period, spend))
+    return budgets
+
+
+def read_budgets(url: str | None, now: datetime) -> list[KeyBudget]:
+    """:func:`fetch_budgets` for a synchronous caller (the CLI), on an engine of its own."""
+    return run_with_engine(url, lambda engine: fetch_budgets(engine, now), existing=True)

@@ -4,9 +4,10 @@ At the top, the headline: what was spent, what it saved against sending everythi
 frontier tier, the cost per useful token, and what escalations and spills did. Below it, cost over
 time, the tier mix and the cost per useful token by tier (on a log scale, so a self-hosted tier's
 cents stay visible beside the frontier's dollars), why calls were not the answer, and tables by
-tier and, where requests name tenants, by tenant. Money is rounded for people; the exact figures
-are in ``cascade report --json`` and ``cascade export``. Charts are PNGs inlined as base64 (no
-external files); matplotlib (Agg) is imported only when a page is rendered.
+tier and, where requests name tenants, by tenant; where keys have budgets, the tenant view adds
+a Budgets table (each tenant's keys, then the tenant's sum). Money is rounded for people; the
+exact figures are in ``cascade report --json`` and ``cascade export``. Charts are PNGs inlined as
+base64 (no external files); matplotlib (Agg) is imported only when a page is rendered.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
+from cascade.ledger.budget_report import BudgetReport, BudgetRow
 from cascade.ledger.reports import GroupStats, Report
 
 _STYLE = """
@@ -40,6 +42,7 @@ table { border-collapse: collapse; width: 100%; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #d0d7de; padding: 0.35em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 th { color: #57606a; font-weight: 500; }
+tr.sum td { font-weight: 600; }
 .foot { color: #57606a; font-size: 0.85em; margin-top: 2em; }
 """
 
@@ -90,8 +93,9 @@ def table_cells(stats: GroupStats, report: Report) -> list[str]:
     ]
 
 
-def render_html(report: Report) -> str:
-    """The whole page: headline, charts, reasons and tables."""
+def render_html(report: Report, budgets: BudgetReport | None = None) -> str:
+    """The whole page: headline, charts, reasons and tables (with ``budgets``' table when any
+    key has a budget)."""
     total = report.total
     window = f"since {report.since:%Y-%m-%d %H:%M} UTC" if report.since else "over all time"
     charts = [
@@ -112,6 +116,8 @@ def render_html(report: Report) -> str:
     ]
     if report.has_tenants:
         sections.append("<h2>By tenant</h2>" + _table(report.tenants, report))
+    if budgets is not None and budgets.keys:
+        sections.append(_budgets(budgets))
     sections.append(
         "<p class=foot>Money is rounded here; <code>cascade report --json</code> and "
         "<code>cascade export</code> give the exact figures. "
@@ -205,6 +211,58 @@ def _table(groups: Sequence[GroupStats], report: Report) -> str:
         for g in [*groups, report.total]
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+BUDGET_COLUMNS = (
+    "tenant / key",
+    "period",
+    "limit",
+    "settled",
+    "leased",
+    "left",
+    "self-hosted",
+    "spent (window)",
+    "per 1M useful tok",
+    "saved",
+)
+
+
+def _budgets(budgets: BudgetReport) -> str:
+    """Each tenant's budgeted keys, then the tenant's sum (budgets now, spend in the window)."""
+
+    def cells(row: BudgetRow) -> list[str]:
+        if row.key_id is None:
+            label = f"{row.tenant} ({row.keys} key{'s' * (row.keys != 1)})"
+        else:
+            label = f"\u2003{row.key_id}" + (f" ({row.name[:40]})" if row.name else "")
+        start = "" if row.period_start is None else f" from {row.period_start:%Y-%m-%d}"
+        return [
+            label,
+            row.period + start,
+            *(usd(v) for v in (row.limit_usd, row.settled_usd, row.leased_usd, row.left_usd)),
+            usd(row.self_hosted_usd),
+            usd(row.window.cost_usd),
+            usd(row.window.cost_per_million_useful),
+            usd(row.window.savings_usd),
+        ]
+
+    rows = []
+    for tenant in budgets.tenants:
+        for row in (*(k for k in budgets.keys if k.tenant == tenant.tenant), tenant):
+            css = " class=sum" if row.key_id is None else ""
+            rows.append(
+                f"<tr{css}>"
+                + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells(row))
+                + "</tr>"
+            )
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in BUDGET_COLUMNS)
+    return (
+        f'<h2 id="budgets">Budgets</h2><p class=sub>Budgets in the current period (UTC) as of '
+        f"{budgets.now:%Y-%m-%d %H:%M} UTC; left = limit - settled - leased (leased: held by "
+        "workers). Self-hosted spend is beside the budget, not in it. Spent, per 1M useful "
+        "tokens and saved are the report's window.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _savings_note(report: Report) -> str:
