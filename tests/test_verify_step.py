@@ -111,6 +111,13 @@ class Stack:
     big: AnsweringTier
     database: str
 
+    def ask(self, messages: list[dict[str, str]] = QUESTION) -> httpx.Response:
+        """A request pinned to the small tier (where the verify block is); asserts a 200."""
+        payload = {"model": "small", "messages": messages}
+        response = httpx.post(f"{self.url}/v1/chat/completions", json=payload, timeout=60)
+        assert response.status_code == 200, response.text
+        return response
+
     def attempts(self, count: int = 1) -> list[dict[str, Any]]:
         """The attempts rows, once at least ``count`` are written (the ledger writes behind)."""
         wait_until(lambda: len(self._rows()) >= count)
@@ -163,12 +170,7 @@ def stack_for(tmp_path: Path) -> Iterator[Any]:
 
 def test_agreeing_samples_keep_the_cheap_answer_and_their_cost_is_recorded(stack_for: Any) -> None:
     stack = stack_for("{samples: 3, threshold: 0.5}")
-    response = httpx.post(
-        f"{stack.url}/v1/chat/completions",
-        json={"model": "small", "messages": QUESTION},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
+    response = stack.ask()
     body = response.json()
     assert response.headers["x-cascade-tier"] == "small"
     assert float(response.headers["x-cascade-verify-confidence"]) >= 0.5
@@ -197,12 +199,7 @@ def test_agreeing_samples_keep_the_cheap_answer_and_their_cost_is_recorded(stack
 def test_disagreeing_samples_escalate_to_the_next_tier(stack_for: Any) -> None:
     stack = stack_for("{samples: 3, threshold: 0.5}")
     stack.small.answers = ["The answer is 5.", "The answer is 4.", "The answer is 7."]
-    response = httpx.post(
-        f"{stack.url}/v1/chat/completions",
-        json={"model": "small", "messages": QUESTION},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
+    response = stack.ask()
     assert response.headers["x-cascade-tier"] == "medium"
     assert response.headers["x-cascade-attempts"] == "small:sample,small:rejected(verify),medium:ok"
     assert float(response.headers["x-cascade-verify-confidence"]) < 0.5
@@ -217,24 +214,14 @@ def test_disagreeing_samples_escalate_to_the_next_tier(stack_for: Any) -> None:
 def test_majority_answer_is_returned_when_samples_say_so(stack_for: Any) -> None:
     stack = stack_for("{samples: 3, threshold: 0.2, answer: majority}")
     stack.small.answers = ["The answer is 5.", "The answer is 4.", "The answer is 4."]
-    response = httpx.post(
-        f"{stack.url}/v1/chat/completions",
-        json={"model": "small", "messages": QUESTION},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
+    response = stack.ask()
     assert response.json()["choices"][0]["message"]["content"] == "The answer is 4."
     assert response.headers["x-cascade-tier"] == "small"
 
 
 def test_a_witness_tier_answers_in_parallel_and_is_an_attempt(stack_for: Any) -> None:
     stack = stack_for("{witness: medium, threshold: 0.5}")
-    response = httpx.post(
-        f"{stack.url}/v1/chat/completions",
-        json={"model": "small", "messages": QUESTION},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
+    response = stack.ask()
     assert response.headers["x-cascade-tier"] == "small"
     assert response.headers["x-cascade-attempts"] == "medium:witness,small:ok(verify)"
     assert len(stack.medium.requests) == 1
@@ -247,12 +234,7 @@ def test_a_witness_tier_answers_in_parallel_and_is_an_attempt(stack_for: Any) ->
 def test_a_witness_that_disagrees_sends_the_request_up(stack_for: Any) -> None:
     stack = stack_for("{witness: medium, threshold: 0.5}")
     stack.medium.answers = ["The answer is 9."]
-    response = httpx.post(
-        f"{stack.url}/v1/chat/completions",
-        json={"model": "small", "messages": QUESTION},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
+    response = stack.ask()
     assert response.headers["x-cascade-tier"] == "medium"  # the next tier, called for real
     assert (
         response.headers["x-cascade-attempts"] == "medium:witness,small:rejected(verify),medium:ok"
@@ -265,12 +247,7 @@ def test_a_failed_witness_follows_on_missing_evidence(
 ) -> None:
     stack = stack_for(f"{{witness: big, threshold: 0.5, on_missing_evidence: {missing}}}")
     stack.big.status = 503
-    response = httpx.post(
-        f"{stack.url}/v1/chat/completions",
-        json={"model": "small", "messages": QUESTION},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
+    response = stack.ask()
     assert response.headers["x-cascade-tier"] == tier
     assert "x-cascade-verify-confidence" not in response.headers
     witness = next(r for r in stack.attempts(2) if r["role"] == "witness")
@@ -370,12 +347,7 @@ def test_code_answers_are_judged_by_what_the_code_does(
     stack = stack_for("{witness: medium, threshold: 0.5}")
     stack.small.answers = [RIGHT]
     stack.medium.answers = [witness]
-    response = httpx.post(
-        f"{stack.url}/v1/chat/completions",
-        json={"model": "small", "messages": CODE_QUESTION},
-        timeout=60,
-    )
-    assert response.status_code == 200, response.text
+    response = stack.ask(CODE_QUESTION)
     assert response.headers["x-cascade-tier"] == tier
 
 
@@ -387,12 +359,7 @@ def test_open_ended_answers_are_not_judged_on_agreement(stack_for: Any, missing:
     stack = stack_for(f"{{witness: medium, threshold: 0.5, on_missing_evidence: {missing}}}")
     stack.small.answers = ["The capital of France is Paris."]
     stack.medium.answers = ["Paris is the capital of France."]
-    response = httpx.post(
-        f"{stack.url}/v1/chat/completions",
-        json={"model": "small", "messages": [{"role": "user", "content": "Capital of France?"}]},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
+    response = stack.ask([{"role": "user", "content": "Capital of France?"}])
     assert response.headers["x-cascade-tier"] == ("small" if missing == "accept" else "medium")
     assert "x-cascade-verify-confidence" not in response.headers
     primary = next(r for r in stack.attempts(2) if r["role"] == "primary")
