@@ -29,6 +29,7 @@ from cascade.ledger.budgets import (
 )
 from cascade.ledger.database import run_with_engine
 from cascade.ledger.keys import Budget, KeyRecord
+from cascade.ledger.records import AttemptRole
 from tests.conftest import TWO_TIERS
 from tests.ledger_databases import KINDS
 from tests.test_keys import database_url, make_key
@@ -86,7 +87,7 @@ def _ledger(url: str) -> tuple[KeyRecord, KeyRecord, KeyRecord, KeyRecord]:
     idle, _ = make_key(url, "team-b", budget=Budget(D(1), "day"))
     free, _ = make_key(url, "team-c")
     run_with_engine(url, lambda engine: _lease_and_settle(engine, ci, batch))
-    small = "small", "primary"
+    small: tuple[str, AttemptRole] = ("small", "primary")
     entries = [
         # ci: $0.0001 and $0.00025 for 100 + 300 useful tokens; big would have cost
         # 1000*2.5 + 100*10 = $0.0035 and 2000*2.5 + 300*10 = $0.008 (per M tokens).

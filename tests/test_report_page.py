@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from cascade.core.pricing import Rates
-from cascade.ledger.queries import AttemptFacts, RequestFacts
+from cascade.ledger.budget_report import BudgetReport, build_budgets
+from cascade.ledger.budgets import PeriodSpend
+from cascade.ledger.queries import AttemptFacts, KeyBudget, RequestFacts
 from cascade.ledger.report_html import render_html
 from cascade.ledger.reports import build_report
 
@@ -105,19 +107,45 @@ def _facts() -> list[RequestFacts]:
     return facts
 
 
+def _budgets(facts: list[RequestFacts], rates: Rates) -> BudgetReport:
+    """Three budgeted keys of two tenants, one with a long name, in the middle of a period."""
+    now = datetime(2026, 12, 1, 11, tzinfo=UTC)
+    start = datetime(2026, 12, 1, tzinfo=UTC)  # a day's and a month's
+    budgets = [
+        KeyBudget(
+            f"key{i:09d}",
+            name,
+            tenant,
+            period,
+            PeriodSpend(
+                f"key{i:09d}", start, Decimal(limit), Decimal("12.5"), Decimal("2"), Decimal(1)
+            ),
+        )
+        for i, (name, tenant, period, limit) in enumerate(
+            [
+                ("ci", "team-a", "day", "50"),
+                ("nightly batch " * 8, "team-a", "month", "2000"),
+                (None, "team-search-and-recommendations-long-name", "day", "100"),
+            ]
+        )
+    ]
+    return build_budgets(budgets, facts, frontier_rates=rates, now=now)
+
+
 @pytest.mark.skipif(
     BROWSER is None and not os.environ.get("CI"),
     reason="no Chromium here (apt-get install chromium; .ci/run installs it, and in CI this "
     "test never skips)",
 )
 def test_the_report_reads_at_a_glance_in_a_browser_at_1280_px(tmp_path: Path) -> None:
-    """At 1280x800 the page has no horizontal overflow, the headline cards are fully visible
-    without scrolling, and every chart image loads."""
+    """At 1280x800 the page (with its Budgets table) has no horizontal overflow, the headline
+    cards are fully visible without scrolling, and every chart image loads."""
     frontier = Rates(Decimal("0.0000025"), Decimal("0.00000125"), Decimal("0.00001"))
     report = build_report(
         _facts(), by="tier", policy="default", frontier_tier="frontier", frontier_rates=frontier
     )
-    page = render_html(report)
+    page = render_html(report, _budgets(_facts(), frontier))
+    assert 'id="budgets"' in page
     assert report.has_tenants
     assert len(report.timeline) > 4  # two hours: more than one bar
     measured = tmp_path / "report.html"

@@ -43,6 +43,7 @@ th, td { border-bottom: 1px solid #d0d7de; padding: 0.35em 0.6em; text-align: ri
 th:first-child, td:first-child { text-align: left; }
 th { color: #57606a; font-weight: 500; }
 tr.sum td { font-weight: 600; }
+table.budgets td:nth-child(2) { white-space: nowrap; }
 .foot { color: #57606a; font-size: 0.85em; margin-top: 2em; }
 """
 
@@ -261,7 +262,7 @@ def _budgets(budgets: BudgetReport) -> str:
         f"{budgets.now:%Y-%m-%d %H:%M} UTC; left = limit - settled - leased (leased: held by "
         "workers). Self-hosted spend is beside the budget, not in it. Spent, per 1M useful "
         "tokens and saved are the report's window.</p>"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"<table class=budgets><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
 
 
