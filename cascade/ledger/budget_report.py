@@ -200,7 +200,8 @@ def _window_line(stats: GroupStats) -> str:
     per_token = stats.cost_per_useful_token
     savings = "unknown" if stats.savings_usd is None else f"{money(stats.savings_usd)} USD"
     return (
-        f"{stats.requests} requests, cost {money(stats.cost_usd)} USD, per useful token "
+        f"{stats.requests} request{'' if stats.requests == 1 else 's'}, "
+        f"cost {money(stats.cost_usd)} USD, per useful token "
         + ("n/a" if per_token is None else f"{per_token:.6E} USD")
         + f", saved {savings}"
     )
