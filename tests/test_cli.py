@@ -22,7 +22,7 @@ def test_route_prints_the_decision(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["route", "What is 7 times 8?"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("tier        small  (distill-1.5b, self_hosted)\n")
-    for label in ("confidence", "reason", "est. cost", "prefix", "moved", "policy"):
+    for label in ("confidence", "reason", "est. cost", "prefix", "volatile", "policy"):
         assert f"\n{label}" in out
 
 

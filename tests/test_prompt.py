@@ -91,7 +91,7 @@ def test_requests_differing_only_in_volatile_lines_share_a_prefix_hash(
 
 def test_volatile_line_moves_verbatim_to_the_start_of_the_last_user_message() -> None:
     """The moved line opens the user's message, a blank line before the user's own text."""
-    prepared = prepare_prompt(chat(with_line("Current date: 2026-11-22")))
+    prepared = prepare_prompt(chat(with_line("Current date: 2026-11-22")), volatile="user")
     assert prepared.messages == (
         {"role": "system", "content": INSTRUCTIONS},
         {"role": "user", "content": f"Current date: 2026-11-22\n\n{QUESTION}"},
@@ -105,7 +105,7 @@ def test_moved_lines_keep_their_order_across_system_messages() -> None:
         {"role": "developer", "content": "Use metric units.\nrequest id: 8f3a2c1e9b7d"},
         {"role": "user", "content": QUESTION},
     ]
-    prepared = prepare_prompt(messages)
+    prepared = prepare_prompt(messages, volatile="user")
     assert [(s.kind, s.text, s.from_message) for s in prepared.volatile] == [
         ("date", "Today is 2026-11-22.", 0),
         ("request_id", "request id: 8f3a2c1e9b7d", 1),
@@ -137,7 +137,7 @@ def test_list_content_user_message_gets_a_leading_text_part() -> None:
         {"type": "text", "text": "What is in this picture?"},
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
     ]
-    prepared = prepare_prompt(chat(with_line("Today is 2026-11-22."), parts))
+    prepared = prepare_prompt(chat(with_line("Today is 2026-11-22."), parts), volatile="user")
     assert prepared.messages[1]["content"] == [
         {"type": "text", "text": "Today is 2026-11-22."},
         *parts,
@@ -170,7 +170,7 @@ def test_lines_move_to_the_last_user_message_even_when_a_tool_result_follows() -
         {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1"}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "{}"},
     ]
-    prepared = prepare_prompt(messages)
+    prepared = prepare_prompt(messages, volatile="user")
     assert prepared.messages[3]["content"] == f"Current time: 14:03\n\n{QUESTION}"
     assert prepared.messages[1]["content"] == "Earlier question"
     assert prepared.messages[5] == messages[5]
@@ -183,10 +183,10 @@ def test_system_message_left_empty_is_dropped() -> None:
         {"role": "system", "content": INSTRUCTIONS},
         {"role": "user", "content": QUESTION},
     ]
-    prepared = prepare_prompt(messages)
+    prepared = prepare_prompt(messages, volatile="user")
     assert [m["role"] for m in prepared.messages] == ["system", "user"]
     assert prepared.volatile == (MovedSpan("greeting", "Hello, Alice!", 0),)
-    assert prepared.prefix_hash == prepare_prompt(chat(INSTRUCTIONS)).prefix_hash
+    assert prepared.prefix_hash == prepare_prompt(chat(INSTRUCTIONS), volatile="user").prefix_hash
 
 
 def test_system_message_that_was_empty_to_begin_with_is_kept() -> None:
@@ -201,13 +201,13 @@ def test_system_message_that_was_empty_to_begin_with_is_kept() -> None:
 
 
 def test_without_moving_nothing_changes_but_volatile_lines_are_reported() -> None:
-    """With move_volatile off the request is sent as given, and the found lines are listed."""
+    """With volatile: keep the request is sent as given, and the found lines are listed."""
     messages = chat(with_line("Current date: 2026-11-22"))
-    prepared = prepare_prompt(messages, move_volatile=False)
+    prepared = prepare_prompt(messages, volatile="keep")
     assert list(prepared.messages) == messages
     assert prepared.volatile == (MovedSpan("date", "Current date: 2026-11-22", 0),)
     assert not prepared.moved
-    other = prepare_prompt(chat(with_line("Current date: 2026-11-23")), move_volatile=False)
+    other = prepare_prompt(chat(with_line("Current date: 2026-11-23")), volatile="keep")
     assert other.prefix_hash != prepared.prefix_hash
 
 
@@ -363,7 +363,7 @@ def test_read_only_mappings_are_accepted() -> None:
         MappingProxyType({"role": "system", "content": with_line("Hi Bob.")}),
         MappingProxyType({"role": "user", "content": QUESTION}),
     ]
-    prepared = prepare_prompt(messages)
+    prepared = prepare_prompt(messages, volatile="user")
     assert all(type(message) is dict for message in prepared.messages)
     assert prepared.messages[1]["content"] == f"Hi Bob.\n\n{QUESTION}"
 
@@ -463,7 +463,7 @@ def test_only_the_volatile_sentence_of_a_line_moves() -> None:
     """In a one-line system prompt, the instructions stay and only the dated sentence moves."""
     system = "You are a helpful assistant for ACME Corp. Today's date: 2026-11-22. Be concise!"
     prepared = prepare_prompt(
-        [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]
+        [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}], volatile="user"
     )
     assert (
         prepared.messages[0]["content"] == "You are a helpful assistant for ACME Corp. Be concise!"
@@ -474,7 +474,8 @@ def test_only_the_volatile_sentence_of_a_line_moves() -> None:
         [
             {"role": "system", "content": system.replace("2026-11-22", "2026-11-23")},
             {"role": "user", "content": "Hi"},
-        ]
+        ],
+        volatile="user",
     )
     assert tomorrow.prefix_hash == prepared.prefix_hash
     assert prepared.prefix_tokens > 0
@@ -486,7 +487,8 @@ def test_abbreviations_do_not_split_a_date() -> None:
         [
             {"role": "system", "content": "Be brief.\nToday is Nov. 22, 2026."},
             {"role": "user", "content": "Hi"},
-        ]
+        ],
+        volatile="user",
     )
     assert prepared.messages[0]["content"] == "Be brief."
     assert prepared.messages[1]["content"] == "Today is Nov. 22, 2026.\n\nHi"
@@ -496,17 +498,17 @@ def test_a_repeated_system_prompt_gives_the_same_result_however_the_last_was_use
     """The prefix analysis is remembered across requests; changing one request's prepared
     messages (or the caller's own) never leaks into the next request's."""
     system = {"role": "system", "content": "You are a tutor.\nToday is 2026-11-22."}
-    first = prepare_prompt([system, {"role": "user", "content": "Hi"}])
+    first = prepare_prompt([system, {"role": "user", "content": "Hi"}], volatile="user")
     first.messages[0]["content"] = "tampered"
     first.messages[1]["content"] = "tampered"
-    second = prepare_prompt([dict(system), {"role": "user", "content": "Hi"}])
+    second = prepare_prompt([dict(system), {"role": "user", "content": "Hi"}], volatile="user")
     assert second.messages[0] == {"role": "system", "content": "You are a tutor."}
     assert second.messages[1]["content"] == "Today is 2026-11-22.\n\nHi"
     assert (
         second.prefix_hash
-        == prepare_prompt([system, {"role": "user", "content": "Yo"}]).prefix_hash
+        == prepare_prompt([system, {"role": "user", "content": "Yo"}], volatile="user").prefix_hash
     )
-    kept = prepare_prompt([system, {"role": "user", "content": "Hi"}], move_volatile=False)
+    kept = prepare_prompt([system, {"role": "user", "content": "Hi"}], volatile="keep")
     assert kept.messages[0] == system
     assert not kept.moved
     assert [span.text for span in kept.volatile] == ["Today is 2026-11-22."]

@@ -47,14 +47,18 @@ def test_route_a_bare_prompt_with_the_default_policy() -> None:
 
 
 def test_route_returns_cache_friendly_messages() -> None:
-    """The decision's messages keep the system prompt stable and carry the moved timestamp."""
+    """The decision's messages keep the system prompt stable, the timestamp in a system message
+    after it."""
     messages = [
         {"role": "system", "content": "You are terse.\nNow: 2026-11-22T10:15:00Z"},
         {"role": "user", "content": "Hi"},
     ]
     decision = cascade.route(messages)
-    assert decision.messages[0] == {"role": "system", "content": "You are terse."}
-    assert decision.messages[1]["content"] == "Now: 2026-11-22T10:15:00Z\n\nHi"
+    assert decision.messages == (
+        {"role": "system", "content": "You are terse."},
+        {"role": "system", "content": "Now: 2026-11-22T10:15:00Z"},
+        {"role": "user", "content": "Hi"},
+    )
     assert [m.kind for m in decision.moved] == ["timestamp"]
     assert messages[0]["content"] == "You are terse.\nNow: 2026-11-22T10:15:00Z"  # caller's intact
 

@@ -2,8 +2,8 @@
 
 The router never sees this: the demo client, like a user reading the answer, learns whether it
 was right and marks wrong ones useless through ``POST /v1/feedback``. The answer is looked up
-among what the simulated profiles write for the prompt as the tier received it (the prompt step
-may have moved a volatile line into the user's message).
+among what the simulated profiles write for the prompt as the tier received it (the demo's
+policies keep volatile lines in the system role, so the user's message arrives as written).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Grader:
         """The simulator's verdict on ``answer``, the proxy's reply to ``request``."""
         choices = answer.get("choices") or [{}]
         text = str((choices[0].get("message") or {}).get("content") or "")
-        prepared = prepare_prompt(request["messages"], move_volatile=True)
+        prepared = prepare_prompt(request["messages"])
         user = [m for m in prepared.messages if m.get("role") == "user"][-1]
         form = request.get("response_format") or {}
         ask = Ask(

@@ -10,6 +10,13 @@ from typing import Any
 
 from cascade.errors import CascadeError
 
+_PLACES = {
+    "system": "a system message after the stable prefix",
+    "user": "the start of the user's message",
+    "keep": "left in place",
+}
+"""Where ``prompt.volatile`` puts the volatile lines, as ``cascade route`` says it."""
+
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``route`` command."""
@@ -53,7 +60,9 @@ def _route(ns: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
     cost = decision.estimated_cost_usd
-    moved = ", ".join(f"{m.kind} ({m.text.strip()[:40]})" for m in decision.moved) or "nothing"
+    where = _PLACES[decision.volatile_placement]
+    found = ", ".join(f"{m.kind} ({m.text.strip()[:40]})" for m in decision.moved)
+    moved = f"{found} -> {where}" if found else "nothing moved"
     rows = [
         ("tier", f"{decision.tier}  ({decision.model}, {decision.kind})"),
         ("confidence", f"{decision.confidence:.3f}"),
@@ -65,7 +74,7 @@ def _route(ns: argparse.Namespace) -> int:
             + f" + {decision.expected_output_tokens} output tokens)",
         ),
         ("prefix", f"{decision.prefix_hash}  ({decision.prefix_tokens} stable tokens)"),
-        ("moved", moved),
+        ("volatile", moved),
         ("policy", f"{decision.policy} @ {decision.policy_version}, workload {decision.workload}"),
     ]
     for key, value in rows:

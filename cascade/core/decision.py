@@ -22,7 +22,7 @@ from cascade.core.capacity import CapacityView
 from cascade.core.pricing import tier_rates
 from cascade.core.prompt import MovedSpan, PreparedPrompt
 from cascade.errors import InvalidRequestError, RoutingError
-from cascade.policy.model import Policy, Tier
+from cascade.policy.model import Policy, Tier, VolatilePlacement
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,10 @@ class Decision:
     only_tiers: tuple[str, ...] | None = None
     """The only tiers the caller may use (its key's), narrowing the workload's for every call of
     the request, escalations and spills included; None: the workload's tiers."""
+    volatile_placement: VolatilePlacement = "system"
+    """Where ``moved`` lines went (the policy's ``prompt.volatile``): ``system``, a system message
+    right after the stable prefix; ``user``, the start of the last user message;
+    ``keep``, nowhere."""
 
     def pinned(self, tier: Tier) -> Decision:
         """This decision with routing skipped: ``tier`` was asked for by its model's name."""
@@ -150,6 +154,7 @@ def decide(
         spilled_from=chosen.name if target is not chosen else None,
         queued=queued,
         only_tiers=narrowed,
+        volatile_placement=prompt.placement,
     )
 
 

@@ -113,8 +113,8 @@ class Planner:
         )
 
     def _prepare(self, messages: Messages, tools: Tools) -> PreparedPrompt:
-        move = self.policy.prompt.move_volatile
-        return prepare_prompt(as_messages(messages), tools, move_volatile=move)
+        placement = self.policy.prompt.volatile
+        return prepare_prompt(as_messages(messages), tools, volatile=placement)
 
     def _decide(
         self,

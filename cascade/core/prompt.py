@@ -4,9 +4,12 @@ Provider and vLLM prefix caches only hit when a request starts with the same byt
 one. :func:`prepare_prompt` keeps that prefix (the leading system/developer messages and the tool
 definitions) byte-identical across requests: tools are put in a canonical order with canonical key
 order, and lines that change on every request (timestamps, dates, clock times, UUIDs, request ids,
-per-user greetings) are lifted out of the system prompt and placed, verbatim, at the start of the
-last user message, so the model still reads every line. The prefix is then hashed, which lets the
-ledger measure how often prefixes repeat.
+per-user lines) are lifted out of the system prompt and placed, verbatim, where the policy's
+``prompt.volatile`` says: in a second system message right after the stable ones (``system``, the
+default: they keep the system role's authority), or at the start of the last user message
+(``user``); ``keep`` leaves them where they are. The model still reads every line. The stable
+prefix (without the volatile lines) is then hashed, which lets the ledger measure how often
+prefixes repeat.
 What counts as volatile is decided in :mod:`cascade.core.volatile`. Everything here is pure CPU and
 deterministic.
 """
@@ -23,6 +26,7 @@ from typing import Any
 from cascade.core.tokens import estimate_message_tokens
 from cascade.core.volatile import split_volatile_sentences, volatile_lines
 from cascade.errors import RoutingError
+from cascade.policy.model import VolatilePlacement
 
 __all__ = ["Message", "MovedSpan", "PreparedPrompt", "prepare_prompt"]
 
@@ -65,14 +69,17 @@ class PreparedPrompt:
     volatile: tuple[MovedSpan, ...]
     """Volatile lines found in the prefix, whether or not they were moved."""
     moved: bool
-    """True when the volatile lines were moved out of the prefix."""
+    """True when the volatile lines were moved out of the stable prefix (to ``placement``)."""
+    placement: VolatilePlacement = "system"
+    """Where volatile lines go: ``system`` (a system message after the stable prefix), ``user``
+    (the start of the last user message) or ``keep`` (left in place, only reported)."""
 
 
 def prepare_prompt(
     messages: Sequence[Message],
     tools: Sequence[Mapping[str, Any]] | None = None,
     *,
-    move_volatile: bool = True,
+    volatile: VolatilePlacement = "system",
 ) -> PreparedPrompt:
     """Build the cache-friendly form of a chat request; the caller's objects are never changed.
 
@@ -81,15 +88,20 @@ def prepare_prompt(
     """
     last_user = _validate(messages)
     prefix_end = _prefix_length(messages)
+    move_volatile = volatile != "keep"
     prefix = _stable_prefix(messages[:prefix_end], move_volatile)
     out = [dict(message) for message in prefix.messages]
     out += [dict(message) for message in messages[prefix_end:]]
     moved = move_volatile and bool(prefix.volatile)
-    if moved:
+    block = "\n".join(span.text for span in prefix.volatile)
+    if moved and volatile == "user":
         user = last_user - (prefix_end - len(prefix.messages))  # after emptied ones went
-        out[user]["content"] = _prepend(
-            messages[last_user]["content"], "\n".join(span.text for span in prefix.volatile)
-        )
+        out[user]["content"] = _prepend(messages[last_user]["content"], block)
+    elif moved:
+        # Right after the stable prefix: its bytes stay identical (and cache), and the lines keep
+        # the role the app gave them instead of reading as the user's own claim.
+        role = messages[prefix.volatile[0].from_message]["role"]
+        out.insert(len(prefix.messages), {"role": role, "content": block})
 
     canonical_tools = _canonical_tools(tools)
     prefix_tokens = prefix.tokens
@@ -108,6 +120,7 @@ def prepare_prompt(
         scoring_text="\n".join(_texts(messages[last_user]["content"])),
         volatile=prefix.volatile,
         moved=moved,
+        placement=volatile,
     )
 
 

@@ -28,6 +28,7 @@ from cascade.policy.parts import (
 
 CHECKS = ("length", "empty", "refusal", "invalid_json", "invalid_tool_call", "low_logprob")
 Check = Literal["length", "empty", "refusal", "invalid_json", "invalid_tool_call", "low_logprob"]
+VolatilePlacement = Literal["system", "user", "keep"]
 
 __all__ = [
     "CHECKS",
@@ -47,6 +48,7 @@ __all__ = [
     "TokenPrice",
     "VerifierSettings",
     "Verify",
+    "VolatilePlacement",
     "Workload",
 ]
 
@@ -148,12 +150,32 @@ class Escalation(_Strict):
 class PromptSettings(_Strict):
     """How the prompt step treats requests."""
 
-    move_volatile: bool = True
-    """Move volatile lines (timestamps, dates, ids, per-user greetings) out of the system prompt to
-    the start of the last user message, so the stable prefix stays cacheable."""
+    volatile: VolatilePlacement = "system"
+    """Where volatile lines of the system prompt (timestamps, dates, ids, per-user lines such as
+    "Current user: alice@example.com (role: admin).") go, so that the stable prefix stays
+    byte-identical and cacheable. system: into a second system message right after the stable
+    system messages; they keep the system role's authority and the stable prefix still caches
+    (a line that changes on every request stops the cache there, before the conversation's
+    history). user: to the start of the last user message, an opt-in: the history before it
+    caches too, but what the app said now reads as the user's own claim (an injected "I am admin"
+    looks the same), and a secret (a session token) sits where models repeat text. keep: send
+    the prompt as written and only report the lines (the cache stops at the first one)."""
     log_prompts: bool = False
     """Put the request's messages on its log line (``request.completed`` or ``request.failed``,
     at most 16,384 characters). Off by default: prompts are often personal data."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_move_volatile(cls, data: Any) -> Any:
+        # Refused rather than mapped: true meant "into the user turn", which is no longer the
+        # default, and a silent mapping would keep moving authority without anyone choosing it.
+        if isinstance(data, dict) and "move_volatile" in data:
+            raise ValueError(
+                "move_volatile was replaced by volatile: system | user | keep "
+                "(move_volatile: true was volatile: user, false was volatile: keep; "
+                "the default, system, keeps volatile lines in the system role)"
+            )
+        return data
 
 
 class ScorerSettings(_Strict):

@@ -1,8 +1,10 @@
-"""A prefix cache like vLLM's: a stable prefix seen before is not computed again.
+"""A prefix cache like vLLM's: the longest start of a request seen before is not computed again.
 
-The stable prefix of a request is its tools and its leading system (or developer) messages --
-the part a cache-friendly prompt puts first. Its tokens count as cached once the same prefix has
-been seen, in whole blocks of 16 tokens as vLLM's block-level cache reports them.
+A request's tools and its messages before the new turn (the system messages, then the history of
+a conversation) are a chain; each leading run of whole messages is remembered, and the longest
+run seen before counts as cached, in whole blocks of 16 tokens as vLLM's block-level cache reports
+them. So a stable system message followed by one that changes still caches the stable one, and a
+conversation whose earlier turns arrive unchanged caches them too.
 """
 
 from __future__ import annotations
@@ -30,20 +32,22 @@ class PrefixCache:
     def cached_tokens(
         self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None
     ) -> int:
-        """Tokens of the request's stable prefix already cached; then remember the prefix."""
-        prefix: list[Mapping[str, Any]] = []
-        for message in messages[:-1]:  # the last message is the new turn, never the prefix
-            if message.get("role") not in ("system", "developer"):
-                break
-            prefix.append(message)
-        if not prefix and not tools:
-            return 0
-        blob = json.dumps([prefix, tools or []], sort_keys=True, default=str).encode()
-        key = hashlib.sha256(blob).digest()
-        if key in self._seen:
-            self._seen.move_to_end(key)
-            return estimate_message_tokens(prefix, tools) // _BLOCK * _BLOCK
-        self._seen[key] = None
-        if len(self._seen) > self._capacity:
+        """Tokens of the request's longest start already cached (never its last message, the new
+        turn); then remember its starts, the new turn included, for the conversation's next."""
+        chain = hashlib.sha256(json.dumps(tools or [], sort_keys=True, default=str).encode())
+        keys = [chain.digest()] if tools else []
+        for message in messages:
+            chain.update(json.dumps(message, sort_keys=True, default=str).encode())
+            keys.append(chain.copy().digest())
+        hit = 0  # how many leading keys were seen before; the new turn itself never counts
+        while hit < len(keys) - 1 and keys[hit] in self._seen:
+            self._seen.move_to_end(keys[hit])
+            hit += 1
+        for key in keys[hit:]:
+            self._seen[key] = None
+        while len(self._seen) > self._capacity:
             self._seen.popitem(last=False)
-        return 0
+        if hit == 0:
+            return 0
+        seen = messages[: hit - 1] if tools else messages[:hit]
+        return estimate_message_tokens(seen, tools) // _BLOCK * _BLOCK
