@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from cascade.server.app import create_app
 from cascade.server.settings import ServerSettings
 from tests.servers import serving
-from tests.test_proxy import API_POLICY
+from tests.test_proxy_load import API_POLICY
 from tests.upstreams import ScriptedTier
 
 
