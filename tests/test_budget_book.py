@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -195,7 +196,8 @@ def test_a_dead_workers_block_is_counted_as_spent_once_it_expires(
         alive = BudgetBook(engine, lease_s=0.2)
         try:
             await dead.reserve("k1", LIMIT, "day", Decimal("0.02"))  # and never settles
-            while (await _spend(engine)).leased_usd:
+            deadline = time.monotonic() + 10  # the lease expires after 0.2 s; poll until seen
+            while (await _spend(engine)).leased_usd and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
                 await alive.tick()
             spend = await _spend(engine)

@@ -154,16 +154,7 @@ async def take(
     """
     async with engine.begin() as conn:
         where = (_PERIODS.c.key_id == key_id, _PERIODS.c.period_start == start)
-        await conn.execute(
-            _insert(conn, _PERIODS).values(
-                key_id=key_id,
-                period_start=start,
-                limit_nusd=limit,
-                settled_nusd=0,
-                leased_nusd=0,
-                self_hosted_nusd=0,
-            )
-        )
+        await _ensure_period(conn, key_id, start, limit)
         held = (
             await conn.execute(
                 select(_PERIODS.c.settled_nusd, _PERIODS.c.leased_nusd)
@@ -242,16 +233,7 @@ async def add_self_hosted(
 ) -> None:
     """Record self-hosted spend beside a budget (``limit``) that does not cover it."""
     async with engine.begin() as conn:
-        await conn.execute(
-            _insert(conn, _PERIODS).values(
-                key_id=key_id,
-                period_start=start,
-                limit_nusd=limit,
-                settled_nusd=0,
-                leased_nusd=0,
-                self_hosted_nusd=0,
-            )
-        )
+        await _ensure_period(conn, key_id, start, limit)
         await conn.execute(
             update(_PERIODS)
             .where(_PERIODS.c.key_id == key_id, _PERIODS.c.period_start == start)
@@ -313,3 +295,17 @@ def _insert(conn: AsyncConnection, table: Table) -> Insert:
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     return sqlite.insert(table).on_conflict_do_nothing()
+
+
+async def _ensure_period(conn: AsyncConnection, key_id: str, start: datetime, limit: int) -> None:
+    """The key's row for the period, created empty if it is not there (a race leaves one)."""
+    await conn.execute(
+        _insert(conn, _PERIODS).values(
+            key_id=key_id,
+            period_start=start,
+            limit_nusd=limit,
+            settled_nusd=0,
+            leased_nusd=0,
+            self_hosted_nusd=0,
+        )
+    )
