@@ -115,6 +115,7 @@ class KeyCache:
         self._seen: datetime | None = None
         self._engine: AsyncEngine | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self._failing = False
         self.loaded = self._url is None
         """Whether the key table has been read (always, when there is none to read)."""
@@ -133,9 +134,12 @@ class KeyCache:
         self._task = asyncio.create_task(self._poll())
 
     async def aclose(self) -> None:
-        """Stop polling and close the connection."""
+        """Stop polling and close the connection. A poll under way is let finish (its
+        database timeouts bound it): cancelled mid-connect, asyncpg leaves its connection
+        unclosed."""
+        self._closing.set()
         if self._task is not None:
-            self._task.cancel()
+            await asyncio.wait([self._task])
         if self._engine is not None:
             await self._engine.dispose()
 
@@ -174,7 +178,11 @@ class KeyCache:
         loop = asyncio.get_running_loop()
         reloaded = loop.time()
         while True:
-            await asyncio.sleep(POLL_INTERVAL_S)
+            try:
+                await asyncio.wait_for(self._closing.wait(), POLL_INTERVAL_S)
+                return  # closing
+            except TimeoutError:
+                pass
             full = loop.time() - reloaded >= FULL_RELOAD_S
             await self._refresh_logged(full=full)
             if full:
