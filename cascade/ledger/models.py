@@ -32,6 +32,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -124,6 +125,7 @@ class Request(Base):
     prefix_hash: Mapped[str | None] = mapped_column(String())
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     cached_tokens: Mapped[int] = mapped_column(Integer)
+    cache_write_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     completion_tokens: Mapped[int] = mapped_column(Integer)
     cost_usd: Mapped[Decimal] = mapped_column(Money())
     useful_tokens: Mapped[int] = mapped_column(Integer)
@@ -131,6 +133,8 @@ class Request(Base):
     estimated: Mapped[bool] = mapped_column(Boolean)
     stream: Mapped[bool] = mapped_column(Boolean)
     key_id: Mapped[str | None] = mapped_column(String())
+    trimmed_messages: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    trimmed_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     """The public id of the virtual key the request came with (None: no key)."""
 
     __table_args__ = (
@@ -160,6 +164,7 @@ class Attempt(Base):
     error_class: Mapped[str | None] = mapped_column(String())
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     cached_tokens: Mapped[int] = mapped_column(Integer)
+    cache_write_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     completion_tokens: Mapped[int] = mapped_column(Integer)
     cost_usd: Mapped[Decimal] = mapped_column(Money())
     estimated: Mapped[bool] = mapped_column(Boolean)

@@ -107,6 +107,9 @@ class AttemptRecord:
     """Input tokens billed, cached ones included."""
     cached_tokens: int = 0
     """Input tokens served from the prefix cache (a subset of ``prompt_tokens``)."""
+    cache_write_tokens: int = 0
+    """Input tokens written to a marker-based provider's cache (a subset of ``prompt_tokens``,
+    billed at the cache-write price)."""
     completion_tokens: int = 0
     """Output tokens billed."""
     cost_usd: Decimal = _ZERO
@@ -161,6 +164,8 @@ class RequestRecord:
     """Input tokens over all attempts."""
     cached_tokens: int = 0
     """Cached input tokens over all attempts."""
+    cache_write_tokens: int = 0
+    """Input tokens written to a provider's cache, over all attempts."""
     completion_tokens: int = 0
     """Output tokens over all attempts, wasted ones included."""
     cost_usd: Decimal = _ZERO
@@ -175,6 +180,10 @@ class RequestRecord:
     """True when the answer was streamed."""
     key_id: str | None = None
     """Public id of the virtual key the request came with (never the key); None without one."""
+    trimmed_messages: int = 0
+    """Messages the workload's history cap took out of the conversation before it was sent."""
+    trimmed_tokens: int = 0
+    """Estimated tokens of those messages."""
 
     def __post_init__(self) -> None:
         _check_money("RequestRecord.cost_usd", self.cost_usd)
