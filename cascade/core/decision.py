@@ -64,6 +64,8 @@ class Decision:
     """Where ``moved`` lines went (the policy's ``prompt.volatile``): ``system``, a system message
     right after the stable prefix; ``user``, the start of the last user message;
     ``keep``, nowhere."""
+    prefix_messages: int = 0
+    """How many leading ``messages`` are the stable prefix (cache markers close it)."""
 
     def pinned(self, tier: Tier) -> Decision:
         """This decision with routing skipped: ``tier`` was asked for by its model's name."""
@@ -147,6 +149,7 @@ def decide(
         tools=prompt.tools,
         prefix_hash=prompt.prefix_hash,
         prefix_tokens=prompt.prefix_tokens,
+        prefix_messages=prompt.prefix_messages,
         prompt_tokens=prompt.prompt_tokens,
         expected_output_tokens=output_tokens,
         estimated_cost_usd=cost,

@@ -1,6 +1,7 @@
 """What a tier charges per token, in US dollars, as exact decimals.
 
-API tiers: the policy's $/M-token prices (or, later, litellm's offline price map). Self-hosted
+API tiers: the policy's $/M-token prices (or litellm's offline price map), with their own rates
+for prompt tokens read from the provider's cache and for tokens written to it. Self-hosted
 tiers: GPU time. A decode step serves a whole batch, so ``$/output token = GPU $/hour ÷
 (measured tokens/s * 3600)``; prompt tokens cost GPU time at the prefill throughput, and prompt
 tokens the engine found in its prefix cache cost nothing.
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from cascade.core.cache_markers import write_premium
 from cascade.core.per_object import PerObject
 from cascade.policy.model import GpuPrice, Tier, TokenPrice
 
@@ -27,34 +29,65 @@ class Rates:
 
     input: Decimal
     cached_input: Decimal
+    """A prompt token read from the provider's cache."""
     output: Decimal
+    cache_write: Decimal | None = None
+    """A prompt token written to the provider's cache; None: the input price."""
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Decimal:
-        """Dollars for one call; ``cached_tokens`` of ``prompt_tokens`` hit the cache."""
-        if not 0 <= cached_tokens <= prompt_tokens:
-            raise ValueError(f"cached_tokens={cached_tokens} must be within 0..{prompt_tokens}")
-        uncached = prompt_tokens - cached_tokens
+    def cost(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Decimal:
+        """Dollars for one call; ``cached_tokens`` of ``prompt_tokens`` were read from the cache
+        and ``cache_write_tokens`` of them written to it, the rest billed as plain input."""
+        if not 0 <= cached_tokens + cache_write_tokens <= prompt_tokens or cache_write_tokens < 0:
+            raise ValueError(
+                f"cached_tokens={cached_tokens} and cache_write_tokens={cache_write_tokens} "
+                f"must add up to within 0..{prompt_tokens}"
+            )
+        plain = prompt_tokens - cached_tokens - cache_write_tokens
+        write = self.input if self.cache_write is None else self.cache_write
         return (
-            uncached * self.input
+            plain * self.input
             + cached_tokens * self.cached_input
+            + cache_write_tokens * write
             + completion_tokens * self.output
         )
+
+    def most(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        """The most a call of this size can cost: every prompt token at the dearer of the input
+        and cache-write prices (a budget's reservation must not fall short of a write)."""
+        write = self.input if self.cache_write is None else self.cache_write
+        return prompt_tokens * max(self.input, write) + completion_tokens * self.output
 
 
 def tier_rates(tier: Tier) -> Rates | None:
     """The tier's per-token rates; None when the policy has no price (priced later, by litellm)."""
-    return None if tier.price is None else _rates_of(tier.price)
+    return None if tier.price is None else _rates_of(tier)
 
 
-def _rates(price: TokenPrice | GpuPrice) -> Rates:
-    """Rates for a price (remembered per price object by :data:`_rates_of`)."""
+def _rates(tier: Tier) -> Rates:
+    """Rates for a priced tier (remembered per tier object by :data:`_rates_of`)."""
+    price = tier.price
+    assert price is not None
     if isinstance(price, TokenPrice):
         cached = price.cached_input_usd_per_mtok
+        write = price.cache_write_usd_per_mtok
+        if write is None:
+            write = price.input_usd_per_mtok * write_premium(tier)
         return Rates(
             input=price.input_usd_per_mtok / _MILLION,
             cached_input=(price.input_usd_per_mtok if cached is None else cached) / _MILLION,
             output=price.output_usd_per_mtok / _MILLION,
+            cache_write=write / _MILLION,
         )
+    return _gpu_rates(price)
+
+
+def _gpu_rates(price: GpuPrice) -> Rates:
     per_second = price.gpu_usd_per_hour / _SECONDS_PER_HOUR
     decode = Decimal(repr(price.tokens_per_second))
     prefill = (
@@ -65,4 +98,4 @@ def _rates(price: TokenPrice | GpuPrice) -> Rates:
     return Rates(input=per_second / prefill, cached_input=Decimal(0), output=per_second / decode)
 
 
-_rates_of: PerObject[TokenPrice | GpuPrice, Rates] = PerObject(_rates)
+_rates_of: PerObject[Tier, Rates] = PerObject(_rates)

@@ -73,6 +73,8 @@ class PreparedPrompt:
     placement: VolatilePlacement = "system"
     """Where volatile lines go: ``system`` (a system message after the stable prefix), ``user``
     (the start of the last user message) or ``keep`` (left in place, only reported)."""
+    prefix_messages: int = 0
+    """How many leading ``messages`` are the stable prefix (what a cache marker may close)."""
 
 
 def prepare_prompt(
@@ -121,6 +123,7 @@ def prepare_prompt(
         volatile=prefix.volatile,
         moved=moved,
         placement=volatile,
+        prefix_messages=len(prefix.messages),
     )
 
 

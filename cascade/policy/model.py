@@ -18,6 +18,7 @@ from cascade.policy.parts import (
     GpuPrice,
     Money,
     Price,
+    PromptCache,
     TierName,
     Timeouts,
     TokenPrice,
@@ -40,6 +41,7 @@ __all__ = [
     "Money",
     "Policy",
     "Probe",
+    "PromptCache",
     "PromptSettings",
     "ScorerSettings",
     "Tier",
@@ -96,6 +98,8 @@ class Tier(_Strict):
     it). Thresholds must not increase from one tier to the next."""
     verify: Verify | None = None
     """Judge this tier's answers with the verifier before keeping them (none: the checks only)."""
+    cache: PromptCache = Field(default_factory=PromptCache)
+    """Prompt-caching markers for an API tier's provider (on by default where they pay)."""
     description: str = ""
     """Free text for humans."""
 
@@ -111,6 +115,11 @@ class Tier(_Strict):
         if self.kind == "self_hosted" and self.price is None:
             raise ValueError(
                 "a self_hosted tier needs a price (gpu_usd_per_hour + tokens_per_second)"
+            )
+        if self.kind == "self_hosted" and self.cache.markers in ("anthropic", "openai"):
+            raise ValueError(
+                f"cache.markers: {self.cache.markers} is for api tiers; a self_hosted engine "
+                "(vLLM, SGLang) caches repeated prefixes on its own (allowed here: auto, off)"
             )
         return self
 

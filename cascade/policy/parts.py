@@ -27,8 +27,13 @@ class TokenPrice(_Strict):
     output_usd_per_mtok: Money
     """US dollars per million output (completion) tokens."""
     cached_input_usd_per_mtok: Money | None = None
-    """US dollars per million input tokens served from the provider's prefix cache; defaults to the
+    """US dollars per million input tokens read from the provider's prompt cache; defaults to the
     input price."""
+    cache_write_usd_per_mtok: Money | None = None
+    """US dollars per million input tokens written to the provider's prompt cache (marker-based
+    providers charge a premium: Anthropic 1.25x the input price for ``cache.ttl: 5m``, 2x for
+    ``1h``). Defaults to that premium on a tier that sends Anthropic markers, else the input
+    price (OpenAI, vLLM and SGLang do not charge for writes)."""
 
 
 class GpuPrice(_Strict):
@@ -106,6 +111,41 @@ class Verify(_Strict):
         if self.answer == "majority" and self.samples is None:
             raise ValueError("answer: majority picks among samples; set samples")
         return self
+
+
+class PromptCache(_Strict):
+    """Provider prompt caching on an API tier: the markers the proxy adds so that the stable
+    prefix (tools, system prompt) is cached by providers that cache only what a request marks.
+
+    Self-hosted engines (vLLM, SGLang) and OpenAI cache a repeated prefix on their own; Anthropic
+    caches a prefix only up to a ``cache_control`` breakpoint, at most four per request, above a
+    minimum length, and charges for the write (see ``price.cache_write_usd_per_mtok``). A
+    request that already carries ``cache_control`` keeps its own and gets none added.
+    """
+
+    markers: Literal["auto", "anthropic", "openai", "off"] = "auto"
+    """auto: what the tier's provider accepts and profits from: Anthropic ``cache_control``
+    breakpoints for ``anthropic/`` models, OpenAI's ``prompt_cache_key`` (the prefix hash, so
+    requests with one prefix reach one cache) for ``openai/`` models called at OpenAI (no
+    ``endpoint``), nothing for other providers. anthropic / openai: send that kind to a provider
+    that accepts it under another name (Claude on Bedrock or Vertex AI through litellm, an
+    OpenAI-compatible endpoint that reads ``prompt_cache_key``). off: send none."""
+    ttl: Literal["5m", "1h"] = "5m"
+    """How long an Anthropic cache entry lives after its last use. 1h writes cost 2x the input
+    price instead of 1.25x: worth it when a prefix comes back less often than every five minutes
+    but within the hour."""
+    min_tokens: int | None = Field(default=None, ge=1)
+    """The shortest prefix (estimated tokens) that gets a breakpoint; the provider caches none
+    shorter. Default: the model's minimum (Claude Sonnet 4.5 and older Sonnet/Opus 1,024; Haiku
+    3.x and Sonnet 4.6 2,048; Opus 4.5+ and Haiku 4.5 4,096)."""
+    history: bool = False
+    """Also mark the end of a conversation's history (the message before the last user message),
+    so the next turn reads the earlier turns from the cache. Each turn then writes its new
+    tokens at the write price; it pays when conversations continue within the ttl and no
+    per-request line (a timestamp) sits in the system prompt."""
+    document_min_tokens: int | None = Field(default=None, ge=1)
+    """Also mark the end of each text part of a user message at least this long (a shared
+    document sent as its own content part before the question). Off by default."""
 
 
 class VerifierSettings(_Strict):

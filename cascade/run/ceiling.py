@@ -74,7 +74,7 @@ def cost_ceiling(
 
     def call(tier: Tier, answers: int) -> Decimal:
         priced = rates(tier) if metered(tier) else None
-        return Decimal(0) if priced is None else priced.cost(prompt, output * answers)
+        return Decimal(0) if priced is None else priced.most(prompt, output * answers)
 
     def with_evidence(tier: Tier) -> Decimal:
         rules = verify_rules(tier, allowed, request, only)

@@ -46,7 +46,8 @@ class Pricer:
         cost = Decimal(0)
         if usage is not None and rates is not None:
             cached = min(usage.cached_tokens, usage.prompt_tokens)
-            cost = rates.cost(usage.prompt_tokens, usage.completion_tokens, cached)
+            written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
+            cost = rates.cost(usage.prompt_tokens, usage.completion_tokens, cached, written)
         return Attempt(
             tier.name,
             tier.model,

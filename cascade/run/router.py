@@ -40,6 +40,7 @@ from cascade.run.checks import find_problem
 from cascade.run.evidence import answer_text, first_choice, judge, prompt_text, verify_rules
 from cascade.run.health import TierHealth
 from cascade.run.ids import new_request_id
+from cascade.run.payloads import TierPayloads
 from cascade.run.pricing import Pricer
 from cascade.run.streaming import StreamRun
 from cascade.run.witnesses import EvidenceCalls
@@ -236,6 +237,7 @@ class Router:
         call: _Call = self._open if stream else self._call
         if stream:
             payload["stream_options"] = {"include_usage": True}  # usage prices the request
+        payloads = TierPayloads(payload, decision)  # each tier's with its cache markers
         allowed = self.allowed(decision.workload, decision.only_tiers)
         spill = self.policy.workloads[decision.workload].spill
         current: Tier | None = self.policy.tier(decision.tier)
@@ -257,7 +259,7 @@ class Router:
             evidence: list[Attempt] = []
             called = time.perf_counter()
             try:
-                result, witnesses = await self._answer(tier, rules, call, payload, evidence)
+                result, witnesses = await self._answer(tier, rules, call, payloads, evidence)
             except TierError as error:
                 self._failed(tier, role, error, called, attempts, evidence)
                 last_error, role = error, "spill"
@@ -284,7 +286,6 @@ class Router:
             rejected, role, current = accepted, "escalation", stronger
         if rejected is not None:  # out of attempts: the best answer we have beats none
             return rejected
-        # (no last_error: max_attempts spent on nothing, impossible with max_attempts >= 1)
         nothing = TierError(decision.tier, "saturated", "no tier could be tried")
         raise UpstreamError(last_error or nothing, attempts)
 
@@ -309,15 +310,15 @@ class Router:
         tier: Tier,
         rules: Verify | None,
         call: _Call,
-        payload: Mapping[str, Any],
+        payloads: TierPayloads,
         evidence: list[Attempt],
     ) -> tuple[TierAnswer | _Opened, tuple[str, ...]]:
         """One call for an answer; with ``rules``, its evidence too (witness texts returned,
         evidence calls appended to ``evidence``)."""
         if rules is None:
-            return await call(tier, payload), ()
+            return await call(tier, payloads(tier)), ()
         witness = self.policy.tier(rules.witness) if rules.witness is not None else None
-        return await self.evidence.answer(tier, rules, witness, payload, evidence)
+        return await self.evidence.answer(tier, rules, witness, payloads, evidence)
 
     async def _review(
         self,

@@ -19,6 +19,7 @@ from cascade.policy.model import Tier, Verify
 from cascade.run.attempts import Attempt
 from cascade.run.evidence import answer_text, first_choice, prompt_text, split_samples
 from cascade.run.health import TierHealth
+from cascade.run.payloads import TierPayloads
 from cascade.run.pricing import Pricer
 from cascade.tiers.base import TierAnswer, TierClient
 
@@ -46,14 +47,16 @@ class EvidenceCalls:
         tier: Tier,
         rules: Verify,
         witness_tier: Tier | None,
-        payload: Mapping[str, Any],
+        payloads: TierPayloads,
         evidence: list[Attempt],
     ) -> tuple[TierAnswer, tuple[str, ...]]:
         """``tier``'s answer (the candidate) and the witnesses' texts; evidence calls are
-        appended to ``evidence``, also when the candidate's call fails (the error propagates)."""
+        appended to ``evidence``, also when the candidate's call fails (the error propagates).
+        ``payloads`` gives each tier the request as it is sent there."""
         witness = None
         if witness_tier is not None:
-            witness = asyncio.create_task(self._witness(witness_tier, payload))
+            witness = asyncio.create_task(self._witness(witness_tier, payloads(witness_tier)))
+        payload = payloads(tier)
         asked = {**payload, "n": rules.samples} if rules.samples is not None else payload
         try:
             answer = await self._call(tier, asked)

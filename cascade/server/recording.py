@@ -27,6 +27,7 @@ def attempt_records(attempts: Sequence[Attempt]) -> tuple[AttemptRecord, ...]:
             error_class=a.error_class,
             prompt_tokens=a.usage.prompt_tokens if a.usage else 0,
             cached_tokens=a.usage.cached_tokens if a.usage else 0,
+            cache_write_tokens=a.usage.cache_write_tokens if a.usage else 0,
             completion_tokens=a.usage.completion_tokens if a.usage else 0,
             cost_usd=a.cost_usd,
             estimated=bool(a.usage and a.usage.estimated),
@@ -53,7 +54,7 @@ def request_record(
     delivered = attempts[-1] if attempts and attempts[-1].outcome == "ok" else None
     if http_status == 200 and delivered is None and attempts:
         delivered = attempts[-1]  # out of attempts: the last rejected answer was delivered
-    prompt = cached = completion = 0
+    prompt = cached = written = completion = 0
     cost = Decimal(0)
     estimated = False
     for attempt in attempts:  # one loop, not a sum() per column: this runs for every request
@@ -61,6 +62,7 @@ def request_record(
         if (usage := attempt.usage) is not None:
             prompt += usage.prompt_tokens
             cached += usage.cached_tokens
+            written += usage.cache_write_tokens
             completion += usage.completion_tokens
             estimated = estimated or usage.estimated
     return RequestRecord(
@@ -79,6 +81,7 @@ def request_record(
         prefix_hash=decision.prefix_hash,
         prompt_tokens=prompt,
         cached_tokens=cached,
+        cache_write_tokens=written,
         completion_tokens=completion,
         cost_usd=cost,
         useful_tokens=delivered.usage.completion_tokens if delivered and delivered.usage else 0,

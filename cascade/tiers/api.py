@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from decimal import Decimal
 from typing import Any
 
+from cascade.core.cache_markers import write_premium
 from cascade.core.pricing import Rates
 from cascade.errors import TierError, missing_extra
 from cascade.policy.model import Tier
@@ -162,8 +163,9 @@ class LiteLLMClient:
         await self._litellm.close_litellm_async_clients()
 
     def rates(self, tier: Tier) -> Rates | None:
-        """Per-token US dollars from litellm's price map (cached input at its cache-read price
-        when the map has one); None for a model the map does not know."""
+        """Per-token US dollars from litellm's price map (cached input at its cache-read price,
+        cache writes at its cache-creation price for the tier's ttl, when the map has them;
+        else the write premium of the tier's markers); None for a model the map does not know."""
         try:
             entry = self._litellm.model_cost.get(tier.model) or self._litellm.model_cost.get(
                 tier.model.split("/", 1)[-1]
@@ -174,12 +176,20 @@ class LiteLLMClient:
             return None
         fresh = Decimal(str(entry["input_cost_per_token"]))
         cached = entry.get("cache_read_input_token_cost")
+        written = entry.get(_WRITE_PRICE[tier.cache.ttl])
         return Rates(
             input=fresh,
             cached_input=fresh if cached is None else Decimal(str(cached)),
             output=Decimal(str(entry.get("output_cost_per_token", 0))),
+            cache_write=fresh * write_premium(tier) if written is None else Decimal(str(written)),
         )
 
+
+_WRITE_PRICE = {
+    "5m": "cache_creation_input_token_cost",
+    "1h": "cache_creation_input_token_cost_above_1hr",
+}
+"""litellm's price-map entry for a cache write, by the tier's ``cache.ttl``."""
 
 _OBJECTS = ("response_format", "metadata")
 """Request fields litellm reads as objects before it calls the provider."""

@@ -28,7 +28,11 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    """Prompt tokens read from the tier's prefix cache (included in ``prompt_tokens``)."""
     estimated: bool = False
+    cache_write_tokens: int = 0
+    """Prompt tokens written to a marker-based provider's cache (included in ``prompt_tokens``,
+    billed at the cache-write price)."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,16 @@ def parse_usage(usage: object) -> Usage | None:
     if type(completion) is not int or completion < 0:
         return None
     details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, (dict, Mapping)) else None
+    if not isinstance(details, (dict, Mapping)):
+        details = {}
     prompt = _count(usage.get("prompt_tokens"))
-    return Usage(prompt, completion, min(_count(cached), prompt))
+    cached = min(_count(details.get("cached_tokens")), prompt)
+    # litellm reports Anthropic's cache writes top-level (``cache_creation_input_tokens``, as
+    # Anthropic names them) and in the details; both count inside prompt_tokens.
+    written = _count(usage.get("cache_creation_input_tokens")) or _count(
+        details.get("cache_write_tokens")
+    )
+    return Usage(prompt, completion, cached, cache_write_tokens=min(written, prompt - cached))
 
 
 def _count(value: object) -> int:
