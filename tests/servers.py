@@ -21,6 +21,7 @@ import anyio.to_thread
 from starlette.types import ASGIApp
 
 from cascade.server.background import serve_in_thread
+from cascade.simulator.engine import Clock
 from cascade.simulator.labels import LabelTable
 from cascade.simulator.profiles import Overload
 from cascade.simulator.server import create_app
@@ -45,8 +46,10 @@ def running_tier(
     max_concurrency: int | None = None,
     overload: Overload | None = None,
     models: tuple[str, ...] = (),
+    clock: Clock | None = None,
 ) -> Iterator[str]:
-    """Run a simulated tier on ``127.0.0.1``, port 0; yield its root URL; stop it on exit."""
+    """Run a simulated tier on ``127.0.0.1``, port 0; yield its root URL; stop it on exit.
+    Pass ``clock`` (built with the same ``time_scale``) to move simulated time from the test."""
     settings = SimulatorSettings(
         profile=profile,
         time_scale=time_scale,
@@ -54,7 +57,7 @@ def running_tier(
         overload=overload,
         models=models,
     )
-    with serving(create_app(settings, labels=shared_labels())) as url:
+    with serving(create_app(settings, labels=shared_labels(), clock=clock)) as url:
         yield url
 
 

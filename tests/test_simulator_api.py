@@ -274,5 +274,10 @@ def test_unknown_model_gets_404(client: openai.OpenAI) -> None:
 
 def test_models_and_health(url: str, client: openai.OpenAI) -> None:
     """/v1/models lists the served model names and /health answers 200."""
-    assert [m.id for m in client.models.list()] == ["gpt-4o", "openai/gpt-4o"]
+    assert [m.id for m in client.models.list()] == [
+        "gpt-4o",
+        "openai/gpt-4o",
+        "claude-sonnet-4-5",
+        "anthropic/claude-sonnet-4-5",
+    ]
     assert httpx.get(f"{url}/health").status_code == 200

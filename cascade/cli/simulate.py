@@ -1,4 +1,5 @@
-"""``cascade simulate-tier``: a simulated OpenAI-compatible model server for demos and tests."""
+"""``cascade simulate-tier``: a simulated model server (OpenAI's and Anthropic's APIs) for demos
+and tests."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     """Add the ``simulate-tier`` command."""
     simulate = commands.add_parser(
         "simulate-tier",
-        help="run a simulated model server (OpenAI API) for demos, tests and benchmarks",
-        description="Serve /v1/chat/completions like a real tier with no GPU or API key: "
+        help="run a simulated model server (OpenAI and Anthropic APIs) for demos, tests and "
+        "benchmarks",
+        description="Serve /v1/chat/completions and Anthropic's /v1/messages (with its "
+        "cache_control prompt caching; an anthropic/... tier's endpoint is the server's root, "
+        "without /v1) like a real tier with no GPU or API key: "
         "latency, throughput, batching and saturation follow the serving equations on an H100 "
         "(1.5b, 7b) or a frontier API's pace (frontier); answers come from the shipped labeled "
         "data, right or wrong as the data says. Reported latencies and usage stay in real-time "
@@ -33,13 +37,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     simulate.add_argument(
         "--overload",
         choices=["queue", "429", "503"],
-        help="beyond max concurrency: wait in a queue, or refuse with 429 or 503 "
+        help="beyond max concurrency: wait in a queue, or refuse with 429 or 503 (529 "
+        "overloaded_error on /v1/messages) "
         "(default: queue for 1.5b/7b, 429 for frontier)",
     )
     simulate.add_argument(
         "--served-model-name",
         action="append",
-        help="model name to answer to (repeatable; default: distill-1.5b, distill-7b or gpt-4o)",
+        help="model name to answer to (repeatable; default: distill-1.5b, distill-7b, or gpt-4o "
+        "and claude-sonnet-4-5 with and without their provider prefix)",
     )
     simulate.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]

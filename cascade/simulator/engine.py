@@ -39,7 +39,11 @@ class Overloaded(Exception):  # noqa: N818 -- a state, like asyncio.QueueFull
 
 
 class Clock:
-    """Simulated seconds since creation, running ``1 / time_scale`` times the wall clock."""
+    """Simulated seconds since creation, running ``1 / time_scale`` times the wall clock.
+
+    :meth:`advance` jumps it forward (tests use it to let an hour of prompt cache expire at
+    once); anything sleeping until an earlier time then wakes at its next timer.
+    """
 
     def __init__(self, time_scale: float) -> None:
         self.time_scale = time_scale
@@ -48,6 +52,10 @@ class Clock:
     def now(self) -> float:
         """The simulated time that corresponds to the wall clock now."""
         return (time.perf_counter() - self._origin) / self.time_scale
+
+    def advance(self, seconds: float) -> None:
+        """Move simulated time ``seconds`` forward (from any thread: a test is its only caller)."""
+        self._origin -= seconds * self.time_scale
 
     async def sleep_until(self, simulated: float) -> None:
         """Wait until the wall clock reaches ``simulated``; always yields to the event loop."""

@@ -3,7 +3,10 @@
 A collector reads the engine's counters at scrape time, so nothing on the request path touches
 Prometheus objects. Beyond vLLM's names, ``simulator_busy_seconds_total`` and
 ``simulator_steps_total`` expose the timing model itself (simulated seconds spent stepping, and
-engine steps), so throughput can be read as tokens per busy second.
+engine steps), so throughput can be read as tokens per busy second. The Messages API's marker
+cache (:mod:`cascade.simulator.marker_cache`) adds ``simulator_cache_read_input_tokens_total``
+and ``simulator_cache_creation_input_tokens_total`` (the usage fields of the same names, summed)
+and ``simulator_cache_entries`` (live and not yet evicted prefixes).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from cascade.simulator.engine import EngineStats
+from cascade.simulator.marker_cache import CacheStats
 
 __all__ = ["registry_for"]
 
@@ -52,8 +56,39 @@ class _EngineCollector(Collector):
             yield counter
 
 
-def registry_for(stats: EngineStats, model: str) -> CollectorRegistry:
-    """A registry of its own (never the global one) exporting ``stats``."""
+class _CacheCollector(Collector):
+    def __init__(self, stats: CacheStats, model: str) -> None:
+        self._stats = stats
+        self._model = model
+
+    def collect(self) -> Iterator[Metric]:
+        s, label = self._stats, [self._model]
+        counters = (
+            (
+                "simulator_cache_read_input_tokens",
+                "Prompt tokens read from the cache.",
+                s.read_tokens,
+            ),
+            (
+                "simulator_cache_creation_input_tokens",
+                "Prompt tokens written to the cache.",
+                s.creation_tokens,
+            ),
+        )
+        for name, doc, number in counters:
+            counter = CounterMetricFamily(name, doc, labels=["model_name"])
+            counter.add_metric(label, number)
+            yield counter
+        gauge = GaugeMetricFamily(
+            "simulator_cache_entries", "Cached prefixes held.", labels=["model_name"]
+        )
+        gauge.add_metric(label, s.entries)
+        yield gauge
+
+
+def registry_for(stats: EngineStats, cache: CacheStats, model: str) -> CollectorRegistry:
+    """A registry of its own (never the global one) exporting ``stats`` and ``cache``."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_EngineCollector(stats, model))
+    registry.register(_CacheCollector(cache, model))
     return registry

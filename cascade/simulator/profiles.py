@@ -169,7 +169,8 @@ PROFILES: dict[str, Profile] = {
     ),
     "frontier": Profile(
         name="frontier",
-        models=("gpt-4o", "openai/gpt-4o"),
+        # OpenAI's names and Anthropic's: both routes answer to all four
+        models=("gpt-4o", "openai/gpt-4o", "claude-sonnet-4-5", "anthropic/claude-sonnet-4-5"),
         timing=ApiTiming(),
         quality=Quality(score="strong_score"),
         # Providers rate-limit rather than queue: over the limit is a 429 with Retry-After.

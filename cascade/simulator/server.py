@@ -1,7 +1,10 @@
-"""The simulated tier's HTTP app: OpenAI's Chat Completions API over the timing model.
+"""The simulated tier's HTTP app: OpenAI's Chat Completions and Anthropic's Messages APIs over
+the timing model.
 
-Routes: ``POST /v1/chat/completions`` (streamed or not), ``GET /v1/models``, ``GET /health``,
-``GET /metrics``. Beyond OpenAI's fields, responses carry ``x-simulated-correct`` (whether the
+Routes: ``POST /v1/chat/completions`` (streamed or not), ``POST /v1/messages`` (Anthropic's
+Messages API, streamed or not, with marker-based prompt caching:
+:mod:`~cascade.simulator.marker_cache`), ``GET /v1/models``, ``GET /health``,
+``GET /metrics``. Beyond the APIs' fields, responses carry ``x-simulated-correct`` (whether the
 data says the first choice is right), ``x-simulated-choices-correct`` (the same for every choice,
 comma-separated, in index order) and, when not streamed, ``x-simulated-queue-ms``,
 ``x-simulated-ttft-ms`` and ``x-simulated-latency-ms`` in simulated (real-world) milliseconds.
@@ -9,6 +12,11 @@ comma-separated, in index order) and, when not streamed, ``x-simulated-queue-ms`
 With ``n`` > 1 the choices are ``n`` samples (:func:`~cascade.simulator.answers.compose_samples`):
 they agree with the first as often as two cheap models' answers do in the data, and usage counts
 every choice's completion tokens and the prompt once (the choices share one prefill, as in vLLM).
+
+``/v1/messages`` answers from the same data and engine as one choice of a completion; only what
+the request marks with ``cache_control`` is cached, as at Anthropic (the Chat Completions route
+keeps vLLM's automatic prefix cache). litellm calls it for ``anthropic/...`` models when the
+``api_base`` is the server's root (it appends ``/v1/messages`` itself).
 """
 
 from __future__ import annotations
@@ -29,10 +37,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from cascade.core.tokens import estimate_message_tokens
+from cascade.simulator import anthropic_wire
 from cascade.simulator.answers import Ask, compose_samples
+from cascade.simulator.anthropic_stream import message_events
 from cascade.simulator.engine import ApiEngine, BatchEngine, Clock, Overloaded
 from cascade.simulator.engine import Request as Sequence_
 from cascade.simulator.labels import LabelTable
+from cascade.simulator.marker_cache import MarkerCache
 from cascade.simulator.metrics import registry_for
 from cascade.simulator.prefix import PrefixCache
 from cascade.simulator.profiles import GpuTiming, Profile
@@ -63,11 +74,16 @@ class _Tier:
     labels: LabelTable
     engine: BatchEngine | ApiEngine
     prefixes: PrefixCache
+    markers: MarkerCache
+    clock: Clock
     registry: CollectorRegistry
 
 
-def create_app(settings: SimulatorSettings, *, labels: LabelTable | None = None) -> Starlette:
-    """The app serving ``settings.profile``; pass ``labels`` to reuse a table already loaded."""
+def create_app(
+    settings: SimulatorSettings, *, labels: LabelTable | None = None, clock: Clock | None = None
+) -> Starlette:
+    """The app serving ``settings.profile``; pass ``labels`` to reuse a table already loaded,
+    and ``clock`` to move simulated time from outside (a test letting cache entries expire)."""
     profile = settings.spec
 
     @asynccontextmanager
@@ -75,14 +91,15 @@ def create_app(settings: SimulatorSettings, *, labels: LabelTable | None = None)
         table = labels
         if table is None:  # about half a second: off the event loop
             table = await asyncio.to_thread(LabelTable.load, settings.data_file)
-        clock = Clock(settings.time_scale)
+        now = clock or Clock(settings.time_scale)
         engine: BatchEngine | ApiEngine
         if isinstance(profile.timing, GpuTiming):
-            engine = BatchEngine(profile.timing, clock, profile.max_concurrency, profile.overload)
+            engine = BatchEngine(profile.timing, now, profile.max_concurrency, profile.overload)
         else:
-            engine = ApiEngine(profile.timing, clock, profile.max_concurrency, profile.overload)
-        registry = registry_for(engine.stats, profile.models[0])
-        tier = _Tier(settings, profile, table, engine, PrefixCache(), registry)
+            engine = ApiEngine(profile.timing, now, profile.max_concurrency, profile.overload)
+        markers = MarkerCache()
+        registry = registry_for(engine.stats, markers.stats, profile.models[0])
+        tier = _Tier(settings, profile, table, engine, PrefixCache(), markers, now, registry)
         scheduler = asyncio.create_task(engine.run())
         _log.info("simulator.started", profile=profile.name, time_scale=settings.time_scale)
         try:
@@ -94,6 +111,7 @@ def create_app(settings: SimulatorSettings, *, labels: LabelTable | None = None)
 
     routes = [
         Route("/v1/chat/completions", _chat, methods=["POST"]),
+        Route("/v1/messages", _messages, methods=["POST"]),
         Route("/v1/models", _models, methods=["GET"]),
         Route("/health", _health, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
@@ -113,7 +131,15 @@ def _error(exc: BadRequest, headers: dict[str, str] | None = None) -> JSONRespon
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
-    return _error(BadRequest(f"{request.method} {request.url.path}: not served", status=status))
+    path = request.url.path
+    if path.endswith("/v1/messages") and path != "/v1/messages":  # litellm appends it to api_base
+        wrong = BadRequest(
+            f"{request.method} {path}: not served; an anthropic/... tier's endpoint is this "
+            "server's root (http://host:port, without /v1)",
+            status=status,
+        )
+        return JSONResponse(anthropic_wire.error_body(wrong), status_code=status)
+    return _error(BadRequest(f"{request.method} {path}: not served", status=status))
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -173,19 +199,7 @@ async def _chat(request: Request) -> Response:
     try:
         tier.engine.submit(sequences)
     except Overloaded as exc:
-        wait = max(exc.retry_after, 0.001)
-        headers = {
-            "retry-after": str(math.ceil(wait)),
-            "retry-after-ms": str(math.ceil(wait * 1e3)),
-        }
-        status = 503 if tier.profile.overload == "503" else 429
-        refused = BadRequest(
-            f"{tier.profile.name} is at its concurrency limit ({tier.profile.max_concurrency} "
-            "sequences); retry later",
-            status=status,
-            code="rate_limit_exceeded",
-        )
-        _log.info("simulator.request", profile=tier.profile.name, status=status)
+        refused, headers = _refusal(tier, exc, 503)
         return _error(refused, headers)
     usage = usage_body(prompt_tokens, cached, sum(len(c.tokens) for c in choices))
     headers = {
@@ -208,15 +222,81 @@ async def _chat(request: Request) -> Response:
             headers=headers,
         )
     await asyncio.gather(*(_finish(tier, s) for s in sequences))
-    first = sequences[0]
-    for name, at in (
-        ("queue", first.started),
-        ("ttft", first.first_token),
-        ("latency", first.finished),
-    ):
-        headers[f"x-simulated-{name}-ms"] = f"{((at or first.arrived) - first.arrived) * 1e3:.1f}"
+    headers |= _timing_headers(sequences[0])
     _log_request(tier, sequences, choices, reply.correct)
     return JSONResponse(completion_body(model, choices, usage, chat), headers=headers)
+
+
+def _refusal(tier: _Tier, exc: Overloaded, unavailable: int) -> tuple[BadRequest, dict[str, str]]:
+    """The 429 (or ``unavailable`` status, in the 503 overload mode) refusing a request, and its
+    Retry-After headers."""
+    wait = max(exc.retry_after, 0.001)
+    headers = {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1e3))}
+    status = unavailable if tier.profile.overload == "503" else 429
+    refused = BadRequest(
+        f"{tier.profile.name} is at its concurrency limit ({tier.profile.max_concurrency} "
+        "sequences); retry later",
+        status=status,
+        code="rate_limit_exceeded",
+    )
+    _log.info("simulator.request", profile=tier.profile.name, status=status)
+    return refused, headers
+
+
+def _timing_headers(sequence: Sequence_) -> dict[str, str]:
+    """Queue time, time to first token and latency of a finished sequence (simulated ms)."""
+    return {
+        f"x-simulated-{name}-ms": f"{((at or sequence.arrived) - sequence.arrived) * 1e3:.1f}"
+        for name, at in (
+            ("queue", sequence.started),
+            ("ttft", sequence.first_token),
+            ("latency", sequence.finished),
+        )
+    }
+
+
+async def _messages(request: Request) -> Response:
+    """``POST /v1/messages``: Anthropic's Messages API, one answer, marker-based caching."""
+    tier = _tier(request)
+    body = await request.body()
+    try:
+        if len(body) > tier.settings.max_body_bytes:
+            raise BadRequest("the request body is too large", status=413)
+        asked = anthropic_wire.parse_messages_request(body)
+        if asked.model not in tier.profile.models:
+            served = ", ".join(tier.profile.models)
+            raise BadRequest(f"model: {asked.model}: not served here; served: {served}", status=404)
+        ask = anthropic_wire.messages_ask(asked)
+        blocks = anthropic_wire.prompt_blocks(asked)
+        plan = tier.markers.plan(asked.model, blocks, tier.clock.now())
+    except BadRequest as exc:  # the markers' InvalidMarkers included
+        return JSONResponse(anthropic_wire.error_body(exc), status_code=exc.status)
+    reply = compose_samples(ask, tier.profile, tier.labels, 1)[0]
+    stops = asked.stop_sequences or []
+    choice = Choice(reply, asked.max_tokens, stops)
+    sequence = Sequence_(ask.prompt, plan.prompt_tokens, plan.read, len(choice.tokens))
+    try:
+        tier.engine.submit([sequence])
+    except Overloaded as exc:
+        refused, headers = _refusal(tier, exc, 529)
+        error = anthropic_wire.error_body(refused)
+        return JSONResponse(error, status_code=refused.status, headers=headers)
+    tier.markers.commit(plan, tier.clock.now())
+    headers = {
+        "x-simulated-correct": str(reply.correct).lower(),
+        "x-simulated-choices-correct": str(reply.correct).lower(),
+    }
+    if asked.stream:
+        events = message_events(tier.engine.stream(sequence), asked.model, choice, plan, stops)
+        return StreamingResponse(
+            _logged(events, tier, [sequence], [choice], reply.correct),
+            media_type="text/event-stream",
+            headers=headers,
+        )
+    await _finish(tier, sequence)
+    _log_request(tier, [sequence], [choice], reply.correct)
+    answer = anthropic_wire.message_body(asked.model, choice, plan, stops)
+    return JSONResponse(answer, headers=headers | _timing_headers(sequence))
 
 
 async def _finish(tier: _Tier, sequence: Sequence_) -> None:

@@ -21,8 +21,8 @@ class SimulatorSettings:
     ``time_scale`` is wall seconds per simulated second: 0.01 runs a hundred times faster than
     real time; the latencies and token counts the server reports stay in simulated (real-world)
     units. ``max_concurrency`` (sequences in the running batch) and ``overload`` (what happens
-    beyond it: wait in a queue, or be refused with 429 or 503) default to the profile's; so do
-    the served ``models``.
+    beyond it: wait in a queue, or be refused with 429 or 503 -- 529 on ``/v1/messages``, as
+    Anthropic does) default to the profile's; so do the served ``models``.
     """
 
     profile: str = "1.5b"
