@@ -75,11 +75,19 @@ def _route(ns: argparse.Namespace) -> int:
         ),
         ("prefix", f"{decision.prefix_hash}  ({decision.prefix_tokens} stable tokens)"),
         ("volatile", moved),
+        ("history", _history(decision.history_trimmed, decision.workload)),
         ("policy", f"{decision.policy} @ {decision.policy_version}, workload {decision.workload}"),
     ]
     for key, value in rows:
         print(f"{key:<11} {value}")
     return 0
+
+
+def _history(trimmed: str | None, workload: str) -> str:
+    """What the workload's history cap (``max_history_tokens``) dropped, in words."""
+    if trimmed is None:
+        return "sent whole"
+    return f"oldest turns trimmed ({trimmed}) by workload {workload}'s max_history_tokens"
 
 
 def _read_messages(path: Path) -> list[dict[str, Any]]:

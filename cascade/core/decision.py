@@ -60,12 +60,31 @@ class Decision:
     only_tiers: tuple[str, ...] | None = None
     """The only tiers the caller may use (its key's), narrowing the workload's for every call of
     the request, escalations and spills included; None: the workload's tiers."""
+    trimmed_messages: int = 0
+    """Messages the workload's history cap (``max_history_tokens``) dropped from the
+    conversation, the oldest whole turns (0: none); ``messages`` is what is left."""
+    trimmed_tokens: int = 0
+    """Estimated tokens of those messages (``prompt_tokens`` and the cost are without them)."""
     volatile_placement: VolatilePlacement = "system"
     """Where ``moved`` lines went (the policy's ``prompt.volatile``): ``system``, a system message
     right after the stable prefix; ``user``, the start of the last user message;
     ``keep``, nowhere."""
     prefix_messages: int = 0
     """How many leading ``messages`` are the stable prefix (cache markers close it)."""
+
+    @property
+    def history_trimmed(self) -> str | None:
+        """What the history cap dropped, as ``messages=4; tokens=1234`` (the
+        ``x-cascade-history-trimmed`` header); None when it dropped nothing."""
+        if not self.trimmed_messages:
+            return None
+        return f"messages={self.trimmed_messages}; tokens={self.trimmed_tokens}"
+
+    def trimmed_fields(self) -> dict[str, int]:
+        """The same as fields for the request's log line (empty when nothing was dropped)."""
+        if not self.trimmed_messages:
+            return {}
+        return {"trimmed_messages": self.trimmed_messages, "trimmed_tokens": self.trimmed_tokens}
 
     def pinned(self, tier: Tier) -> Decision:
         """This decision with routing skipped: ``tier`` was asked for by its model's name."""

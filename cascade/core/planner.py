@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from cascade.core.capacity import CapacityView, InFlightCounter
 from cascade.core.decision import Decision, decide
+from cascade.core.history import TrimmedHistory, leading_instructions, trim_history
 from cascade.core.prompt import Message, PreparedPrompt, prepare_prompt
 from cascade.errors import RoutingError
 from cascade.model.scorer import OnnxScorer, Scorer
@@ -126,7 +128,8 @@ class Planner:
         *,
         only_tiers: Collection[str] | None,
     ) -> Decision:
-        return decide(
+        prompt, trimmed = self._trim(prompt, workload)
+        decision = decide(
             self.policy,
             confidence,
             prompt,
@@ -135,6 +138,40 @@ class Planner:
             max_tokens=max_tokens,
             only_tiers=only_tiers,
         )
+        if trimmed is None:
+            return decision
+        return replace(
+            decision,
+            trimmed_messages=trimmed.trimmed_messages,
+            trimmed_tokens=trimmed.trimmed_tokens,
+        )
+
+    def _trim(
+        self, prompt: PreparedPrompt, workload: str | None
+    ) -> tuple[PreparedPrompt, TrimmedHistory[dict[str, Any]] | None]:
+        """The prompt with its oldest turns dropped by the workload's ``max_history_tokens``,
+        and what went (None when nothing did: the prompt is then the one given).
+
+        After the prompt step, not before: validation has seen the whole request (a malformed
+        message is refused with the index the client sent, cap or not); the volatile lines are
+        already placed where trimming keeps them (their system message leads the conversation,
+        or they open the last user message); the stable prefix is untouched, so its hash and
+        tokens stand; the score read the last user message, which is always kept; and the token
+        estimate is a sum over messages, so the dropped ones are simply subtracted.
+        """
+        name = self.policy.default_workload if workload is None else workload
+        settings = self.policy.workloads.get(name)  # an unknown one: decide() refuses it
+        budget = None if settings is None else settings.max_history_tokens
+        # What follows the stable prefix, the volatile lines' message included, is estimated
+        # already: when even that fits, nothing is estimated again.
+        if budget is None or prompt.prompt_tokens - prompt.prefix_tokens <= budget:
+            return prompt, None
+        messages = prompt.messages
+        trimmed = trim_history(messages, leading_instructions(messages), budget)
+        if not trimmed.trimmed_messages:
+            return prompt, None
+        tokens = prompt.prompt_tokens - trimmed.trimmed_tokens
+        return replace(prompt, messages=trimmed.messages, prompt_tokens=tokens), trimmed
 
 
 class _PlannerCache:

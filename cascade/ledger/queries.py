@@ -70,6 +70,10 @@ class RequestFacts:
     key_id: str | None
     """The public id of the request's virtual key (None: no key)."""
     attempts: tuple[AttemptFacts, ...]
+    trimmed_messages: int = 0
+    """Messages the workload's history cap dropped before the request was sent."""
+    trimmed_tokens: int = 0
+    """Estimated tokens of those messages."""
 
     def has_role(self, role: str) -> bool:
         """True when any attempt was made in this role (``escalation``, ``spill``)."""
@@ -107,6 +111,8 @@ async def fetch_requests(engine: AsyncEngine, since: datetime | None) -> list[Re
         Request.useful_tokens,
         Request.useless,
         Request.key_id,
+        Request.trimmed_messages,
+        Request.trimmed_tokens,
     ).order_by(Request.created_at, Request.id)
     attempts = (
         select(

@@ -33,7 +33,7 @@ def _group_lines(by: str, stats: GroupStats) -> list[str]:
         pct = "n/a" if stats.savings_pct is None else f"{stats.savings_pct:.2f}%"
         counterfactual = money(stats.counterfactual_usd)
         savings = f"{money(stats.savings_usd)} USD ({pct}) vs {counterfactual} USD"
-    return [
+    lines = [
         f"== {title} ==",
         f"  requests              {stats.requests}",
         f"  tokens                prompt {stats.prompt_tokens}, cached {stats.cached_tokens}, "
@@ -51,6 +51,12 @@ def _group_lines(by: str, stats: GroupStats) -> list[str]:
         f"  savings vs frontier   {savings}",
         f"  verify step           {_verify_line(stats)}",
     ]
+    if stats.trimmed_requests:  # only where a workload caps its history
+        lines.append(
+            f"  history trimmed       {stats.trimmed_requests} requests, "
+            f"{stats.trimmed_tokens} estimated tokens not sent"
+        )
+    return lines
 
 
 def _verify_line(stats: GroupStats) -> str:

@@ -14,7 +14,9 @@ Pure Python over the :class:`~cascade.ledger.queries.RequestFacts` that
   Σ cost of witness and sample attempts (part of the cost above);
 - counterfactual = what each request would have cost on the policy's last (frontier) tier: the
   final attempt's prompt tokens (its cached tokens priced as cached, which understates savings
-  rather than inflate them) plus the delivered completion tokens; savings = counterfactual - cost.
+  rather than inflate them) plus the delivered completion tokens; savings = counterfactual - cost;
+- history trimmed = requests a workload's history cap trimmed, and Σ their estimated tokens
+  not sent.
 
 The report is printed by :mod:`cascade.ledger.report_text` and drawn by
 :mod:`cascade.ledger.report_html`.
@@ -71,6 +73,10 @@ class GroupStats:
     requests."""
     evidence_cost_usd: Decimal = _ZERO
     """What the verify step's witness and sample calls cost."""
+    trimmed_requests: int = 0
+    """Requests whose conversation the workload's history cap trimmed."""
+    trimmed_tokens: int = 0
+    """Estimated tokens the history cap kept from being sent."""
 
     @property
     def cost_per_million_useful(self) -> Decimal | None:
@@ -210,6 +216,8 @@ def summarize(
         verified_rate=_share(facts, _verified),
         verify_escalation_rate=_share(facts, _verify_escalated),
         evidence_cost_usd=sum((a.cost_usd for f in facts for a in f.attempts if a.evidence), _ZERO),
+        trimmed_requests=sum(1 for f in facts if f.trimmed_messages),
+        trimmed_tokens=sum(f.trimmed_tokens for f in facts),
     )
 
 
@@ -295,6 +303,8 @@ def _group_json(stats: GroupStats) -> dict[str, Any]:
         "verified_rate": stats.verified_rate,
         "verify_escalation_rate": stats.verify_escalation_rate,
         "evidence_cost_usd": str(stats.evidence_cost_usd),
+        "trimmed_requests": stats.trimmed_requests,
+        "trimmed_tokens": stats.trimmed_tokens,
     }
 
 

@@ -134,6 +134,16 @@ class Workload(_Strict):
     tier's queue instead (``max_queue``, ``queue_timeout_s``)."""
     expected_output_tokens: int = Field(default=256, ge=1)
     """Output tokens assumed for a cost estimate when the request sets no max_tokens."""
+    max_history_tokens: int | None = Field(default=None, ge=1)
+    """Opt-in cap on the conversation's history (default: none, everything is sent). The
+    leading system/developer messages (the stable prefix) and the tools are always sent; of the
+    rest, the oldest whole turns (a user message with the replies, tool calls and tool results
+    that follow it) are dropped until what remains fits this many estimated tokens. The last
+    user turn is always sent, even alone over the cap. System/developer messages later in the
+    conversation are kept. Each trimmed request says so in the ``x-cascade-history-trimmed``
+    header and its ledger row. Trade-off: the trimmed conversation's bytes change after the cut
+    from one request to the next, so the history stops caching there (the stable prefix still
+    caches); a cap pays when old turns cost more than the cache saves on them."""
     description: str = ""
     """Free text for humans."""
 

@@ -154,6 +154,7 @@ class _Exchange:
             "status": http_status,
             "latency_ms": round(self.elapsed_ms(), 2),
             "stream": chat.stream,
+            **decision.trimmed_fields(),
             **log_fields,
         }
         if self.caller.key_id is not None:  # the key's public id, never the key
@@ -317,12 +318,15 @@ def _headers_of(scope: Scope) -> dict[str, str]:
 
 def _answer_headers(tier: str, model: str, decision: Decision, request_id: str) -> dict[str, str]:
     """What every answer says about its routing (a stream can say no more before it starts)."""
-    return {
+    headers = {
         "x-cascade-tier": tier,
         "x-cascade-model": model,
         "x-cascade-confidence": f"{decision.confidence:.4f}",
         "x-cascade-request-id": request_id,
     }
+    if (trimmed := decision.history_trimmed) is not None:  # never silently
+        headers["x-cascade-history-trimmed"] = trimmed
+    return headers
 
 
 def _completion_headers(completion: Completion) -> dict[str, str]:

@@ -88,4 +88,6 @@ def request_record(
         estimated=estimated,
         stream=stream,
         key_id=key_id,
+        trimmed_messages=decision.trimmed_messages,
+        trimmed_tokens=decision.trimmed_tokens,
     )
