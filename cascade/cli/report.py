@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from cascade.core.pricing import Rates
+    from cascade.ledger.queries import RequestFacts
 
 _URL_HELP = (
     "database URL (default: $CASCADE_DATABASE_URL, else sqlite:///cascade.db in the working "
@@ -97,7 +100,13 @@ def _report(ns: argparse.Namespace) -> int:
     name, frontier, rates = _frontier(ns.policy)
     facts = read_requests(ns.url, since)
     report = build_report(
-        facts, by=ns.by, policy=name, frontier_tier=frontier, frontier_rates=rates, since=since
+        facts,
+        by=ns.by,
+        policy=name,
+        frontier_tier=frontier,
+        frontier_rates=rates,
+        since=since,
+        rates=_tier_rates(ns.policy, facts),
     )
     budgets = build_budgets(read_budgets(ns.url, now), facts, frontier_rates=rates, now=now)
     if ns.html is not None:
@@ -145,6 +154,25 @@ def _export(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _tier_rates(policy: str, facts: Sequence[RequestFacts]) -> dict[str, Rates | None]:
+    """Every tier's rates under the policy, for the caching section: its price, else (an API
+    tier that used a cache) litellm's map, loaded only then (it costs ~2 s)."""
+    from cascade.core.pricing import tier_rates
+    from cascade.policy import load_policy
+
+    loaded = load_policy(policy)
+    used = {a.tier for f in facts for a in f.attempts if a.cached_tokens or a.cache_write_tokens}
+    rates = {tier.name: tier_rates(tier) for tier in loaded.tiers}
+    unpriced = [t for t in loaded.tiers if rates[t.name] is None and t.kind == "api"]
+    if any(t.name in used for t in unpriced):
+        from cascade.tiers.api import LiteLLMClient
+
+        client = LiteLLMClient()
+        for tier in unpriced:
+            rates[tier.name] = client.rates(tier)
+    return rates
 
 
 def _frontier(policy: str) -> tuple[str, str, Rates | None]:

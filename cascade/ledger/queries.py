@@ -42,6 +42,8 @@ class AttemptFacts:
     error_class: str | None = None
     verify_confidence: float | None = None
     """The verifier's confidence in this answer, when the verify step judged it."""
+    cache_write_tokens: int = 0
+    """Prompt tokens written to the provider's cache (a premium over plain input)."""
 
     @property
     def evidence(self) -> bool:
@@ -125,6 +127,7 @@ async def fetch_requests(engine: AsyncEngine, since: datetime | None) -> list[Re
             Attempt.cached_tokens,
             Attempt.completion_tokens,
             Attempt.cost_usd,
+            Attempt.cache_write_tokens,
             Attempt.reason,
             Attempt.error_class,
             Attempt.verify_confidence,

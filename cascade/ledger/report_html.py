@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from cascade.ledger.budget_report import BudgetReport, BudgetRow
+from cascade.ledger.cache_report import cache_html
 from cascade.ledger.reports import GroupStats, Report
 
 _STYLE = """
@@ -115,6 +116,8 @@ def render_html(report: Report, budgets: BudgetReport | None = None) -> str:
         _reasons(report),
         "<h2>By tier</h2>" + _table(report.tiers, report),
     ]
+    if report.caching is not None:
+        sections.append(cache_html(report.caching))
     if report.has_tenants:
         sections.append("<h2>By tenant</h2>" + _table(report.tenants, report))
     if budgets is not None and budgets.keys:

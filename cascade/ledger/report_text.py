@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from cascade.ledger.cache_report import format_cache
 from cascade.ledger.reports import GroupStats, Report
 
 
@@ -20,6 +21,9 @@ def format_report(report: Report) -> str:
         return "\n".join(lines)
     for stats in (*report.groups, report.total):
         lines += ["", *_group_lines(report.by if stats is not report.total else "", stats)]
+    caching = format_cache(report.caching) if report.caching is not None else []
+    if caching:
+        lines += ["", *caching]
     return "\n".join(lines)
 
 

@@ -16,7 +16,9 @@ Pure Python over the :class:`~cascade.ledger.queries.RequestFacts` that
   final attempt's prompt tokens (its cached tokens priced as cached, which understates savings
   rather than inflate them) plus the delivered completion tokens; savings = counterfactual - cost;
 - history trimmed = requests a workload's history cap trimmed, and Σ their estimated tokens
-  not sent.
+  not sent;
+- prompt caching, per tier and per prefix: reads, writes, what the reads saved and what the
+  writes cost (:mod:`cascade.ledger.cache_report`).
 
 The report is printed by :mod:`cascade.ledger.report_text` and drawn by
 :mod:`cascade.ledger.report_html`.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -34,6 +36,7 @@ from typing import Any, Literal
 
 from cascade.core.pricing import Rates
 from cascade.errors import LedgerError
+from cascade.ledger.cache_report import CacheReport, build_cache_report, cache_json
 from cascade.ledger.queries import RequestFacts
 
 GroupBy = Literal["tier", "tenant", "key", "policy", "day"]
@@ -108,6 +111,8 @@ class Report:
     kind is ``escalated`` (a rejected answer, reason = the failed check, ``verify`` for the
     verifier), ``failed`` (a call that failed, reason = its error class) or ``evidence failed``
     (a witness call that failed)."""
+    caching: CacheReport | None = None
+    """Is prompt caching paying, per tier and per prefix (None: not computed)."""
 
     @property
     def has_tenants(self) -> bool:
@@ -134,8 +139,10 @@ def build_report(
     frontier_tier: str,
     frontier_rates: Rates | None,
     since: datetime | None = None,
+    rates: Mapping[str, Rates | None] | None = None,
 ) -> Report:
-    """Group the requests by ``by`` and compute every group's numbers and the total."""
+    """Group the requests by ``by`` and compute every group's numbers and the total; with
+    ``rates`` (by tier name), the caching section too."""
     repeated = _repeated_prefixes(facts)
 
     def grouped(key_by: GroupBy) -> tuple[GroupStats, ...]:
@@ -156,6 +163,7 @@ def build_report(
         timeline=cost_timeline(facts),
         tenants=grouped("tenant"),
         reasons=attempt_reasons(facts),
+        caching=build_cache_report(facts, rates or {}),
     )
 
 
@@ -274,6 +282,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "total": _group_json(report.total),
         "timeline": [{"period": label, "cost_usd": str(usd)} for label, usd in report.timeline],
         "reasons": [{"kind": k, "reason": r, "attempts": n} for k, r, n in report.reasons],
+        "caching": cache_json(report.caching) if report.caching is not None else None,
     }
 
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 TierName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=9)]
@@ -146,6 +154,12 @@ class PromptCache(_Strict):
     document_min_tokens: int | None = Field(default=None, ge=1)
     """Also mark the end of each text part of a user message at least this long (a shared
     document sent as its own content part before the question). Off by default."""
+
+    @field_validator("markers", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false (and `on` as true): take them as written.
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
 
 class VerifierSettings(_Strict):
