@@ -38,11 +38,15 @@ from cascade.policy import load_policy
 from cascade.server.app import create_app
 from cascade.server.background import serve_in_thread
 from cascade.server.settings import ServerSettings
+from cascade.simulator.engine import Clock
 from cascade.simulator.server import create_app as create_simulator
 from cascade.simulator.settings import SimulatorSettings
 
-TIME_SCALE = 0.0002
-"""Wall seconds per simulated second: an hour of traffic takes under a second of waiting."""
+TIME_SCALE = 0.001
+"""Wall seconds per simulated second while a request runs (a call's simulated latency takes
+milliseconds; the proxy's own ~15 ms of wall time is ~15 simulated seconds, well inside a
+cache lifetime). The gaps between requests are not waited for: the tier's clock is moved
+forward by each gap (:meth:`~cascade.simulator.engine.Clock.advance`), so they are exact."""
 _KEY_VARIABLE = "CASCADE_BENCH_ANTHROPIC_KEY"
 _TOPICS = ("orders", "refunds", "shipping", "warranty", "subscriptions", "invoices", "returns")
 _QUESTIONS = (
@@ -99,9 +103,12 @@ default_workload: interactive
 
 
 @contextmanager
-def _proxy(folder: Path, markers: str, ttl: str) -> Iterator[tuple[str, str]]:
-    """A fresh simulated tier and a proxy in front of it; yields (proxy URL, ledger URL)."""
-    simulator = create_simulator(SimulatorSettings(profile="frontier", time_scale=TIME_SCALE))
+def _proxy(folder: Path, markers: str, ttl: str) -> Iterator[tuple[str, str, Clock]]:
+    """A fresh simulated tier and a proxy in front of it; yields the proxy's URL, the ledger's
+    URL and the tier's clock."""
+    clock = Clock(TIME_SCALE)
+    settings = SimulatorSettings(profile="frontier", time_scale=TIME_SCALE)
+    simulator = create_simulator(settings, clock=clock)
     database = f"sqlite:///{folder / f'ledger-{markers}-{ttl}.db'}"
     with serve_in_thread(simulator, name="simulated-frontier") as tier_url:
         policy = _policy(folder / f"policy-{markers}-{ttl}.yaml", tier_url, markers, ttl)
@@ -113,14 +120,14 @@ def _proxy(folder: Path, markers: str, ttl: str) -> Iterator[tuple[str, str]]:
             reload_interval_s=0,
         )
         with serve_in_thread(create_app(settings), name="proxy") as url:
-            yield url, database
+            yield url, database, clock
 
 
 def run(folder: Path, markers: str, ttl: str, gaps: list[float], system: str) -> dict[str, float]:
     """One setting over the workload: its cost and cache numbers, read back from the ledger."""
-    with _proxy(folder, markers, ttl) as (url, database), httpx.Client(timeout=60) as client:
+    with _proxy(folder, markers, ttl) as (url, database, clock), httpx.Client(timeout=60) as client:
         for n, gap in enumerate(gaps):
-            _sleep_simulated(gap)
+            clock.advance(gap)
             question = _QUESTIONS[n % len(_QUESTIONS)].format(n=1000 + n)
             reply = client.post(
                 f"{url}/v1/chat/completions",
@@ -148,12 +155,6 @@ def run(folder: Path, markers: str, ttl: str, gaps: list[float], system: str) ->
         "break_even": tier.break_even or 0.0,
         "n": len(facts),
     }
-
-
-def _sleep_simulated(seconds: float) -> None:
-    import time  # noqa: PLC0415 - only the driver waits
-
-    time.sleep(seconds * TIME_SCALE)
 
 
 def main() -> None:

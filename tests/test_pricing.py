@@ -65,7 +65,9 @@ def test_api_tier_without_price_has_no_rates() -> None:
 def test_cached_tokens_cannot_exceed_prompt_tokens() -> None:
     """Usage that claims more cached than prompt tokens is rejected, not priced negative."""
     rates = Rates(input=Decimal(1), cached_input=Decimal(0), output=Decimal(1))
-    with pytest.raises(ValueError, match=r"cached_tokens=5 and cache_write_tokens=0 must add up to within 0\.\.4"):
+    with pytest.raises(
+        ValueError, match=r"cached_tokens=5 and cache_write_tokens=0 must add up to within 0\.\.4"
+    ):
         rates.cost(prompt_tokens=4, completion_tokens=0, cached_tokens=5)
 
 
