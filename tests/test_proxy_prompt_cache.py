@@ -183,3 +183,24 @@ def test_report_names_a_prefix_whose_entries_expire_before_they_are_read(
     text = capsys.readouterr().out
     assert "was written on 3 calls and read 0.00 times per written token" in text
     assert "try cache.ttl: 1h" in text
+
+
+def test_streamed_answers_record_writes_and_reads_too(marked: Setup) -> None:
+    """The provider's stream usage (litellm's final chunk) carries the cache fields."""
+    for n in range(2):
+        body = {
+            "model": "cascade",
+            "max_tokens": 64,
+            "stream": True,
+            "messages": [
+                {"role": "system", "content": HANDBOOK},
+                {"role": "user", "content": f"Where is order 50{n}?"},
+            ],
+        }
+        with httpx.stream("POST", f"{marked.url}/v1/chat/completions", json=body) as reply:
+            assert reply.status_code == 200
+            assert "data: [DONE]" in reply.read().decode()
+    first, second = _attempts_after_flush(marked, 2)
+    assert first.cache_write_tokens > 1024
+    assert second.cached_tokens == first.cache_write_tokens
+    assert second.cost_usd == _priced(second)
