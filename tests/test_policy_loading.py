@@ -93,7 +93,8 @@ def test_self_hosted_tier_needs_endpoint() -> None:
     """A self-hosted tier without an endpoint is refused with what it needs."""
     text = TWO_TIERS.replace("    endpoint: http://127.0.0.1:8001/v1\n", "")
     assert _problems(text) == [
-        "policies/x.yaml:3: tiers[0]: a self_hosted tier needs an endpoint (http://host:port/v1)"
+        "policies/x.yaml:3: tiers[0]: a self_hosted tier needs an endpoint "
+        "(http://host:port/v1) or replicas (a list of them)"
     ]
 
 
@@ -166,3 +167,21 @@ def test_schema_rejects_unknown_keys_for_editors() -> None:
     schema = policy_json_schema()
     assert schema["additionalProperties"] is False
     assert schema["$defs"]["Tier"]["additionalProperties"] is False
+
+
+def test_a_self_hosted_tier_takes_an_endpoint_or_replicas_not_both() -> None:
+    """replicas list the engines of one tier; giving both, or neither, is refused with the why."""
+    both = TWO_TIERS.replace(
+        "    endpoint: http://127.0.0.1:8001/v1\n",
+        "    endpoint: http://127.0.0.1:8001/v1\n    replicas: [http://a:8000/v1]\n",
+    )
+    assert both != TWO_TIERS
+    with pytest.raises(PolicyError, match="takes an endpoint or replicas, not both"):
+        parse_policy(both)
+    replicated = TWO_TIERS.replace(
+        "    endpoint: http://127.0.0.1:8001/v1\n",
+        "    replicas: [http://a:8000/v1, http://b:8000/v1]\n    engine: {metrics: vllm}\n",
+    )
+    tier = parse_policy(replicated).tier("small")
+    assert tier.endpoints == ("http://a:8000/v1", "http://b:8000/v1")
+    assert tier.routing == "prefix"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from functools import cached_property
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
 from cascade.policy.parts import (
     Budgets,
+    Engine,
     GpuPrice,
     Money,
     Price,
@@ -36,6 +37,7 @@ __all__ = [
     "Budgets",
     "Check",
     "CrossFieldError",
+    "Engine",
     "Escalation",
     "GpuPrice",
     "Money",
@@ -67,8 +69,19 @@ class Tier(_Strict):
     """``self_hosted``: an OpenAI-compatible server you run (vLLM, SGLang, …); ``api``: a provider
     reached through litellm."""
     endpoint: str | None = Field(default=None, pattern=r"^https?://")
-    """Base URL of the OpenAI-compatible API (``http://host:port/v1``). Required for self_hosted;
-    for api tiers it overrides the provider's URL."""
+    """Base URL of the OpenAI-compatible API (``http://host:port/v1``). A self_hosted tier needs
+    this or ``replicas``; for api tiers it overrides the provider's URL."""
+    replicas: list[Annotated[str, Field(pattern=r"^https?://")]] | None = Field(
+        default=None, min_length=1
+    )
+    """Base URLs of the engine replicas serving a self_hosted tier (instead of ``endpoint``),
+    each ``http://host:port/v1``; ``routing`` chooses one per request."""
+    routing: Literal["prefix", "round_robin", "least_loaded"] = "prefix"
+    """How a request picks a replica: ``prefix`` (the same stable prefix goes to the same
+    replica, so its prefix cache hits, unless that replica is much busier than the rest: two
+    proxies that never talk choose alike), ``round_robin`` or ``least_loaded``."""
+    engine: Engine = Field(default_factory=Engine)
+    """Read each replica's engine metrics to judge saturation (self_hosted tiers)."""
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     """Name of the environment variable holding the API key (never the key itself)."""
     price: Price | None = None
@@ -104,14 +117,28 @@ class Tier(_Strict):
     """Free text for humans."""
 
     @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every replica's base URL (``endpoint`` alone, or ``replicas``)."""
+        if self.replicas is not None:
+            return tuple(self.replicas)
+        return () if self.endpoint is None else (self.endpoint,)
+
+    @property
     def queue_limit(self) -> int:
         """Requests that may wait for a slot: ``max_queue``, else ``max_concurrency``."""
         return self.max_concurrency if self.max_queue is None else self.max_queue
 
     @model_validator(mode="after")
     def _self_hosted_needs_endpoint_and_price(self) -> Tier:
-        if self.kind == "self_hosted" and self.endpoint is None:
-            raise ValueError("a self_hosted tier needs an endpoint (http://host:port/v1)")
+        if self.kind == "self_hosted" and self.endpoint is None and self.replicas is None:
+            raise ValueError(
+                "a self_hosted tier needs an endpoint (http://host:port/v1) or replicas "
+                "(a list of them)"
+            )
+        if self.endpoint is not None and self.replicas is not None:
+            raise ValueError("a tier takes an endpoint or replicas, not both")
+        if self.kind == "api" and (self.replicas is not None or self.engine.metrics != "off"):
+            raise ValueError("replicas and engine are for self_hosted tiers")
         if self.kind == "self_hosted" and self.price is None:
             raise ValueError(
                 "a self_hosted tier needs a price (gpu_usd_per_hour + tokens_per_second)"

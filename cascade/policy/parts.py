@@ -162,6 +162,30 @@ class PromptCache(_Strict):
         return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
 
+class Engine(_Strict):
+    """What the proxy reads from a self-hosted tier's engines: each replica's Prometheus
+    ``/metrics`` (vLLM or SGLang), polled in the background, so that every proxy replica sees the
+    engines' own load instead of only its own calls in flight."""
+
+    metrics: Literal["vllm", "sglang", "off"] = "off"
+    """Which engine's metric names to read (off: only this proxy's own count of calls)."""
+    metrics_path: str = Field(default="/metrics", pattern=r"^/")
+    """Path of the metrics page on each replica's host (the endpoint's ``/v1`` is dropped)."""
+    scrape_interval_s: float = Field(default=1.0, gt=0)
+    """How often each replica's metrics are read."""
+    scrape_timeout_s: float = Field(default=0.5, gt=0)
+    """How long one read may take before it counts as failed."""
+    stale_after_s: float = Field(default=5.0, gt=0)
+    """A replica whose last good read is older than this is unreachable (see ``on_unreachable``)."""
+    max_waiting: int | None = Field(default=None, ge=0)
+    """Saturated when the engine holds at least this many requests waiting (its own queue)."""
+    max_kv_usage: float | None = Field(default=None, gt=0, le=1)
+    """Saturated when the engine's KV-cache usage (0..1) is at least this."""
+    on_unreachable: Literal["skip", "own_count"] = "own_count"
+    """A replica whose metrics cannot be read: ``skip`` it (no request is sent there until its
+    metrics are back), or judge it by this proxy's own calls in flight (``own_count``)."""
+
+
 class VerifierSettings(_Strict):
     """Which verifier model judges answers for the tiers that have a ``verify`` block."""
 

@@ -134,10 +134,11 @@ def _chunk(tier: Tier, event: bytes) -> JSON:
 
 
 def _endpoint(tier: Tier) -> Endpoint:
-    """Where ``tier`` is called; TierError when it has no usable endpoint."""
-    if tier.endpoint is None:
+    """Where ``tier`` is called (its first replica, until replica routing chooses per request);
+    TierError when it has no usable endpoint."""
+    if not tier.endpoints:
         raise TierError(tier.name, "connection", "the tier has no endpoint")
-    url = tier.endpoint.rstrip("/") + "/chat/completions"
+    url = tier.endpoints[0].rstrip("/") + "/chat/completions"
     try:
         return Endpoint.parse(url, {"content-type": "application/json"})
     except ValueError as exc:
