@@ -37,6 +37,15 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("cascade.proxy")
 
+FileStamp = tuple[int, int]
+"""A policy file's inode and modification time (ns): either changes when the file is replaced."""
+
+
+def _stamp(path: Path) -> FileStamp:
+    """What tells a changed policy file from the one loaded (stat follows the symlinks)."""
+    status = os.stat(path)
+    return (status.st_ino, status.st_mtime_ns)
+
 
 class Proxy:
     """Routers by policy name, plus everything they share; built in the app's lifespan."""
@@ -46,7 +55,7 @@ class Proxy:
         self.routers: dict[str, Router] = {}
         self.default = ""
         self.capacity = InFlightCounter()
-        self._files: dict[str, tuple[Path, float]] = {}
+        self._files: dict[str, tuple[Path, FileStamp]] = {}
         self._scorers: dict[tuple[str, str], Scorer] = {}
         self._batchers: dict[tuple[str, str], LoopBatcher | MicroBatcher] = {}
         self._clients: dict[str, TierClient] = {}
@@ -65,11 +74,13 @@ class Proxy:
         self._stack.push_async_callback(pool.aclose)
         self._clients["self_hosted"] = OpenAICompatibleClient(pool)
         for name in self.settings.policies:
-            path = policy_path(name).resolve()
+            # Not resolve(): a ConfigMap volume's file is a symlink through ``..data``, which the
+            # kubelet swaps to a new directory on update and then deletes the old one.
+            path = policy_path(name).absolute()
             policy = load_policy(path)
             if policy.name in self.routers:
                 raise CascadeError(f"{path}: a policy named {policy.name!r} is already loaded")
-            self._files[policy.name] = (path, os.stat(path).st_mtime)
+            self._files[policy.name] = (path, _stamp(path))
             self.routers[policy.name] = await self._router(policy)
             self.default = self.default or policy.name
         if self.settings.database_url is not None:
@@ -159,13 +170,13 @@ class Proxy:
         """Re-read changed policy files; an invalid file is refused and the old policy stays."""
         for name, (path, seen) in list(self._files.items()):
             try:
-                mtime = os.stat(path).st_mtime
+                stamp = _stamp(path)
             except OSError as exc:
                 log.warning("policy.reload_failed", policy=name, file=str(path), error=str(exc))
                 continue
-            if mtime == seen:
+            if stamp == seen:
                 continue
-            self._files[name] = (path, mtime)
+            self._files[name] = (path, stamp)
             try:
                 policy = load_policy(path)
                 planner = Planner(policy, self._scorer(policy), self.capacity)
