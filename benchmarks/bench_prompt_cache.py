@@ -107,8 +107,8 @@ def _proxy(folder: Path, markers: str, ttl: str) -> Iterator[tuple[str, str, Clo
     """A fresh simulated tier and a proxy in front of it; yields the proxy's URL, the ledger's
     URL and the tier's clock."""
     clock = Clock(TIME_SCALE)
-    settings = SimulatorSettings(profile="frontier", time_scale=TIME_SCALE)
-    simulator = create_simulator(settings, clock=clock)
+    tier_settings = SimulatorSettings(profile="frontier", time_scale=TIME_SCALE)
+    simulator = create_simulator(tier_settings, clock=clock)
     database = f"sqlite:///{folder / f'ledger-{markers}-{ttl}.db'}"
     with serve_in_thread(simulator, name="simulated-frontier") as tier_url:
         policy = _policy(folder / f"policy-{markers}-{ttl}.yaml", tier_url, markers, ttl)

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from cascade.core.cache_markers import MAX_BREAKPOINTS, mark, min_prefix_tokens
-from cascade.core.prompt import prepare_prompt
+from cascade.core.prompt import PreparedPrompt, prepare_prompt
 from cascade.policy.model import Tier
 
 LONG = " ".join(f"Rule {i}: answer politely and cite the handbook section." for i in range(200))
@@ -22,7 +22,12 @@ def api_tier(model: str = "anthropic/claude-sonnet-4-5", **cache: Any) -> Tier:
     return Tier.model_validate({"name": "frontier", "model": model, "kind": "api", "cache": cache})
 
 
-def payload_for(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None):
+Messages = list[dict[str, Any]]
+
+
+def payload_for(
+    messages: Messages, tools: Messages | None = None
+) -> tuple[dict[str, Any], PreparedPrompt]:
     prompt = prepare_prompt(messages, tools)
     payload: dict[str, Any] = {"messages": list(prompt.messages), "max_tokens": 100}
     if prompt.tools:
@@ -30,7 +35,7 @@ def payload_for(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | No
     return payload, prompt
 
 
-def marked(tier: Tier, messages: list[dict[str, Any]], tools=None) -> dict[str, Any]:
+def marked(tier: Tier, messages: Messages, tools: Messages | None = None) -> dict[str, Any]:
     payload, prompt = payload_for(messages, tools)
     before = copy.deepcopy(payload)
     out = mark(
@@ -128,7 +133,7 @@ def test_documents_are_marked_and_breakpoints_never_exceed_four() -> None:
     fifth candidate is dropped rather than sent to be refused."""
     documents = [{"type": "text", "text": f"Document {i}. {DOCUMENT}"} for i in range(5)]
     question = {"type": "text", "text": "Which clause covers late payment?"}
-    messages = [
+    messages: Messages = [
         {"role": "system", "content": LONG},
         {"role": "user", "content": [*documents, question]},
     ]
@@ -150,7 +155,7 @@ def test_one_hour_ttl_is_sent_on_every_breakpoint() -> None:
 def test_a_request_with_its_own_markers_is_left_as_sent() -> None:
     """The app placed cache_control itself: adding ours could pass the limit of four."""
     own = {"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}
-    messages = [{"role": "system", "content": [own]}, {"role": "user", "content": "q"}]
+    messages: Messages = [{"role": "system", "content": [own]}, {"role": "user", "content": "q"}]
     payload, prompt = payload_for(messages)
     tier = api_tier()
     assert mark(payload, tier, prefix_messages=prompt.prefix_messages, prefix_hash="h") is payload

@@ -22,7 +22,9 @@ SONNET_PRICE = {
 }
 
 
-def tier(model: str = "anthropic/claude-sonnet-4-5", price: Any = SONNET_PRICE, **cache: Any):
+def tier(
+    model: str = "anthropic/claude-sonnet-4-5", price: Any = SONNET_PRICE, **cache: Any
+) -> Tier:
     return Tier.model_validate(
         {"name": "frontier", "model": model, "kind": "api", "price": price, "cache": cache}
     )
