@@ -81,22 +81,26 @@ class EngineLoads:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._tiers: dict[str, Tier] = {}
+        self._targets: dict[tuple[str, str], Tier] = {}
         self._reads: dict[tuple[str, str], _Read] = {}
 
     def watch(self, tiers: Iterable[Tier]) -> None:
-        """Watch these tiers (those whose ``engine.metrics`` is off are left out); what was read
-        for a tier and replica still watched is kept, the rest forgotten (a policy reload)."""
-        self._tiers = {
-            t.name: t for t in tiers if t.kind == "self_hosted" and t.engine.metrics != "off"
-        }
-        keep = {(t.name, url) for t in self._tiers.values() for url in t.endpoints}
-        self._reads = {key: read for key, read in self._reads.items() if key in keep}
+        """Watch the replicas of these tiers whose ``engine.metrics`` is not off (the first
+        tier of a name wins: tiers are known by name across the proxy's policies); what was
+        read of a replica still watched is kept, the rest forgotten (a policy reload)."""
+        targets: dict[tuple[str, str], Tier] = {}
+        for tier in tiers:
+            if tier.kind == "self_hosted" and tier.engine.metrics != "off":
+                for url in tier.endpoints:
+                    targets.setdefault((tier.name, url), tier)
+        self._targets = targets
+        self._reads = {key: read for key, read in self._reads.items() if key in targets}
 
     @property
-    def watched(self) -> tuple[Tier, ...]:
-        """The tiers whose engines are read."""
-        return tuple(self._tiers.values())
+    def targets(self) -> Mapping[tuple[str, str], Tier]:
+        """Every watched replica, as (tier name, replica URL), with the tier whose ``engine``
+        settings apply to it."""
+        return self._targets
 
     def record(self, tier_name: str, url: str, sample: EngineSample) -> None:
         """A good read of ``url``'s metrics."""
@@ -111,7 +115,7 @@ class EngineLoads:
     def replica(self, tier_name: str, url: str) -> EngineLoad | None:
         """What is known of one replica's engine; None when its tier's metrics are not read or
         no read of it has finished yet."""
-        tier = self._tiers.get(tier_name)
+        tier = self._targets.get((tier_name, url))
         read = self._reads.get((tier_name, url))
         if tier is None or read is None:
             return None
@@ -143,7 +147,7 @@ class EngineLoads:
 
     def saturation(self, tier: Tier) -> str | None:
         """Why ``tier`` is saturated by its engines (no replica admits a request), or None."""
-        if tier.name not in self._tiers or not tier.endpoints:
+        if tier.engine.metrics == "off" or not tier.endpoints:
             return None
         reasons: list[str] = []
         for url in tier.endpoints:
@@ -159,7 +163,7 @@ class EngineLoads:
 
     def snapshot(self) -> Mapping[str, Mapping[str, EngineLoad | None]]:
         """Every watched tier's replicas and what is known of each (None: not read yet)."""
-        return {
-            name: {url: self.replica(name, url) for url in tier.endpoints}
-            for name, tier in self._tiers.items()
-        }
+        tiers: dict[str, dict[str, EngineLoad | None]] = {}
+        for name, url in self._targets:
+            tiers.setdefault(name, {})[url] = self.replica(name, url)
+        return tiers
