@@ -31,6 +31,13 @@ class TierPayloads:
         self._marked: dict[str, Mapping[str, Any]] = {}
 
     @property
+    def affinity(self) -> str | None:
+        """The request's prefix hash, which keeps it on the replica whose prefix cache holds the
+        prefix; None when it has no stable prefix (no system message, no tools), which would
+        otherwise send every such request to one replica."""
+        return self._decision.prefix_hash if self._decision.prefix_tokens > 0 else None
+
+    @property
     def plain(self) -> Mapping[str, Any]:
         """The payload without markers (what tiers that take none get)."""
         return self._payload

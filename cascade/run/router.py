@@ -56,7 +56,7 @@ class _Opened:
     hold: ExitStack
 
 
-_Call = Callable[[Tier, Mapping[str, Any]], Awaitable[TierAnswer | _Opened]]
+_Call = Callable[[Tier, Mapping[str, Any], str | None], Awaitable[TierAnswer | _Opened]]
 
 
 @dataclass(frozen=True)
@@ -316,7 +316,7 @@ class Router:
         """One call for an answer; with ``rules``, its evidence too (witness texts returned,
         evidence calls appended to ``evidence``)."""
         if rules is None:
-            return await call(tier, payloads(tier)), ()
+            return await call(tier, payloads(tier), payloads.affinity), ()
         witness = self.policy.tier(rules.witness) if rules.witness is not None else None
         return await self.evidence.answer(tier, rules, witness, payloads, evidence)
 
@@ -347,20 +347,20 @@ class Router:
             raise TierError(tier.name, "connection", f"no client for {tier.kind} tiers")
         return client
 
-    async def _call(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer:
+    async def _call(self, tier: Tier, payload: Mapping[str, Any], key: str | None) -> TierAnswer:
         client = self._client(tier)
         await self.capacity.admit(tier)
         try:
-            return await client.complete(tier, payload)
+            return await client.complete(tier, payload, affinity=key)
         finally:
             self.capacity.release(tier.name, tier.max_concurrency)
 
-    async def _open(self, tier: Tier, payload: Mapping[str, Any]) -> _Opened:
+    async def _open(self, tier: Tier, payload: Mapping[str, Any], key: str | None) -> _Opened:
         client = self._client(tier)
         await self.capacity.admit(tier)
         hold = ExitStack()
         hold.callback(self.capacity.release, tier.name, tier.max_concurrency)
-        rest = client.stream(tier, payload)
+        rest = client.stream(tier, payload, affinity=key)
         try:
             first = await anext(rest)
         except StopAsyncIteration:
@@ -380,7 +380,7 @@ class Router:
         return kept if only is None else [t for t in kept if t.name in only]
 
     def _usable(self, tier: Tier) -> bool:
-        busy = self.capacity.in_flight(tier.name) >= tier.max_concurrency
+        busy = self.capacity.saturation(tier) is not None  # its slots, or its engines, full
         return self.health.available(tier) and not busy
 
     def _stronger(self, tier: Tier, allowed: list[Tier]) -> Tier | None:

@@ -25,7 +25,7 @@ from cascade.tiers.base import TierAnswer, TierClient
 
 __all__ = ["EvidenceCalls"]
 
-_Call = Callable[[Tier, Mapping[str, Any]], Awaitable[TierAnswer]]
+_Call = Callable[[Tier, Mapping[str, Any], str | None], Awaitable[TierAnswer]]
 
 
 class EvidenceCalls:
@@ -55,11 +55,12 @@ class EvidenceCalls:
         ``payloads`` gives each tier the request as it is sent there."""
         witness = None
         if witness_tier is not None:
-            witness = asyncio.create_task(self._witness(witness_tier, payloads(witness_tier)))
+            call = self._witness(witness_tier, payloads(witness_tier), payloads.affinity)
+            witness = asyncio.create_task(call)
         payload = payloads(tier)
         asked = {**payload, "n": rules.samples} if rules.samples is not None else payload
         try:
-            answer = await self._call(tier, asked)
+            answer = await self._call(tier, asked, payloads.affinity)
         except BaseException:
             if witness is not None and witness_tier is not None:
                 witness.cancel()
@@ -85,14 +86,16 @@ class EvidenceCalls:
                 texts.append(answer_text(first_choice(seen.body)))
         return answer, tuple(texts)
 
-    async def _witness(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer | TierError:
+    async def _witness(
+        self, tier: Tier, payload: Mapping[str, Any], affinity: str | None
+    ) -> TierAnswer | TierError:
         """One witness call, into a free slot only; its failure is returned, not raised."""
         if not self._health.available(tier):
             return TierError(tier.name, "unavailable", "cooling down after repeated failures")
         if not self._capacity.take_slot(tier.name, tier.max_concurrency):
             return TierError(tier.name, "saturated", "no free slot for a witness call")
         try:
-            answer = await self._client(tier).complete(tier, payload)
+            answer = await self._client(tier).complete(tier, payload, affinity=affinity)
         except TierError as error:
             self._health.failed(tier, error)
             return error

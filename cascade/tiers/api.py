@@ -94,8 +94,10 @@ class LiteLLMClient:
             arguments["api_key"] = os.environ.get(tier.api_key_env, "")
         return arguments
 
-    async def complete(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer:
-        """One non-streamed call."""
+    async def complete(
+        self, tier: Tier, payload: Mapping[str, Any], *, affinity: str | None = None
+    ) -> TierAnswer:
+        """One non-streamed call (``affinity`` is not used: the provider places the call)."""
         started = time.perf_counter()
         arguments = self._arguments(tier, payload)
         limit = tier.timeouts.total_s
@@ -111,8 +113,10 @@ class LiteLLMClient:
         body: JSON = response.model_dump(exclude_none=True)
         return TierAnswer(body, read_usage(body, payload), time.perf_counter() - started)
 
-    async def stream(self, tier: Tier, payload: Mapping[str, Any]) -> AsyncIterator[JSON]:
-        """One streamed call, chunk by chunk."""
+    async def stream(
+        self, tier: Tier, payload: Mapping[str, Any], *, affinity: str | None = None
+    ) -> AsyncIterator[JSON]:
+        """One streamed call, chunk by chunk (``affinity`` is not used)."""
         arguments = self._arguments(tier, payload)
         limits = tier.timeouts
         loop = asyncio.get_running_loop()

@@ -46,13 +46,19 @@ class TierAnswer:
 
 
 class TierClient(Protocol):
-    """Calls one kind of tier."""
+    """Calls one kind of tier. ``affinity`` is the request's prefix hash (None: no stable
+    prefix): a tier with several replicas keeps one prefix on one replica, where its prefix
+    cache is; others ignore it."""
 
-    async def complete(self, tier: Tier, payload: Mapping[str, Any]) -> TierAnswer:
+    async def complete(
+        self, tier: Tier, payload: Mapping[str, Any], *, affinity: str | None = None
+    ) -> TierAnswer:
         """One non-streamed call; raises TierError."""
         ...
 
-    def stream(self, tier: Tier, payload: Mapping[str, Any]) -> AsyncIterator[JSON]:
+    def stream(
+        self, tier: Tier, payload: Mapping[str, Any], *, affinity: str | None = None
+    ) -> AsyncIterator[JSON]:
         """One streamed call, as parsed ``chat.completion.chunk`` objects; raises TierError."""
         ...
 

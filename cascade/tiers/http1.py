@@ -8,7 +8,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["Endpoint", "HTTPConnectionError", "Headers", "Response", "find_header"]
+__all__ = [
+    "ConnectTimeoutError",
+    "Endpoint",
+    "HTTPConnectionError",
+    "Headers",
+    "Response",
+    "UnreachableError",
+    "find_header",
+]
 
 Headers = tuple[tuple[bytes, bytes], ...]
 """An answer's headers as sent, names lowercased."""
@@ -16,6 +24,15 @@ Headers = tuple[tuple[bytes, bytes], ...]
 
 class HTTPConnectionError(ConnectionError):
     """The connection failed, closed early, or the answer was not valid HTTP/1.1."""
+
+
+class UnreachableError(HTTPConnectionError):
+    """No connection to the host could be made: the request never left this process, so it may
+    go to another replica."""
+
+
+class ConnectTimeoutError(UnreachableError, TimeoutError):
+    """No connection to the host within the connect timeout (a ``TimeoutError`` too)."""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ idle connection older than ``keepalive_idle_s`` (4 s, under the 5 s keep-alive m
 use) is closed rather than reused.
 
 Failures raise :class:`HTTPConnectionError` or ``TimeoutError``, with a message that says which
-limit or what broke.
+limit or what broke; :class:`UnreachableError` (and :class:`ConnectTimeoutError`, a
+``TimeoutError`` too) when no connection could be made, so the request never left and another
+replica may take it.
 """
 
 from __future__ import annotations
@@ -38,11 +40,25 @@ import asyncio
 import ssl
 
 from cascade.tiers.connection import Connection, Host, Sent
-from cascade.tiers.http1 import Endpoint, HTTPConnectionError, Response
+from cascade.tiers.http1 import (
+    ConnectTimeoutError,
+    Endpoint,
+    HTTPConnectionError,
+    Response,
+    UnreachableError,
+)
 from cascade.tiers.proxies import open_tunnel, route_for
 from cascade.tiers.stream import UNFINISHED, Stream
 
-__all__ = ["ConnectionPool", "Endpoint", "HTTPConnectionError", "Response", "Stream"]
+__all__ = [
+    "ConnectTimeoutError",
+    "ConnectionPool",
+    "Endpoint",
+    "HTTPConnectionError",
+    "Response",
+    "Stream",
+    "UnreachableError",
+]
 
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _NO_HEAD = "no answer within %ss"
@@ -177,7 +193,7 @@ class ConnectionPool:
         answer = connection.send(data, streaming=streaming)
         if answer is None:
             connection.close()
-            raise HTTPConnectionError(f"the connection to {host.authority} closed at once")
+            raise UnreachableError(f"the connection to {host.authority} closed at once")
         return connection, answer
 
     async def _wait_for_slot(
@@ -239,11 +255,11 @@ class ConnectionPool:
                 host.wake_one()
             where = host.route.name and f" through the proxy {host.route.name}"
             if isinstance(exc, TimeoutError):
-                raise TimeoutError(
+                raise ConnectTimeoutError(
                     f"no connection to {host.authority}{where} within {timeout}s"
                 ) from None
             if isinstance(exc, OSError) and not isinstance(exc, HTTPConnectionError):
-                raise HTTPConnectionError(
+                raise UnreachableError(
                     f"cannot connect to {host.authority}{where}: {exc.strerror or exc}"
                 ) from None
             raise
