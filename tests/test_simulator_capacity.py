@@ -113,4 +113,4 @@ def test_metrics_show_running_and_waiting_requests() -> None:
         text = client.get("/metrics").text
     assert _metric(text, "vllm:num_requests_running") == 1, text
     assert _metric(text, "vllm:num_requests_waiting") == 1, text
-    assert 0 < _metric(text, "vllm:gpu_cache_usage_perc") < 1
+    assert 0 < _metric(text, "vllm:kv_cache_usage_perc") < 1

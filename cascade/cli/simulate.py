@@ -48,6 +48,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "and claude-sonnet-4-5 with and without their provider prefix)",
     )
     simulate.add_argument(
+        "--metrics-names",
+        choices=["vllm", "sglang"],
+        default="vllm",
+        help="export /metrics under vLLM's names (vllm:num_requests_waiting, ...) or SGLang's "
+        "(sglang:num_queue_reqs, ...)",
+    )
+    simulate.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     simulate.set_defaults(command=_simulate)
@@ -64,6 +71,7 @@ def _simulate(ns: argparse.Namespace) -> int:
         max_concurrency=ns.max_concurrency,
         overload=ns.overload,
         models=tuple(ns.served_model_name or ()),
+        metrics_names=ns.metrics_names,
     )
     serve_forever(create_app(settings), host=ns.host, port=ns.port, log_level=ns.log_level)
     return 0

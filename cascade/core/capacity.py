@@ -5,9 +5,12 @@ taken may wait in the tier's queue, first come first served, for at most ``queue
 a freed slot passes straight to the first in line (no polling). When ``max_queue`` requests
 already wait, or the wait runs out, the request is refused and goes elsewhere.
 
-``decide`` reads capacity through the small :class:`CapacityView` protocol, so the in-process
-counter here can later be replaced by the serving engine's own numbers (vLLM and SGLang export
-running and waiting requests on ``/metrics``) without touching the decision.
+A tier is also saturated when its engines say so: with ``engine.metrics`` on, the counter
+asks an :class:`EngineView` (the engines' own ``/metrics``, read in the background by
+:mod:`cascade.tiers.engine_scraper`), which counts every proxy's calls, not only this one's.
+Such a tier takes no request here: waiting in this proxy's queue would not help (no call of ours
+may end to free a slot), and the engine's own queue is what is full. ``decide`` and the Router
+read both through :meth:`CapacityView.saturation`.
 """
 
 from __future__ import annotations
@@ -26,8 +29,18 @@ SATURATED_RETRY_AFTER_S = 1.0
 """The ``Retry-After`` of a request refused for want of a slot (one may free any moment)."""
 
 
+class EngineView(Protocol):
+    """What the engines behind a tier say of their own load (see
+    :class:`~cascade.tiers.engines.EngineLoads`)."""
+
+    def saturation(self, tier: Tier) -> str | None:
+        """Why ``tier``'s engines take no request now, or None when they take one."""
+        ...
+
+
 class CapacityView(Protocol):
-    """Reads how many calls a tier is serving now, and how many requests wait for one."""
+    """Reads how many calls a tier is serving now, how many requests wait for one, and whether
+    it has room."""
 
     def in_flight(self, tier: str) -> int:
         """Calls to ``tier`` that have started and not finished."""
@@ -37,15 +50,26 @@ class CapacityView(Protocol):
         """Requests waiting for one of ``tier``'s slots."""
         ...
 
+    def saturation(self, tier: Tier) -> str | None:
+        """Why ``tier`` has no room now (all its slots busy, or its engines full), or None."""
+        ...
+
+
+def _own_saturation(capacity: CapacityView, tier: Tier) -> str | None:
+    busy = capacity.in_flight(tier.name)
+    return f"{busy}/{tier.max_concurrency} in flight" if busy >= tier.max_concurrency else None
+
 
 class InFlightCounter:
     """Counts calls in flight per tier in this process, and admits calls to a tier's slots.
 
     The counts are thread-safe; waiting for a slot (:meth:`wait_for_slot`) belongs to the event
-    loop the waiting requests run on.
+    loop the waiting requests run on. ``engines``: what the engines say of their load (none:
+    this process's own counts alone).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, engines: EngineView | None = None) -> None:
+        self.engines = engines
         self._counts: dict[str, int] = {}
         self._queues: dict[str, deque[asyncio.Future[bool]]] = {}
         self._lock = threading.Lock()
@@ -58,6 +82,13 @@ class InFlightCounter:
         """Requests waiting for one of ``tier``'s slots."""
         queue = self._queues.get(tier)
         return len(queue) if queue else 0
+
+    def saturation(self, tier: Tier) -> str | None:
+        """Why ``tier`` has no room now (all its slots busy, or its engines full), or None."""
+        own = _own_saturation(self, tier)
+        if own is not None or self.engines is None:
+            return own
+        return self.engines.saturation(tier)
 
     def snapshot(self) -> Mapping[str, int]:
         """A copy of every tier's count."""
@@ -78,8 +109,11 @@ class InFlightCounter:
     async def admit(self, tier: Tier) -> None:
         """Take one of ``tier``'s slots, waiting in its queue when none is free; TierError
         ``saturated`` when the queue is full or no slot came free in time. Give the slot back
-        with :meth:`release`."""
+        with :meth:`release`. A tier its engines report full is refused at once."""
         name, limit = tier.name, tier.max_concurrency
+        engines = None if self.engines is None else self.engines.saturation(tier)
+        if engines is not None:
+            raise TierError(name, "saturated", engines, retry_after_s=SATURATED_RETRY_AFTER_S)
         if self.take_slot(name, limit):
             return
         waiting, queue_limit = self.waiting(name), tier.queue_limit
@@ -176,3 +210,7 @@ class StaticCapacity:
     def waiting(self, tier: str) -> int:
         """The queue length given for ``tier`` (0 if none was)."""
         return self._waiting.get(tier, 0)
+
+    def saturation(self, tier: Tier) -> str | None:
+        """Whether the count given for ``tier`` fills its slots (engines are not asked)."""
+        return _own_saturation(self, tier)

@@ -201,23 +201,25 @@ def _with_capacity(
     chosen: Tier, tiers: list[Tier], policy: Policy, capacity: CapacityView, *, spill: bool
 ) -> tuple[Tier, str, bool]:
     """The tier to use given load, a note on what changed, and whether the request queues."""
-    busy = capacity.in_flight(chosen.name)
-    if busy < chosen.max_concurrency:
+    why = capacity.saturation(chosen)
+    if why is None:
         return chosen, "", False
-    full = f"{chosen.name} is saturated ({busy}/{chosen.max_concurrency} in flight)"
+    full = f"{chosen.name} is saturated ({why})"
     if not spill:
         return chosen, f"{full}; this workload does not spill, so it queues", True
     allowed = {t.name for t in tiers}
     overflow = policy.tier(chosen.overflow) if chosen.overflow in allowed else None
-    if overflow is not None and capacity.in_flight(overflow.name) < overflow.max_concurrency:
+    if overflow is not None and capacity.saturation(overflow) is None:
         return overflow, f"{full}; spilled to its overflow {overflow.name}", False
     stronger = tiers[tiers.index(chosen) + 1 :]
     for tier in stronger:
-        if capacity.in_flight(tier.name) < tier.max_concurrency:
+        if capacity.saturation(tier) is None:
             return tier, f"{full}; moved up to {tier.name}, the next tier with room", False
-    # Every tier it may go to is busy: it waits in the first of their queues with room.
+    # Every tier it may go to is busy: it waits in the first of their queues with room (a
+    # tier whose engines are full has none here: no call of this proxy's will free it).
     for tier in (chosen, *([overflow] if overflow is not None else []), *stronger):
-        if capacity.waiting(tier.name) < tier.queue_limit:
+        own_full = capacity.in_flight(tier.name) >= tier.max_concurrency
+        if own_full and capacity.waiting(tier.name) < tier.queue_limit:
             where = "" if tier is chosen else f" on {tier.name}"
             return tier, f"{full}; every allowed tier is saturated, so it queues{where}", True
     return chosen, f"{full}; every allowed tier is saturated and its queue full", True

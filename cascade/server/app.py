@@ -29,6 +29,7 @@ from cascade.errors import InvalidRequestError
 from cascade.ledger.store import ANY_TENANT, Owner
 from cascade.server.auth import Caller, KeyCache
 from cascade.server.chat import CHAT_PATH, chat_completions
+from cascade.server.engine_report import engine_readiness, engine_series
 from cascade.server.metrics import Metrics, ledger_series
 from cascade.server.openai_format import (
     BadRequestError,
@@ -230,7 +231,8 @@ async def readyz(request: Request) -> Response:
     "degraded"`` and what is wrong under ``"ledger"``: the proxy still answers and its rows wait
     in the spool, so a load balancer should keep sending it traffic (every replica shares the
     database: a 503 would take them all out of service at once). API tiers whose key is not set
-    are named under ``"tiers"`` the same way.
+    are named under ``"tiers"`` the same way, and so are engine replicas whose metrics cannot be
+    read, under ``"engines"`` (each watched replica's state: :mod:`cascade.server.engine_report`).
     """
     proxy: Proxy = request.state.proxy
     ready = bool(proxy.routers)
@@ -246,6 +248,9 @@ async def readyz(request: Request) -> Response:
             "status": "degraded",
             "tiers": {tier: f"${variable} is not set" for tier, variable in missing.items()},
         }
+    engines, unreachable = engine_readiness(proxy.engines)
+    if engines:  # an engine's trouble is not this proxy's: it routes around it, still ready
+        body |= {"engines": engines} | ({"status": "degraded"} if ready and unreachable else {})
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -263,4 +268,5 @@ async def metrics_endpoint(request: Request) -> Response:
         text += f'cascade_in_flight{{tier="{tier}"}} {count}\n'
     if proxy.ledger is not None:
         text += ledger_series(proxy.ledger.stats)
+    text += engine_series(proxy.engines)
     return Response(text, media_type=CONTENT_TYPE_LATEST)

@@ -29,6 +29,8 @@ from cascade.server.openai_format import BadRequestError
 from cascade.server.ratelimit import RateLimiter, open_rate_limits
 from cascade.server.settings import ServerSettings
 from cascade.tiers.base import TierClient
+from cascade.tiers.engine_scraper import EngineScraper
+from cascade.tiers.engines import EngineLoads
 from cascade.tiers.pool import ConnectionPool
 from cascade.tiers.self_hosted import OpenAICompatibleClient
 
@@ -54,7 +56,9 @@ class Proxy:
         self.settings = settings
         self.routers: dict[str, Router] = {}
         self.default = ""
-        self.capacity = InFlightCounter()
+        self.engines = EngineLoads()
+        """What the self-hosted tiers' engines say of their load (read in the background)."""
+        self.capacity = InFlightCounter(self.engines)
         self._files: dict[str, tuple[Path, FileStamp]] = {}
         self._scorers: dict[tuple[str, str], Scorer] = {}
         self._batchers: dict[tuple[str, str], LoopBatcher | MicroBatcher] = {}
@@ -67,12 +71,13 @@ class Proxy:
         self.rate_limits: RateLimiter | None = None
         """This worker's share of the keys' rate limits (with a ledger and virtual keys)."""
         self._reloader: asyncio.Task[None] | None = None
+        self._scraper: EngineScraper | None = None
 
     async def start(self) -> None:
         """Load every policy and open the shared connection pool (fails fast on a bad policy)."""
         pool = ConnectionPool()
         self._stack.push_async_callback(pool.aclose)
-        self._clients["self_hosted"] = OpenAICompatibleClient(pool)
+        self._clients["self_hosted"] = OpenAICompatibleClient(pool, engines=self.engines)
         for name in self.settings.policies:
             # Not resolve(): a ConfigMap volume's file is a symlink through ``..data``, which the
             # kubelet swaps to a new directory on update and then deletes the old one.
@@ -83,6 +88,10 @@ class Proxy:
             self._files[policy.name] = (path, _stamp(path))
             self.routers[policy.name] = await self._router(policy)
             self.default = self.default or policy.name
+        scraper = EngineScraper(self.engines)
+        self._stack.push_async_callback(scraper.aclose)
+        scraper.retarget(self._tiers())
+        self._scraper = scraper
         if self.settings.database_url is not None:
             await self._open_ledger(self.settings.database_url)  # closed with the stack
         if self.settings.reload_interval_s > 0:
@@ -194,6 +203,8 @@ class Proxy:
             self.routers[name].planner = planner
             self.routers[name].batcher = await self._batcher(policy)
             log.info("policy.reloaded", policy=name, version=policy.fingerprint)
+            if self._scraper is not None:  # read the engines the policies now name
+                self._scraper.retarget(self._tiers())
 
     async def _watch(self) -> None:
         while True:
@@ -255,6 +266,9 @@ class Proxy:
                 batcher = MicroBatcher(scorer, max_wait_ms=self.settings.batch_wait_ms)
                 self._batchers[key] = await batcher.__aenter__()
         return self._batchers[key]
+
+    def _tiers(self) -> list[Tier]:
+        return [tier for router in self.routers.values() for tier in router.policy.tiers]
 
     def in_flight(self) -> Mapping[str, int]:
         """Calls in flight per tier."""

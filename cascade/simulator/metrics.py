@@ -1,7 +1,17 @@
-"""``/metrics``: the engine's state under the names vLLM exports, which routers already read.
+"""``/metrics``: the engine's state under the names vLLM (or SGLang) exports, which routers read.
+
+vLLM's names are those of its V1 engine (0.9 and later): ``vllm:num_requests_running``,
+``vllm:num_requests_waiting`` (requests queued beyond ``max_concurrency``, as the engine queues
+them) and ``vllm:kv_cache_usage_perc``, labelled ``model_name`` and ``engine``; counters
+``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``, ``vllm:request_success_total``.
+With ``names="sglang"`` the same numbers go out as SGLang's: ``sglang:num_running_reqs``,
+``sglang:num_queue_reqs``, ``sglang:token_usage``, ``sglang:prompt_tokens_total``,
+``sglang:generation_tokens_total``, ``sglang:num_requests_total``, labelled ``model_name``,
+``engine_type``, ``tp_rank`` and ``pp_rank``. The proxy reads either
+(:mod:`cascade.tiers.engine_metrics`).
 
 A collector reads the engine's counters at scrape time, so nothing on the request path touches
-Prometheus objects. Beyond vLLM's names, ``simulator_busy_seconds_total`` and
+Prometheus objects. Beyond the engines' names, ``simulator_busy_seconds_total`` and
 ``simulator_steps_total`` expose the timing model itself (simulated seconds spent stepping, and
 engine steps), so throughput can be read as tokens per busy second. The Messages API's marker
 cache (:mod:`cascade.simulator.marker_cache`) adds ``simulator_cache_read_input_tokens_total``
@@ -11,7 +21,8 @@ and ``simulator_cache_entries`` (live and not yet evicted prefixes).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Literal
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -20,29 +31,65 @@ from prometheus_client.registry import Collector
 from cascade.simulator.engine import EngineStats
 from cascade.simulator.marker_cache import CacheStats
 
-__all__ = ["registry_for"]
+__all__ = ["MetricNames", "registry_for"]
+
+MetricNames = Literal["vllm", "sglang"]
+
+# The engine's own names: (running, waiting, KV usage, prompt tokens, generated, finished).
+_NAMES: Mapping[MetricNames, tuple[str, str, str, str, str, str]] = {
+    "vllm": (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:prompt_tokens",
+        "vllm:generation_tokens",
+        "vllm:request_success",
+    ),
+    "sglang": (
+        "sglang:num_running_reqs",
+        "sglang:num_queue_reqs",
+        "sglang:token_usage",
+        "sglang:prompt_tokens",
+        "sglang:generation_tokens",
+        "sglang:num_requests",
+    ),
+}
+_LABELS: Mapping[MetricNames, dict[str, str]] = {
+    "vllm": {"engine": "0"},
+    "sglang": {"engine_type": "unified", "tp_rank": "0", "pp_rank": "0"},
+}
 
 
 class _EngineCollector(Collector):
-    def __init__(self, stats: EngineStats, model: str) -> None:
+    def __init__(self, stats: EngineStats, model: str, names: MetricNames) -> None:
         self._stats = stats
         self._model = model
+        self._names = _NAMES[names]
+        self._labels = _LABELS[names]
 
     def collect(self) -> Iterator[Metric]:
-        s, label = self._stats, [self._model]
+        s = self._stats
+        running, waiting, kv, prompt, generated, finished = self._names
+        keys, values = ["model_name", *self._labels], [self._model, *self._labels.values()]
         gauges = (
-            ("vllm:num_requests_running", "Sequences in the running batch.", s.running),
-            ("vllm:num_requests_waiting", "Sequences waiting to join the batch.", s.waiting),
-            ("vllm:gpu_cache_usage_perc", "Share of the KV cache in use (0..1).", s.kv_usage),
+            (running, "Sequences in the running batch.", s.running),
+            (waiting, "Sequences waiting to join the batch.", s.waiting),
+            (kv, "Share of the KV cache in use (0..1).", s.kv_usage),
         )
         for name, doc, value in gauges:
-            gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
-            gauge.add_metric(label, value)
+            gauge = GaugeMetricFamily(name, doc, labels=keys)
+            gauge.add_metric(values, value)
             yield gauge
         counters = (
-            ("vllm:prompt_tokens", "Prompt tokens prefilled.", s.prompt_tokens),
-            ("vllm:generation_tokens", "Tokens generated.", s.generation_tokens),
-            ("vllm:request_success", "Sequences finished.", s.finished),
+            (prompt, "Prompt tokens prefilled.", s.prompt_tokens),
+            (generated, "Tokens generated.", s.generation_tokens),
+            (finished, "Sequences finished.", s.finished),
+        )
+        for name, doc, number in counters:
+            counter = CounterMetricFamily(name, doc, labels=keys)
+            counter.add_metric(values, number)
+            yield counter
+        timing = (
             (
                 "simulator_busy_seconds",
                 "Simulated seconds the engine spent stepping.",
@@ -50,9 +97,9 @@ class _EngineCollector(Collector):
             ),
             ("simulator_steps", "Engine steps (one token per running sequence each).", s.steps),
         )
-        for name, doc, number in counters:
+        for name, doc, amount in timing:
             counter = CounterMetricFamily(name, doc, labels=["model_name"])
-            counter.add_metric(label, number)
+            counter.add_metric([self._model], amount)
             yield counter
 
 
@@ -86,9 +133,12 @@ class _CacheCollector(Collector):
         yield gauge
 
 
-def registry_for(stats: EngineStats, cache: CacheStats, model: str) -> CollectorRegistry:
-    """A registry of its own (never the global one) exporting ``stats`` and ``cache``."""
+def registry_for(
+    stats: EngineStats, cache: CacheStats, model: str, names: MetricNames = "vllm"
+) -> CollectorRegistry:
+    """A registry of its own (never the global one) exporting ``stats`` and ``cache`` under
+    ``names`` (vLLM's or SGLang's)."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(_EngineCollector(stats, model))
+    registry.register(_EngineCollector(stats, model, names))
     registry.register(_CacheCollector(cache, model))
     return registry

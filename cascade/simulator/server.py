@@ -98,7 +98,8 @@ def create_app(
         else:
             engine = ApiEngine(profile.timing, now, profile.max_concurrency, profile.overload)
         markers = MarkerCache()
-        registry = registry_for(engine.stats, markers.stats, profile.models[0])
+        names = settings.metrics_names
+        registry = registry_for(engine.stats, markers.stats, profile.models[0], names)
         tier = _Tier(settings, profile, table, engine, PrefixCache(), markers, now, registry)
         scheduler = asyncio.create_task(engine.run())
         _log.info("simulator.started", profile=profile.name, time_scale=settings.time_scale)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cascade.errors import CascadeError
 from cascade.simulator.dataset import DATA_FILE
+from cascade.simulator.metrics import MetricNames
 from cascade.simulator.profiles import PROFILES, Overload, Profile
 
 __all__ = ["SimulatorSettings"]
@@ -22,7 +23,8 @@ class SimulatorSettings:
     real time; the latencies and token counts the server reports stay in simulated (real-world)
     units. ``max_concurrency`` (sequences in the running batch) and ``overload`` (what happens
     beyond it: wait in a queue, or be refused with 429 or 503 -- 529 on ``/v1/messages``, as
-    Anthropic does) default to the profile's; so do the served ``models``.
+    Anthropic does) default to the profile's; so do the served ``models``. ``metrics_names``:
+    whose names ``/metrics`` uses, vLLM's or SGLang's.
     """
 
     profile: str = "1.5b"
@@ -32,6 +34,7 @@ class SimulatorSettings:
     models: tuple[str, ...] = ()
     data_file: Path = DATA_FILE
     max_body_bytes: int = 4 * 1024 * 1024
+    metrics_names: MetricNames = "vllm"
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -43,6 +46,8 @@ class SimulatorSettings:
             raise CascadeError(f"max_concurrency {self.max_concurrency}: must be at least 1")
         if self.overload is not None and self.overload not in _OVERLOADS:
             raise CascadeError(f"overload {self.overload!r}: allowed: queue, 429, 503")
+        if self.metrics_names not in ("vllm", "sglang"):
+            raise CascadeError(f"metrics_names {self.metrics_names!r}: allowed: vllm, sglang")
 
     @property
     def spec(self) -> Profile:
