@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from cascade.policy.model import Tier
 from cascade.tiers.engine_metrics import EngineKind, EngineMetricsError, parse_engine_metrics
@@ -177,3 +178,10 @@ def test_a_reload_keeps_what_was_read_of_replicas_still_named() -> None:
     )
     assert loads.replica("medium", A) is None
     assert loads.targets == {}
+
+
+def test_staleness_must_outlast_a_read() -> None:
+    """stale_after_s no longer than scrape_interval_s is refused: every replica would flap to
+    unreachable between two good reads."""
+    with pytest.raises(ValidationError, match="must be more than scrape_interval_s"):
+        _tier(scrape_interval_s=5, stale_after_s=5)

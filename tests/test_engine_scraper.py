@@ -4,6 +4,8 @@ good read records, a slow, refused or wrong page, staleness, and a reload re-tar
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,11 +15,11 @@ import httpx
 from cascade.policy.model import Tier
 from cascade.simulator.server import create_app
 from cascade.simulator.settings import SimulatorSettings
-from cascade.tiers.engine_metrics import EngineKind
+from cascade.tiers.engine_metrics import EngineKind, parse_engine_metrics
 from cascade.tiers.engine_scraper import EngineScraper, metrics_url
 from cascade.tiers.engines import EngineLoad, EngineLoads
 from tests.engine_pages import EnginePage, vllm_page
-from tests.servers import serving, shared_labels
+from tests.servers import serving, shared_labels, wait_until
 from tests.upstreams import ScriptedTier, closed_port
 
 PAGES = Path(__file__).parent / "data" / "engine_metrics"
@@ -211,3 +213,29 @@ def test_the_simulated_tier_queues_under_either_engines_names() -> None:
     for load in seen.values():
         assert (load.running, load.waiting, load.error) == (1, 1, None)
         assert 0 < load.kv_usage < 1
+
+
+def test_simulate_tier_exports_sglang_names_when_asked() -> None:
+    """`cascade simulate-tier --metrics-names sglang` serves SGLang's gauges, which the proxy
+    reads as an SGLang engine's."""
+    port = closed_port()  # free now; the server takes it
+    command = [sys.executable, "-m", "cascade", "simulate-tier", "--profile", "1.5b"]
+    command += ["--port", str(port), "--metrics-names", "sglang", "--log-level", "warning"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        page: list[str] = []
+
+        def served() -> bool:
+            try:
+                page[:] = [httpx.get(f"http://127.0.0.1:{port}/metrics").text]
+            except httpx.TransportError:
+                return False
+            return True
+
+        assert wait_until(served, 60), "the simulated tier never answered"
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert "vllm:" not in page[0]
+    sample = parse_engine_metrics(page[0], "sglang")
+    assert (sample.running, sample.waiting) == (0, 0)

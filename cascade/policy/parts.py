@@ -163,12 +163,20 @@ class PromptCache(_Strict):
 
 
 class Engine(_Strict):
-    """What the proxy reads from a self-hosted tier's engines: each replica's Prometheus
-    ``/metrics`` (vLLM or SGLang), polled in the background, so that every proxy replica sees the
-    engines' own load instead of only its own calls in flight."""
+    """How the proxy judges a self-hosted tier's load from its engines' own ``/metrics``.
+
+    Each replica's Prometheus page (vLLM or SGLang) is read in the background, so that every
+    proxy replica sees the engines' own load instead of only its own calls in flight.
+
+    A tier whose every replica is saturated (or skipped) spills as when its own
+    ``max_concurrency`` slots are full, but no request waits in this proxy's queue for it: the
+    engine's own queue is what is full. A replica not read yet is judged by this proxy's count."""
 
     metrics: Literal["vllm", "sglang", "off"] = "off"
-    """Which engine's metric names to read (off: only this proxy's own count of calls)."""
+    """Which engine's metric names to read (off: only this proxy's own count of calls): vLLM's
+    ``vllm:num_requests_running``, ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``
+    (``vllm:gpu_cache_usage_perc`` before 0.9), or SGLang's ``sglang:num_running_reqs``,
+    ``sglang:num_queue_reqs``, ``sglang:token_usage`` (it needs ``--enable-metrics``)."""
     metrics_path: str = Field(default="/metrics", pattern=r"^/")
     """Path of the metrics page on each replica's host (the endpoint's ``/v1`` is dropped)."""
     scrape_interval_s: float = Field(default=1.0, gt=0)
@@ -176,14 +184,25 @@ class Engine(_Strict):
     scrape_timeout_s: float = Field(default=0.5, gt=0)
     """How long one read may take before it counts as failed."""
     stale_after_s: float = Field(default=5.0, gt=0)
-    """A replica whose last good read is older than this is unreachable (see ``on_unreachable``)."""
+    """A replica whose last good read is older than this (or never succeeded, once a read has
+    failed) is unreachable (see ``on_unreachable``); more than ``scrape_interval_s``."""
     max_waiting: int | None = Field(default=None, ge=0)
-    """Saturated when the engine holds at least this many requests waiting (its own queue)."""
+    """Saturated when the engine holds at least this many requests waiting (its own queue,
+    summed over its data-parallel engines); unset: the queue never saturates it."""
     max_kv_usage: float | None = Field(default=None, gt=0, le=1)
-    """Saturated when the engine's KV-cache usage (0..1) is at least this."""
+    """Saturated when the engine's KV-cache usage (0..1) is at least this; unset: never."""
     on_unreachable: Literal["skip", "own_count"] = "own_count"
     """A replica whose metrics cannot be read: ``skip`` it (no request is sent there until its
     metrics are back), or judge it by this proxy's own calls in flight (``own_count``)."""
+
+    @model_validator(mode="after")
+    def _stale_after_a_read(self) -> Engine:
+        if self.stale_after_s <= self.scrape_interval_s:
+            raise ValueError(
+                f"stale_after_s ({self.stale_after_s:g}) must be more than scrape_interval_s "
+                f"({self.scrape_interval_s:g}): every replica would go stale between two reads"
+            )
+        return self
 
 
 class VerifierSettings(_Strict):

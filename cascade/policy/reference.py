@@ -11,6 +11,7 @@ from pydantic_core import PydanticUndefined
 
 from cascade.policy.model import (
     Budgets,
+    Engine,
     Escalation,
     GpuPrice,
     Policy,
@@ -32,6 +33,7 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("tiers[].price — GPU time", GpuPrice),
     ("tiers[].timeouts", Timeouts),
     ("tiers[].verify", Verify),
+    ("tiers[].engine", Engine),
     ("workloads.<name>", Workload),
     ("escalation", Escalation),
     ("prompt", PromptSettings),
