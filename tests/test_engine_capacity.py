@@ -148,3 +148,24 @@ def test_unreachable_engines_under_own_count_still_take_requests(tmp_path: Path)
             engine.status = 404
         setup.wait_for("unreachable", "unreachable")
         assert setup.ask().headers["x-cascade-tier"] == "small"
+
+
+def test_a_policy_reload_starts_reading_the_engines(tmp_path: Path) -> None:
+    """A tier first served without engine metrics starts spilling on its engines' word once a
+    reloaded policy turns them on, and /readyz lists the replicas the new policy names."""
+    engines = [EnginePage(ScriptedTier(name), vllm_page(waiting=9)) for name in ("a", "b")]
+    big = ScriptedTier("big")
+    with ExitStack() as stack:
+        a, b = (stack.enter_context(serving(engine.app())) for engine in engines)
+        big_url = stack.enter_context(serving(big.app()))
+        policy = tmp_path / "engines.yaml"
+        text = POLICY.format(a=a, b=b, big=big_url, stale=5.0, on_unreachable="skip")
+        policy.write_text(text.replace("metrics: vllm", "metrics: off"))
+        settings = ServerSettings(policies=(str(policy),), reload_interval_s=0.05)
+        proxy = stack.enter_context(serving(create_app(settings)))
+        setup = _Setup(proxy, engines, [f"{a}/v1", f"{b}/v1"], big)
+        assert setup.states() == {}
+        assert setup.ask().headers["x-cascade-tier"] == "small"  # its own count: room
+        policy.write_text(text)
+        setup.wait_for("saturated", "saturated")
+        assert setup.ask().headers["x-cascade-tier"] == "big"

@@ -8,14 +8,17 @@ Each carries the histograms, counters and process series a real page has around 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from cascade.policy.loading import load_policy
 from cascade.policy.model import Tier
 from cascade.tiers.engine_metrics import EngineKind, EngineMetricsError, parse_engine_metrics
 from cascade.tiers.engines import EngineLoads, EngineSample
+from tests.conftest import TWO_TIERS
 
 PAGES = Path(__file__).parent / "data" / "engine_metrics"
 A, B = "http://engine-a:8000/v1", "http://engine-b:8000/v1"
@@ -185,3 +188,11 @@ def test_staleness_must_outlast_a_read() -> None:
     unreachable between two good reads."""
     with pytest.raises(ValidationError, match="must be more than scrape_interval_s"):
         _tier(scrape_interval_s=5, stale_after_s=5)
+
+
+def test_a_bare_yaml_off_turns_the_metrics_off(write_policy: Callable[[str], Path]) -> None:
+    """`metrics: off` unquoted (YAML reads it as false) means off, as written."""
+    text = TWO_TIERS.replace(
+        "    max_concurrency: 2\n", "    max_concurrency: 2\n    engine: {metrics: off}\n"
+    )
+    assert load_policy(write_policy(text)).tier("small").engine.metrics == "off"

@@ -195,6 +195,12 @@ class Engine(_Strict):
     """A replica whose metrics cannot be read: ``skip`` it (no request is sent there until its
     metrics are back), or judge it by this proxy's own calls in flight (``own_count``)."""
 
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false: take it as written (true names no engine).
+        return "off" if value is False else value
+
     @model_validator(mode="after")
     def _stale_after_a_read(self) -> Engine:
         if self.stale_after_s <= self.scrape_interval_s:
