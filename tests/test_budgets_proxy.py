@@ -223,6 +223,7 @@ def _two_workers(
     port = closed_port()
     command = [sys.executable, "-m", "cascade", "serve", "--policy", str(policy)]
     command += ["--port", str(port), "--workers", "2", "--log-level", "warning"]
+    command += ["--drain-delay", "0"]  # no load balancer to wait for on SIGTERM
     command += ["--database-url", url, "--spool", str(tmp_path / "ledger.spool")]
     env = {k: v for k, v in os.environ.items() if k != "CASCADE_KEY_PEPPER"}
     log = tmp_path / "serve.log"

@@ -45,6 +45,7 @@ def replica(policy: Path, url: str, workers: int, tmp_path: Path) -> Iterator[st
     name = f"replica-{port}"
     command = [sys.executable, "-m", "cascade", "serve", "--policy", str(policy)]
     command += ["--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+    command += ["--drain-delay", "0"]  # no load balancer to wait for on SIGTERM
     command += ["--database-url", url, "--spool", str(tmp_path / f"{name}.spool")]
     env = {**os.environ, "CASCADE_KEY_PEPPER": PEPPER}
     with (tmp_path / f"{name}.log").open("w") as log:

@@ -37,7 +37,7 @@ def _proxy(policy: Path, database: Path, spool: Path) -> Iterator[tuple[str, int
     port = closed_port()
     command = [
         *(sys.executable, "-m", "cascade", "serve", "--policy", str(policy)),
-        *("--port", str(port), "--log-level", "warning"),
+        *("--port", str(port), "--log-level", "warning", "--drain-delay", "0"),
         *("--database-url", f"sqlite:///{database}", "--spool", str(spool)),
     ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -165,6 +165,7 @@ def test_workers_start_while_postgres_is_unreachable(tmp_path: Path) -> None:
         command = [sys.executable, "-m", "cascade", "serve", "--policy", str(policy)]
         command += ["--port", str(port), "--workers", "2", "--database-url", url]
         command += ["--spool", str(tmp_path / "spool"), "--log-level", "warning", "--no-keys"]
+        command += ["--drain-delay", "0"]  # no load balancer to wait for on SIGTERM
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
         try:
             body = {"model": "cascade", "messages": [{"role": "user", "content": "hi"}]}

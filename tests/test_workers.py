@@ -70,6 +70,7 @@ def _serve(
     ``key_env``: ``{VARIABLE: key}``, the client key given with ``--api-key-env VARIABLE``."""
     command = [sys.executable, "-m", "cascade", "serve", "--policy", str(policy)]
     command += ["--port", str(port), "--workers", "2", "--log-level", "warning"]
+    command += ["--drain-delay", "0"]  # no load balancer to wait for: stop accepting at once
     if ledger is None:
         command.append("--no-ledger")
     else:
@@ -283,6 +284,7 @@ _SHARED_SOCKET_SERVER = """\
 import functools, sys
 from cascade.logs import configure_json_logs
 from cascade.server.app import create_worker_app
+from cascade.server.drain import DrainTimes
 from cascade.server.settings import ServerSettings
 from cascade.server.workers import serve_workers
 
@@ -295,6 +297,7 @@ settings = ServerSettings(  # no virtual keys: they could not be read from that 
 serve_workers(
     functools.partial(create_worker_app, settings),
     host="127.0.0.1", port=int(port), log_level="warning", workers=2, reuse_port=False,
+    drain=DrainTimes(delay_s=0),
 )
 """
 

@@ -1,4 +1,14 @@
-"""``cascade serve``: the OpenAI-compatible routing proxy."""
+"""``cascade serve``: the OpenAI-compatible routing proxy.
+
+On SIGTERM (or Ctrl+C) the proxy drains rather than drops: ``/readyz`` answers 503 at once; for
+``--drain-delay`` seconds it still accepts and serves (a load balancer, or Kubernetes, keeps
+sending for a moment after it is told); then it stops accepting, lets every request in flight
+finish, streams included, for up to ``--drain-timeout`` seconds, cuts what is left (each such
+request answered 503, or its stream ended with an error event, code ``shutdown``, and recorded
+in the ledger as cut), flushes the ledger and exits 0. A second signal cuts at once. With
+``--workers``, each worker drains so. In Kubernetes, set ``terminationGracePeriodSeconds`` above
+the delay plus the timeout (:mod:`cascade.server.drain`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +19,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from cascade.server.drain import DrainTimes
     from cascade.server.settings import ServerSettings
 
 
@@ -19,7 +30,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="run the OpenAI-compatible routing proxy",
         description="Serve /v1/chat/completions: route each request to the cheapest tier that "
         "can handle it, escalate rejected answers, spill overflow. Point an OpenAI client's "
-        "base URL at http://HOST:PORT/v1 and use the model name 'cascade'.",
+        "base URL at http://HOST:PORT/v1 and use the model name 'cascade'. On SIGTERM or "
+        "Ctrl+C it drains (/readyz fails, what is in flight finishes, the ledger is flushed, "
+        "exit 0): see --drain-delay and --drain-timeout; a second signal cuts at once.",
     )
     serve.add_argument(
         "--policy",
@@ -52,6 +65,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     serve.add_argument("--no-ledger", action="store_true", help="do not record requests")
     serve.add_argument(
+        "--drain-delay",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="after SIGTERM, /readyz fails at once but requests are still accepted and served "
+        "for this long, while load balancers stop sending (default: 5)",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="then, no new connections; requests in flight (streams too) get this long to "
+        "finish before they are cut, answered 503 and recorded as cut by the shutdown; the "
+        "ledger is flushed and the process exits 0 (default: 30). Kubernetes' "
+        "terminationGracePeriodSeconds must exceed the delay plus this",
+    )
+    serve.add_argument(
         "--spool", default="cascade-ledger.spool", help="where rows wait while the database is down"
     )
     serve.set_defaults(command=_serve)
@@ -63,8 +94,10 @@ def _serve(ns: argparse.Namespace) -> int:
     from cascade.ledger import database_url
     from cascade.ledger.keys import PEPPER_ENV
     from cascade.logs import configure_json_logs
+    from cascade.server.drain import DrainTimes
     from cascade.server.settings import ServerSettings
 
+    drain = DrainTimes(delay_s=ns.drain_delay, timeout_s=ns.drain_timeout)  # checked first
     policies = tuple(ns.policy or ["default"])
     if not check_policies(policies):  # located errors, not a lifespan traceback
         return 1
@@ -92,17 +125,18 @@ def _serve(ns: argparse.Namespace) -> int:
         spool_path=ns.spool,
     )
     if ns.workers > 1:
-        _serve_workers(settings, ns)
+        _serve_workers(settings, ns, drain)
     else:
         from cascade.server.app import create_app
-        from cascade.server.background import serve_forever
+        from cascade.server.drain import serve_draining
 
         # The proxy migrates the ledger as it starts (open_ledger), once.
-        serve_forever(create_app(settings), host=ns.host, port=ns.port, log_level=ns.log_level)
+        app = create_app(settings)
+        serve_draining(app, host=ns.host, port=ns.port, log_level=ns.log_level, times=drain)
     return 0
 
 
-def _serve_workers(settings: ServerSettings, ns: argparse.Namespace) -> None:
+def _serve_workers(settings: ServerSettings, ns: argparse.Namespace, drain: DrainTimes) -> None:
     import structlog
 
     from cascade.errors import LedgerError
@@ -133,4 +167,5 @@ def _serve_workers(settings: ServerSettings, ns: argparse.Namespace) -> None:
         port=ns.port,
         log_level=ns.log_level,
         workers=ns.workers,
+        drain=drain,
     )

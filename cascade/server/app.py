@@ -29,6 +29,7 @@ from cascade.errors import InvalidRequestError
 from cascade.ledger.store import ANY_TENANT, Owner
 from cascade.server.auth import Caller, KeyCache
 from cascade.server.chat import CHAT_PATH, chat_completions
+from cascade.server.drain import closing_connection, drain_of
 from cascade.server.engine_report import engine_readiness, engine_series
 from cascade.server.metrics import Metrics, ledger_series
 from cascade.server.openai_format import (
@@ -52,6 +53,8 @@ class ProxyApp:
         self.starlette = starlette
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and drain_of(scope).draining:
+            send = closing_connection(send)  # the client should reconnect elsewhere
         if scope["type"] == "http" and _route_path(scope) == CHAT_PATH:
             if scope["method"] == "POST":
                 await chat_completions(scope, receive, send)
@@ -233,8 +236,13 @@ async def readyz(request: Request) -> Response:
     database: a 503 would take them all out of service at once). API tiers whose key is not set
     are named under ``"tiers"`` the same way, and so are engine replicas whose metrics cannot be
     read, under ``"engines"`` (each watched replica's state: :mod:`cascade.server.engine_report`).
+
+    Once the server is stopping (SIGTERM), 503 with ``"status": "draining"``: a load balancer
+    stops sending while the requests in flight finish (:mod:`cascade.server.drain`).
     """
     proxy: Proxy = request.state.proxy
+    if drain_of(request.scope).draining:
+        return JSONResponse({"status": "draining", "policies": list(proxy.routers)}, 503)
     ready = bool(proxy.routers)
     body: dict[str, object] = {
         "status": "ready" if ready else "starting",

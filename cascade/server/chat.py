@@ -10,11 +10,14 @@ a 500 in the same shape, logged with its traceback. Never a traceback to the cli
 
 Every request that reached a tier is counted and recorded exactly once — answered, failed, or
 abandoned by its client, before the answer or half-way through a stream (recorded with status
-499, as nginx names it; the tier's call is cancelled and its slot freed).
+499, as nginx names it; the tier's call is cancelled and its slot freed), or cut by a shutdown
+(503, the cut call's error class ``shutdown``, the client told why: :mod:`cascade.server.drain`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Iterable, Sequence
@@ -34,6 +37,14 @@ from cascade.run.router import Router
 from cascade.run.streaming import StreamRun
 from cascade.server.auth import Caller, KeyCache
 from cascade.server.disconnects import CancelOnDisconnect
+from cascade.server.drain import (
+    SHUTDOWN_STATUS,
+    Drain,
+    drain_of,
+    farewell,
+    shutdown_attempts,
+    shutdown_reply,
+)
 from cascade.server.metrics import Metrics
 from cascade.server.openai_format import (
     BadRequestError,
@@ -81,6 +92,12 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         reply = await _handle(scope, receive, request_id)
     except ClientGoneError:
         return
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or not drain_of(scope).cutting:
+            raise
+        task.uncancel()  # the shutdown cut it: say so, rather than drop the connection
+        reply = shutdown_reply(request_id)
     except Exception:  # a bug of ours: the client gets a 500 in OpenAI's shape, the log the trace
         log.exception("request.crashed", request_id=request_id)
         reply = error_reply(
@@ -102,6 +119,8 @@ class _Exchange:
     caller: Caller
     """Who sent the request (its key's tenant and limits)."""
     started: float
+    drain: Drain
+    """The server's shutdown state (whether it is cutting the requests still running)."""
     allowance: Allowance | None = None
     """What the request may spend (its budget's reservation, settled in :meth:`finish`)."""
     rate_headers: dict[str, str] = field(default_factory=dict)
@@ -121,6 +140,8 @@ class _Exchange:
         **log_fields: object,
     ) -> None:
         """Count the request in the metrics, hand its rows to the ledger, and log it."""
+        if http_status == CLIENT_CLOSED and self.drain.cutting:  # ended by the shutdown's cut
+            http_status, attempts = SHUTDOWN_STATUS, shutdown_attempts(attempts)
         if self.allowance is not None:
             spent(self.proxy.budgets, self.allowance, attempts)
         outcome = "ok" if http_status == 200 else "error"
@@ -178,7 +199,7 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> Reply:
     try:
         headers = _headers_of(scope)
         caller = keys.authorize(headers.get("authorization"), headers.get("x-cascade-tenant"))
-        exchange = _Exchange(proxy, metrics, request_id, caller, started)
+        exchange = _Exchange(proxy, metrics, request_id, caller, started, drain_of(scope))
         require_json(headers.get("content-type"))
         limit = proxy.settings.max_body_bytes
         chat = parse_chat_request(await read_body(receive, headers.get("content-length"), limit))
@@ -202,6 +223,12 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> Reply:
                 )
         except ClientGoneError:
             exchange.finish(chat, decision, attempts, final_tier=None, http_status=CLIENT_CLOSED)
+            raise
+        except asyncio.CancelledError:
+            if exchange.drain.cutting:  # recorded as cut; chat_completions answers the 503
+                exchange.finish(
+                    chat, decision, attempts, final_tier=None, http_status=CLIENT_CLOSED
+                )
             raise
     except BadRequestError as exc:
         return error_reply(
@@ -394,4 +421,5 @@ def _relay(run: StreamRun, chat: ChatRequest, decision: Decision, exchange: _Exc
 
     headers = _answer_headers(run.tier.name, run.tier.model, decision, exchange.request_id)
     headers |= exchange.rate_headers
-    return StreamReply(events(), headers, closing=end)
+    last = functools.partial(farewell, exchange.drain, exchange.request_id)
+    return StreamReply(events(), headers, closing=end, farewell=last)

@@ -69,6 +69,9 @@ class StreamReply:
     closing: Callable[[], Awaitable[None]] | None = None
     """Awaited last, however the reply ended: what ``events`` would do in its ``finally`` had
     it started (a generator closed before its first step runs none of its code)."""
+    farewell: Callable[[], bytes | None] | None = None
+    """Asked when the server (not the client) cancels the relay: the last event to send before
+    the stream ends properly (why it was cut), or None to let the cancellation go on."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -85,16 +88,23 @@ class StreamReply:
                 task.cancel()  # wakes the relay wherever it waits: on the tier or on the socket
 
         watcher = asyncio.create_task(watch())
+        started = False
         try:
             headers = [_SSE, (b"cache-control", b"no-cache"), *_encoded(self.headers)]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
+            started = True
             async for event in self.events:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not gone:
-                raise  # the server is stopping, not the client leaving
+            last = None if gone or not started or self.farewell is None else self.farewell()
+            if not gone and last is None:
+                raise  # the server is stopping, and nothing says how to end the stream
             task.uncancel()
+            relaying = False  # a client leaving from here on cancels nothing
+            if last is not None:  # the server cut the stream: end it properly, saying why
+                await send({"type": "http.response.body", "body": last, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             pass  # the socket broke under us: the client is gone all the same
         finally:

@@ -17,7 +17,13 @@ read in ``/proc/<pid>/environ`` and which anything that dumps its environment pr
 
 The parent only supervises: it starts the workers, restarts one that dies after it was serving,
 gives up if one dies before it was (a bad policy, a port held by another program), and on
-SIGINT or SIGTERM stops them all and returns.
+SIGINT or SIGTERM drains them all and returns. It sends each worker SIGTERM (Kubernetes signals
+only the container's first process); each drains as :mod:`cascade.server.drain` says, and the
+parent waits for them up to the drain delay and timeout and a margin, and kills one still
+running after that (an error: what that worker held may be missing from the ledger). A second
+signal is passed on too: the workers then cut at once. Workers ignore SIGINT themselves: a
+terminal's Ctrl+C reaches the whole process group, and a worker hearing it as well as the
+parent's SIGTERM would take it for a second signal.
 """
 
 from __future__ import annotations
@@ -34,15 +40,14 @@ from multiprocessing.synchronize import Event as EventType
 from types import FrameType
 
 import structlog
-import uvicorn
 from starlette.types import ASGIApp
 
 from cascade.errors import CascadeError
-from cascade.server.background import uvicorn_options
+from cascade.server.drain import DrainingServer, DrainTimes, draining_server
 
 log = structlog.get_logger("cascade.workers")
 
-_STOP_TIMEOUT_S = 30.0
+_STOP_MARGIN_S = 15.0  # beyond the drain's delay and timeout: the cut, then the ledger's flush
 _POLL_S = 0.2
 _BACKLOG = 2048  # uvicorn's default
 
@@ -64,34 +69,36 @@ def serve_workers(
     log_level: str,
     workers: int,
     reuse_port: bool | None = None,
+    drain: DrainTimes | None = None,
 ) -> None:
-    """Serve ``app`` from ``workers`` processes until SIGINT or SIGTERM; raises CascadeError when
-    a worker cannot start.
+    """Serve ``app`` from ``workers`` processes until SIGINT or SIGTERM, then drain them; raises
+    CascadeError when a worker cannot start, or had to be killed because it did not drain.
 
     ``app``: a :data:`WorkerApp`, or the import string (``module:function``) of a factory that
     takes no arguments. ``reuse_port``: whether every worker binds the port itself
     (``SO_REUSEPORT``) or all serve one socket the parent binds; None: the former where the
-    platform has it.
+    platform has it. ``drain``: how the workers drain (default: :class:`DrainTimes`'s).
     """
+    times = drain or DrainTimes()
     reuse = reuse_port_available() if reuse_port is None else reuse_port
     shared = None if reuse else _listening_socket(host, port, reuse_port=False)
     context = multiprocessing.get_context("spawn")
-    stopping = False
+    signals = 0  # stop signals received
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+        nonlocal signals
+        signals += 1
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    spec = _Spec(app, host, port, log_level, workers)
+    spec = _Spec(app, host, port, log_level, workers, times)
     running: list[_Worker] = []
     try:
         for index in range(workers):
             running.append(_Worker.start(context, spec, index, shared))
-        while not stopping:
+        while not signals:
             time.sleep(_POLL_S)
             for number, worker in enumerate(running):
-                if worker.process.is_alive() or stopping:
+                if worker.process.is_alive() or signals:
                     continue
                 code = worker.process.exitcode
                 if not worker.ready.is_set():
@@ -102,11 +109,17 @@ def serve_workers(
                 log.warning("worker.restarted", pid=worker.process.pid, exit_code=code)
                 running[number] = _Worker.start(context, spec, number, shared)
     finally:
-        _stop([worker.process for worker in running])
+        processes = [worker.process for worker in running]
+        killed = _stop(processes, times, shared, signals=lambda: signals)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if shared is not None:
             shared.close()
+    if killed:
+        raise CascadeError(
+            f"{killed} worker(s) did not drain within {_budget(times):.0f}s and were killed; "
+            "requests they held may be missing from the ledger"
+        )
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,7 @@ class _Spec:
     port: int
     log_level: str
     count: int
+    drain: DrainTimes
 
 
 @dataclass(frozen=True)
@@ -142,16 +156,42 @@ class _Worker:
         return cls(process, ready)
 
 
-def _stop(processes: list[SpawnProcess]) -> None:
+def _stop(
+    processes: list[SpawnProcess],
+    times: DrainTimes,
+    shared: socket.socket | None,
+    *,
+    signals: Callable[[], int],
+) -> int:
+    """Drain the workers (SIGTERM each, and again on each further signal); kill those still
+    running past the drain's budget. Returns how many were killed."""
+    started = time.monotonic()
+    forwarded = 0
+    while any(process.is_alive() for process in processes):
+        elapsed = time.monotonic() - started
+        if elapsed > _budget(times):
+            break
+        if shared is not None and elapsed >= times.delay_s:
+            shared.close()  # the workers stop accepting now: so does the socket they share
+        if forwarded < max(1, signals()):
+            forwarded += 1
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+        time.sleep(_POLL_S / 4)
+    killed = 0
     for process in processes:
         if process.is_alive():
-            process.terminate()  # SIGTERM: uvicorn finishes requests in flight, runs the lifespan
-    deadline = time.monotonic() + _STOP_TIMEOUT_S
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
+            log.error("worker.killed", pid=process.pid, drain_budget_s=_budget(times))
             process.kill()
-            process.join()
+            killed += 1
+        process.join()
+    return killed
+
+
+def _budget(times: DrainTimes) -> float:
+    """How long the parent waits for its workers to drain."""
+    return times.delay_s + times.timeout_s + _STOP_MARGIN_S
 
 
 def _listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -177,6 +217,7 @@ def _worker(spec: _Spec, index: int, ready: EventType, shared: socket.socket | N
     """One worker process: the shared socket or its own on the shared port, one uvicorn server."""
     from cascade.logs import configure_json_logs  # noqa: PLC0415 - in the child process
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent says when to stop (SIGTERM)
     configure_json_logs(spec.log_level)
     sock = shared
     if sock is None:
@@ -185,19 +226,20 @@ def _worker(spec: _Spec, index: int, ready: EventType, shared: socket.socket | N
         except CascadeError as exc:
             log.error("worker.bind_failed", host=spec.host, port=spec.port, error=str(exc))
             raise SystemExit(3) from None
-    options = uvicorn_options(spec.log_level)
-    if isinstance(spec.app, str):
-        config = uvicorn.Config(spec.app, factory=True, host=spec.host, port=spec.port, **options)
-    else:
-        config = uvicorn.Config(
-            spec.app(index, spec.count), host=spec.host, port=spec.port, **options
-        )
-    server = uvicorn.Server(config)
+    app = spec.app if isinstance(spec.app, str) else spec.app(index, spec.count)
+    server = draining_server(
+        app,
+        host=spec.host,
+        port=spec.port,
+        log_level=spec.log_level,
+        times=spec.drain,
+        signals=(signal.SIGTERM,),
+    )
     threading.Thread(target=_announce, args=(server, ready), daemon=True).start()
     server.run(sockets=[sock])
 
 
-def _announce(server: uvicorn.Server, ready: EventType) -> None:
+def _announce(server: DrainingServer, ready: EventType) -> None:
     """Tell the parent once ``server`` has run its lifespan and listens."""
     while not server.started and not server.should_exit:
         time.sleep(0.05)
