@@ -144,3 +144,26 @@ def test_cli_reports_unreachable_database(tmp_path: Path) -> None:
         LedgerError, match=r"missing/ledger\.db: the folder .*missing does not exist"
     ):
         _cli("db", "upgrade", "--url", url)
+
+
+def test_replicas_that_migrate_at_once_all_start(tmp_path: Path) -> None:
+    """Several proxies starting together against a new Postgres database each run the
+    migrations: all of them succeed and the schema is at head (an advisory lock orders them).
+    SQLite serves one host, where ``cascade serve --workers`` migrates once before starting."""
+    with open_database("postgres", tmp_path) as database:
+        _migrate_at_once(database)
+
+
+def _migrate_at_once(database: LedgerDatabase) -> None:
+    async def run() -> None:
+        engines = [database.engine() for _ in range(3)]
+        try:
+            # Unordered, concurrent DDL transactions wait on each other's locks: bounded here.
+            await asyncio.wait_for(asyncio.gather(*(upgrade(e) for e in engines)), 60)
+            assert await current_revision(engines[0]) == head_revision()
+            assert set(_TABLES) <= await _tables(database)
+        finally:
+            for engine in engines:
+                await engine.dispose()
+
+    asyncio.run(run())

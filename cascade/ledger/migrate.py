@@ -16,6 +16,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -74,8 +75,16 @@ async def schema_differences(engine: AsyncEngine) -> list[Any]:
         return await conn.run_sync(compare)
 
 
+_MIGRATION_LOCK = 0x63617363  # "casc": one Postgres advisory lock for every cascade migration
+
+
 async def _with_connection(engine: AsyncEngine, run: Callable[[Config], None]) -> None:
     def in_sync(sync: Connection) -> None:
+        if sync.dialect.name == "postgresql":
+            # Proxy replicas that start together all migrate: the first holds the lock until its
+            # transaction commits, the others then find the schema at head and do nothing
+            # (without it, the losers failed on tables the winner had just created).
+            sync.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         config = alembic_config()
         config.attributes["connection"] = sync
         run(config)
