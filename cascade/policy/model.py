@@ -77,9 +77,12 @@ class Tier(_Strict):
     """Base URLs of the engine replicas serving a self_hosted tier (instead of ``endpoint``),
     each ``http://host:port/v1``; ``routing`` chooses one per request."""
     routing: Literal["prefix", "round_robin", "least_loaded"] = "prefix"
-    """How a request picks a replica: ``prefix`` (the same stable prefix goes to the same
-    replica, so its prefix cache hits, unless that replica is much busier than the rest: two
-    proxies that never talk choose alike), ``round_robin`` or ``least_loaded``."""
+    """How a request picks a replica: ``prefix`` (rendezvous hashing of the stable prefix: the
+    same prefix goes to the same replica, so its prefix cache hits, and two proxies that never
+    talk choose alike; a replica already at 1.25x the replicas' mean load passes the call to the
+    prefix's next replica), ``round_robin`` or ``least_loaded``. A replica's load: its engine's
+    running and waiting requests when ``engine`` reads them, or this proxy's calls in flight
+    there when higher. A replica that cannot be reached is skipped for ``cooldown_s``."""
     engine: Engine = Field(default_factory=Engine)
     """Read each replica's engine metrics to judge saturation (self_hosted tiers)."""
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
