@@ -22,7 +22,6 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 import orjson
 import structlog
@@ -35,6 +34,7 @@ from cascade.run.attempts import Attempt, Completion, UpstreamError, describe_at
 from cascade.run.ids import new_request_id
 from cascade.run.router import Router
 from cascade.run.streaming import StreamRun
+from cascade.server.answer_headers import answer_headers, completion_headers, request_headers
 from cascade.server.auth import Caller, KeyCache
 from cascade.server.disconnects import CancelOnDisconnect
 from cascade.server.drain import (
@@ -71,16 +71,6 @@ PROMPT_LOG_CHARS = 16_384
 
 # Which status an upstream failure becomes: the client can retry a 503 later, a 504 sooner.
 _UPSTREAM_STATUS = {"timeout": 504, "saturated": 503, "rate_limited": 503, "unavailable": 503}
-_WANTED = frozenset(
-    {
-        b"authorization",
-        b"content-length",
-        b"content-type",
-        b"x-cascade-tenant",
-        b"x-cascade-workload",
-    }
-)
-_CENT_FRACTION = Decimal("1e-10")
 
 Reply = JSONReply | StreamReply
 
@@ -197,7 +187,7 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> Reply:
         return error_reply(503, "the proxy is starting; retry shortly", request_id=request_id)
     started = time.perf_counter()
     try:
-        headers = _headers_of(scope)
+        headers = request_headers(scope)
         caller = keys.authorize(headers.get("authorization"), headers.get("x-cascade-tenant"))
         exchange = _Exchange(proxy, metrics, request_id, caller, started, drain_of(scope))
         require_json(headers.get("content-type"))
@@ -293,7 +283,7 @@ def _failed(
 
 def _delivered(completion: Completion, chat: ChatRequest, exchange: _Exchange) -> Reply:
     """An accepted answer: count, record and log it, and send it as JSON or as a stream."""
-    reply_headers = _completion_headers(completion) | exchange.rate_headers
+    reply_headers = completion_headers(completion) | exchange.rate_headers
     exchange.finish(
         chat,
         completion.decision,
@@ -327,49 +317,6 @@ def _prompt_text(chat: ChatRequest) -> str:
     if len(text) > PROMPT_LOG_CHARS:
         return text[:PROMPT_LOG_CHARS] + f"... ({len(text) - PROMPT_LOG_CHARS} more characters)"
     return text
-
-
-def _headers_of(scope: Scope) -> dict[str, str]:
-    """The few request headers the proxy reads (ASGI servers send names in lower case); one
-    of them sent twice is refused (400): which copy counts would be a guess an attacker picks."""
-    raw: Iterable[tuple[bytes, bytes]] = scope["headers"]
-    found = {name.decode(): value.decode("latin-1") for name, value in raw if name in _WANTED}
-    if len(found) < sum(1 for name, _ in raw if name in _WANTED):
-        seen = [name.decode() for name, _ in raw if name in _WANTED]
-        twice = next(name for name in seen if seen.count(name) > 1)
-        raise BadRequestError(
-            400, f"{twice}: sent more than once; send it once", code="duplicate_header"
-        )
-    return found
-
-
-def _answer_headers(tier: str, model: str, decision: Decision, request_id: str) -> dict[str, str]:
-    """What every answer says about its routing (a stream can say no more before it starts)."""
-    headers = {
-        "x-cascade-tier": tier,
-        "x-cascade-model": model,
-        "x-cascade-confidence": f"{decision.confidence:.4f}",
-        "x-cascade-request-id": request_id,
-    }
-    if (trimmed := decision.history_trimmed) is not None:  # never silently
-        headers["x-cascade-history-trimmed"] = trimmed
-    return headers
-
-
-def _completion_headers(completion: Completion) -> dict[str, str]:
-    headers = _answer_headers(
-        completion.tier, completion.model, completion.decision, completion.request_id
-    )
-    headers["x-cascade-cost-usd"] = f"{completion.cost_usd.quantize(_CENT_FRACTION):f}"
-    headers["x-cascade-attempts"] = describe_attempts(completion.attempts)
-    if (confidence := completion.verify_confidence) is not None:
-        headers["x-cascade-verify-confidence"] = f"{confidence:.4f}"
-    if any(a.evidence for a in completion.attempts):
-        evidence = completion.evidence_cost_usd.quantize(_CENT_FRACTION)
-        headers["x-cascade-evidence-cost-usd"] = f"{evidence:f}"
-    if completion.decision.spilled_from is not None:
-        headers["x-cascade-spilled-from"] = completion.decision.spilled_from
-    return headers
 
 
 def _relay(run: StreamRun, chat: ChatRequest, decision: Decision, exchange: _Exchange) -> Reply:
@@ -419,7 +366,7 @@ def _relay(run: StreamRun, chat: ChatRequest, decision: Decision, exchange: _Exc
             await chunks.aclose()  # left at a yield if the client went
             await end()
 
-    headers = _answer_headers(run.tier.name, run.tier.model, decision, exchange.request_id)
+    headers = answer_headers(run.tier.name, run.tier.model, decision, exchange.request_id)
     headers |= exchange.rate_headers
     last = functools.partial(farewell, exchange.drain, exchange.request_id)
     return StreamReply(events(), headers, closing=end, farewell=last)
