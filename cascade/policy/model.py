@@ -14,23 +14,25 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, model_validator
 
 from cascade.policy.parts import (
+    CHECKS,
     Budgets,
+    Check,
     Engine,
+    Escalation,
     GpuPrice,
     Money,
     Price,
     PromptCache,
+    PromptSettings,
+    ScorerSettings,
     TierName,
     Timeouts,
     TokenPrice,
     VerifierSettings,
     Verify,
+    VolatilePlacement,
     _Strict,
 )
-
-CHECKS = ("length", "empty", "refusal", "invalid_json", "invalid_tool_call", "low_logprob")
-Check = Literal["length", "empty", "refusal", "invalid_json", "invalid_tool_call", "low_logprob"]
-VolatilePlacement = Literal["system", "user", "keep"]
 
 __all__ = [
     "CHECKS",
@@ -176,64 +178,6 @@ class Workload(_Strict):
     caches); a cap pays when old turns cost more than the cache saves on them."""
     description: str = ""
     """Free text for humans."""
-
-
-_DEFAULT_CHECKS: tuple[Check, ...] = ("length", "empty", "invalid_json")
-
-
-class Escalation(_Strict):
-    """Checks on a cheaper tier's answer that send the request to the next tier."""
-
-    checks: list[Check] = Field(default_factory=lambda: list(_DEFAULT_CHECKS))
-    """Which checks run: length (cut by max_tokens), empty, refusal, invalid_json (when
-    response_format asks for JSON), invalid_tool_call, low_logprob."""
-    min_mean_logprob: float = Field(default=-1.5, le=0)
-    """For low_logprob: escalate when the answer's mean token logprob is below this."""
-    max_attempts: int = Field(default=3, ge=1, le=10)
-    """Most tier calls one request may make (first call, escalations and spills together)."""
-    streaming: Literal["buffer", "passthrough"] = "buffer"
-    """buffer: verify a streamed answer before its first byte reaches the client; passthrough:
-    stream at once (no escalation after the first byte)."""
-
-
-class PromptSettings(_Strict):
-    """How the prompt step treats requests."""
-
-    volatile: VolatilePlacement = "system"
-    """Where volatile lines of the system prompt (timestamps, dates, ids, per-user lines such as
-    "Current user: alice@example.com (role: admin).") go, so that the stable prefix stays
-    byte-identical and cacheable. system: into a second system message right after the stable
-    system messages; they keep the system role's authority and the stable prefix still caches
-    (a line that changes on every request stops the cache there, before the conversation's
-    history). user: to the start of the last user message, an opt-in: the history before it
-    caches too, but what the app said now reads as the user's own claim (an injected "I am admin"
-    looks the same), and a secret (a session token) sits where models repeat text. keep: send
-    the prompt as written and only report the lines (the cache stops at the first one)."""
-    log_prompts: bool = False
-    """Put the request's messages on its log line (``request.completed`` or ``request.failed``,
-    at most 16,384 characters). Off by default: prompts are often personal data."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_move_volatile(cls, data: Any) -> Any:
-        # Refused rather than mapped: true meant "into the user turn", which is no longer the
-        # default, and a silent mapping would keep moving authority without anyone choosing it.
-        if isinstance(data, dict) and "move_volatile" in data:
-            raise ValueError(
-                "move_volatile was replaced by volatile: system | user | keep "
-                "(move_volatile: true was volatile: user, false was volatile: keep; "
-                "the default, system, keeps volatile lines in the system role)"
-            )
-        return data
-
-
-class ScorerSettings(_Strict):
-    """Which confidence model scores requests, and where."""
-
-    model: str = "prompt-features-v2"
-    """A model shipped in router_models/ (by name) or a path to a model folder."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto: the GPU when onnxruntime-gpu can use one, else the CPU."""
 
 
 class Probe(_Strict):

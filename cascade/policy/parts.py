@@ -1,4 +1,5 @@
-"""The policy's building blocks: strict models, names, prices, timeouts and the verify step.
+"""The policy's building blocks: strict models, names, prices, timeouts, the verify step, the
+prompt, escalation and scorer settings.
 
 Split from :mod:`cascade.policy.model` (which re-exports them) so that file stays the policy's
 outline; field docstrings become the JSON Schema's descriptions and ``policies/REFERENCE.md``.
@@ -21,6 +22,10 @@ from pydantic import (
 
 TierName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=9)]
+
+CHECKS = ("length", "empty", "refusal", "invalid_json", "invalid_tool_call", "low_logprob")
+Check = Literal["length", "empty", "refusal", "invalid_json", "invalid_tool_call", "low_logprob"]
+VolatilePlacement = Literal["system", "user", "keep"]
 
 
 class _Strict(BaseModel):
@@ -209,6 +214,64 @@ class Engine(_Strict):
                 f"({self.scrape_interval_s:g}): every replica would go stale between two reads"
             )
         return self
+
+
+_DEFAULT_CHECKS: tuple[Check, ...] = ("length", "empty", "invalid_json")
+
+
+class Escalation(_Strict):
+    """Checks on a cheaper tier's answer that send the request to the next tier."""
+
+    checks: list[Check] = Field(default_factory=lambda: list(_DEFAULT_CHECKS))
+    """Which checks run: length (cut by max_tokens), empty, refusal, invalid_json (when
+    response_format asks for JSON), invalid_tool_call, low_logprob."""
+    min_mean_logprob: float = Field(default=-1.5, le=0)
+    """For low_logprob: escalate when the answer's mean token logprob is below this."""
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    """Most tier calls one request may make (first call, escalations and spills together)."""
+    streaming: Literal["buffer", "passthrough"] = "buffer"
+    """buffer: verify a streamed answer before its first byte reaches the client; passthrough:
+    stream at once (no escalation after the first byte)."""
+
+
+class PromptSettings(_Strict):
+    """How the prompt step treats requests."""
+
+    volatile: VolatilePlacement = "system"
+    """Where volatile lines of the system prompt (timestamps, dates, ids, per-user lines such as
+    "Current user: alice@example.com (role: admin).") go, so that the stable prefix stays
+    byte-identical and cacheable. system: into a second system message right after the stable
+    system messages; they keep the system role's authority and the stable prefix still caches
+    (a line that changes on every request stops the cache there, before the conversation's
+    history). user: to the start of the last user message, an opt-in: the history before it
+    caches too, but what the app said now reads as the user's own claim (an injected "I am admin"
+    looks the same), and a secret (a session token) sits where models repeat text. keep: send
+    the prompt as written and only report the lines (the cache stops at the first one)."""
+    log_prompts: bool = False
+    """Put the request's messages on its log line (``request.completed`` or ``request.failed``,
+    at most 16,384 characters). Off by default: prompts are often personal data."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_move_volatile(cls, data: Any) -> Any:
+        # Refused rather than mapped: true meant "into the user turn", which is no longer the
+        # default, and a silent mapping would keep moving authority without anyone choosing it.
+        if isinstance(data, dict) and "move_volatile" in data:
+            raise ValueError(
+                "move_volatile was replaced by volatile: system | user | keep "
+                "(move_volatile: true was volatile: user, false was volatile: keep; "
+                "the default, system, keeps volatile lines in the system role)"
+            )
+        return data
+
+
+class ScorerSettings(_Strict):
+    """Which confidence model scores requests, and where."""
+
+    model: str = "prompt-features-v2"
+    """A model shipped in router_models/ (by name) or a path to a model folder."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: the GPU when onnxruntime-gpu can use one, else the CPU."""
 
 
 class VerifierSettings(_Strict):
