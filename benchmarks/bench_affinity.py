@@ -49,6 +49,7 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from benchmarks.support_workload import QUESTIONS, TOPICS
 from cascade.core.tokens import estimate_tokens
 from cascade.logs import configure_json_logs
 from cascade.server.app import create_app
@@ -75,16 +76,6 @@ tiers:
     max_concurrency: 1024
     price: {{gpu_usd_per_hour: 2.3, tokens_per_second: 14500}}  # the default policy's medium
 """
-_TOPICS = ("orders", "refunds", "shipping", "warranty", "subscriptions", "invoices", "returns")
-_QUESTIONS = (
-    "Where is order {n}?",
-    "How do I return item {n} if it arrived broken?",
-    "Can I change the delivery address of order {n}?",
-    "Why was I charged twice for invoice {n}?",
-    "Does the warranty cover model {n} after two years?",
-    "How do I pause subscription {n} for a month?",
-    "What does express shipping to postcode {n} cost?",
-)
 _TURNS = 4
 
 
@@ -93,7 +84,7 @@ def _system_prompt(app: int, rng: random.Random) -> str:
     target = rng.randint(1_000, 2_000)
     lines: list[str] = []
     while estimate_tokens("\n".join(lines)) < target:
-        n, topic = len(lines) + 1, rng.choice(_TOPICS)
+        n, topic = len(lines) + 1, rng.choice(TOPICS)
         lines.append(
             f"App {app} rule {n}: for {topic}, check the customer's account first, quote "
             f"section {n} of the app {app} handbook, and never promise a date or a refund."
@@ -118,7 +109,7 @@ def _workload(name: str, apps: int, requests: int, turns: int, seed: int) -> Wor
     sessions = []
     for _ in range(requests // turns):
         app = rng.choices(range(apps), weights)[0]
-        asked = (rng.choice(_QUESTIONS).format(n=rng.randint(100, 99_999)) for _ in range(turns))
+        asked = (rng.choice(QUESTIONS).format(n=rng.randint(100, 99_999)) for _ in range(turns))
         sessions.append((app, tuple(asked)))
     return Workload(name, prompts, tuple(sessions))
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.support_workload import QUESTIONS, handbook
 from cascade.core.pricing import tier_rates
 from cascade.core.tokens import estimate_tokens
 from cascade.ledger.cache_report import build_cache_report
@@ -48,16 +49,6 @@ milliseconds; the proxy's own ~15 ms of wall time is ~15 simulated seconds, well
 cache lifetime). The gaps between requests are not waited for: the tier's clock is moved
 forward by each gap (:meth:`~cascade.simulator.engine.Clock.advance`), so they are exact."""
 _KEY_VARIABLE = "CASCADE_BENCH_ANTHROPIC_KEY"
-_TOPICS = ("orders", "refunds", "shipping", "warranty", "subscriptions", "invoices", "returns")
-_QUESTIONS = (
-    "Where is order {n}?",
-    "How do I return item {n} if it arrived broken?",
-    "Can I change the delivery address of order {n}?",
-    "Why was I charged twice for invoice {n}?",
-    "Does the warranty cover model {n} after two years?",
-    "How do I pause subscription {n} for a month?",
-    "What does express shipping to postcode {n} cost?",
-)
 LEVELS = (
     ("busy: a request every 30 s", 30.0),
     ("quiet: every 4 min", 240.0),
@@ -65,21 +56,6 @@ LEVELS = (
     ("rare: every 2 h", 7200.0),
 )
 """Traffic levels: the mean simulated gap between requests (exponentially distributed)."""
-
-
-def handbook(tokens: int = 3000) -> str:
-    """A stable system prompt of about ``tokens`` estimated tokens."""
-    rules: list[str] = []
-    n = 0
-    while estimate_tokens("\n".join(rules)) < tokens:
-        topic = _TOPICS[n % len(_TOPICS)]
-        rules.append(
-            f"Rule {n + 1} ({topic}): answer questions about ACME's {topic} accurately and "
-            f"concisely, cite section {n // 7 + 1}.{n % 7 + 1} of the handbook, never invent a "
-            "price, a date or a policy, and hand the case to a human when the customer asks."
-        )
-        n += 1
-    return "You are ACME's support assistant.\n" + "\n".join(rules)
 
 
 def _policy(path: Path, endpoint: str, markers: str, ttl: str) -> Path:
@@ -128,7 +104,7 @@ def run(folder: Path, markers: str, ttl: str, gaps: list[float], system: str) ->
     with _proxy(folder, markers, ttl) as (url, database, clock), httpx.Client(timeout=60) as client:
         for n, gap in enumerate(gaps):
             clock.advance(gap)
-            question = _QUESTIONS[n % len(_QUESTIONS)].format(n=1000 + n)
+            question = QUESTIONS[n % len(QUESTIONS)].format(n=1000 + n)
             reply = client.post(
                 f"{url}/v1/chat/completions",
                 json={

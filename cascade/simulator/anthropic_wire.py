@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cascade.core.tokens import estimate_tokens
 from cascade.simulator.answers import Ask
 from cascade.simulator.marker_cache import Block, CachePlan, Ttl
-from cascade.simulator.wire import BadRequest, Choice
+from cascade.simulator.wire import BadRequest, Choice, json_object
 
 __all__ = [
     "MessagesRequest",
@@ -151,12 +151,7 @@ class MessagesRequest(BaseModel):
 
 def parse_messages_request(body: bytes) -> MessagesRequest:
     """Parse and validate a request body, or raise :class:`BadRequest` saying what is wrong."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object")
+    data = json_object(body)
     try:
         request = MessagesRequest.model_validate(data)
     except ValidationError as exc:

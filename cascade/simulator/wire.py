@@ -108,14 +108,20 @@ class ChatRequest(_Open):
     response_format: ResponseFormat | None = None
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
-    """Parse and validate a request body, or raise :class:`BadRequest` saying what is wrong."""
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body's JSON object, or :class:`BadRequest` saying what is wrong with it."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
+    return data
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    """Parse and validate a request body, or raise :class:`BadRequest` saying what is wrong."""
+    data = json_object(body)
     try:
         return ChatRequest.model_validate(data)
     except ValidationError as exc:
