@@ -20,7 +20,7 @@ _MILLION = Decimal(1_000_000)
 _SECONDS_PER_HOUR = Decimal(3600)
 # Prefill processes a prompt's tokens in parallel; an order of magnitude above decode throughput
 # is typical for vLLM/SGLang on one GPU. A policy can state the measured number instead.
-_DEFAULT_PREFILL_SPEEDUP = 10
+DEFAULT_PREFILL_SPEEDUP = 10
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def _gpu_rates(price: GpuPrice) -> Rates:
     prefill = (
         Decimal(repr(price.prefill_tokens_per_second))
         if price.prefill_tokens_per_second is not None
-        else decode * _DEFAULT_PREFILL_SPEEDUP
+        else decode * DEFAULT_PREFILL_SPEEDUP
     )
     return Rates(input=per_second / prefill, cached_input=Decimal(0), output=per_second / decode)
 

@@ -53,12 +53,24 @@ class GpuPrice(_Strict):
     """Self-hosted pricing from the GPU's rent and the tier's measured throughput."""
 
     gpu_usd_per_hour: Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=6)]
-    """What the GPU(s) serving this tier cost per hour, in US dollars."""
+    """What one GPU of this tier costs per hour, in US dollars (or one engine's GPUs together:
+    see ``gpus``)."""
     tokens_per_second: Annotated[float, Field(gt=0)]
-    """Measured aggregate decode throughput (output tokens per second at the serving batch size)."""
+    """Measured aggregate decode throughput of one GPU (or engine, as ``gpu_usd_per_hour``
+    counts): output tokens per second at the serving batch size, all its sequences together."""
     prefill_tokens_per_second: Annotated[float, Field(gt=0)] | None = None
     """Measured prompt-processing throughput; defaults to 10x the decode throughput. Prompt
     tokens served from the engine's prefix cache cost nothing."""
+    gpus: int | None = Field(default=None, ge=1)
+    """How many GPUs the tier is billed for, each at ``gpu_usd_per_hour`` and each serving
+    ``tokens_per_second``; default: one per engine replica (``replicas``, or 1 for an
+    ``endpoint``). The bill is ``gpus x gpu_usd_per_hour`` for every hour, busy or idle:
+    ``cascade report`` sets it against what the tier served. An engine spread over several GPUs
+    (tensor parallelism) counts as one here when the price and throughput are the whole
+    engine's, or as its GPUs when they are per GPU."""
+    ops_usd_per_month: Money = Decimal(0)
+    """A fixed operations cost of the tier per month in US dollars (people, monitoring, storage),
+    added to the bill prorated by the hour over a 30-day month (720 hours); default 0."""
 
 
 class Timeouts(_Strict):
