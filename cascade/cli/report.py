@@ -5,7 +5,10 @@ exact cost, cost per useful token, tier mix, escalation/spill/error rates, prefi
 the savings against sending everything to the policy's last (frontier) tier; ``--json`` prints
 the same as JSON, ``--html FILE`` writes a self-contained page with charts. Where keys have
 budgets, each also shows every such key's (and tenant's) budget in the current period: limit,
-settled, leased, left and self-hosted spend, beside its spend in the window.
+settled, leased, left and self-hosted spend, beside its spend in the window. Each self-hosted
+tier with a GPU price gets its fleet's bill over the window (``gpus`` x $/hour + operations, idle
+hours included) against the tokens it served: utilization, and effective against nominal (the
+ledger's full-batch) cost per million tokens and per useful token.
 
 ``cascade export`` writes the ledger's traffic as labeled-traffic JSONL
 (``cascade.training.traffic``).
@@ -46,9 +49,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="cost per useful token, tier mix, escalations and savings from the ledger",
         description="Summarize the ledger: per group, requests, tokens, exact cost, cost per "
         "useful token, tier shares, escalation/spill/error rates, prefix-cache hits and savings "
-        "against sending every request to the policy's last tier; then, for each key with a "
-        "budget and each tenant, the budget now (limit, settled, leased, left, self-hosted) "
-        "beside its spend in the window.",
+        "against sending every request to the policy's last tier; each self-hosted tier's "
+        "GPU bill over the window against what it served (utilization, effective and nominal "
+        "cost per token); then, for each key with a budget and each tenant, the budget now "
+        "(limit, settled, leased, left, self-hosted) beside its spend in the window.",
     )
     report.add_argument("--url", help=_URL_HELP)
     report.add_argument("--since", default="7d", help=_SINCE_HELP)
@@ -91,14 +95,17 @@ def _report(ns: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from cascade.ledger.budget_report import budgets_json, build_budgets, format_budgets
+    from cascade.ledger.fleet_report import build_fleet_report
     from cascade.ledger.queries import read_budgets, read_requests
     from cascade.ledger.report_text import format_report
     from cascade.ledger.reports import build_report, parse_since, report_json
+    from cascade.policy import load_policy
 
     now = datetime.now(UTC)
     since = parse_since(ns.since, now)
     name, frontier, rates = _frontier(ns.policy)
     facts = read_requests(ns.url, since)
+    fleet = build_fleet_report(facts, load_policy(ns.policy).tiers, since=since, now=now)
     report = build_report(
         facts,
         by=ns.by,
@@ -107,6 +114,7 @@ def _report(ns: argparse.Namespace) -> int:
         frontier_rates=rates,
         since=since,
         rates=_tier_rates(ns.policy, facts),
+        fleet=fleet,
     )
     budgets = build_budgets(read_budgets(ns.url, now), facts, frontier_rates=rates, now=now)
     if ns.html is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from cascade.ledger.cache_report import format_cache
+from cascade.ledger.fleet_report import format_fleet
 from cascade.ledger.reports import GroupStats, Report
 
 
@@ -16,14 +17,17 @@ def format_report(report: Report) -> str:
         f"counterfactual tier: {report.frontier_tier}"
         + ("" if report.frontier_priced else " (no price: savings unknown)"),
     ]
+    fleet = format_fleet(report.fleet) if report.fleet is not None else []
     if not report.total.requests:
         lines.append("no requests in the window")
-        return "\n".join(lines)
+        return "\n".join(lines + (["", *fleet] if fleet else []))
     for stats in (*report.groups, report.total):
         lines += ["", *_group_lines(report.by if stats is not report.total else "", stats)]
     caching = format_cache(report.caching) if report.caching is not None else []
     if caching:
         lines += ["", *caching]
+    if fleet:
+        lines += ["", *fleet]
     return "\n".join(lines)
 
 

@@ -18,7 +18,9 @@ Pure Python over the :class:`~cascade.ledger.queries.RequestFacts` that
 - history trimmed = requests a workload's history cap trimmed, and Σ their estimated tokens
   not sent;
 - prompt caching, per tier and per prefix: reads, writes, what the reads saved and what the
-  writes cost (:mod:`cascade.ledger.cache_report`).
+  writes cost (:mod:`cascade.ledger.cache_report`);
+- self-hosted fleets: each one's bill over the window against what it served, utilization and
+  effective against nominal cost (:mod:`cascade.ledger.fleet_report`).
 
 The report is printed by :mod:`cascade.ledger.report_text` and drawn by
 :mod:`cascade.ledger.report_html`.
@@ -37,6 +39,7 @@ from typing import Any, Literal
 from cascade.core.pricing import Rates
 from cascade.errors import LedgerError
 from cascade.ledger.cache_report import CacheReport, build_cache_report, cache_json
+from cascade.ledger.fleet_report import FleetReport, fleet_json
 from cascade.ledger.queries import RequestFacts
 
 GroupBy = Literal["tier", "tenant", "key", "policy", "day"]
@@ -113,6 +116,8 @@ class Report:
     (a witness call that failed)."""
     caching: CacheReport | None = None
     """Is prompt caching paying, per tier and per prefix (None: not computed)."""
+    fleet: FleetReport | None = None
+    """Each self-hosted tier's bill against what it served (None: not computed)."""
 
     @property
     def has_tenants(self) -> bool:
@@ -140,9 +145,10 @@ def build_report(
     frontier_rates: Rates | None,
     since: datetime | None = None,
     rates: Mapping[str, Rates | None] | None = None,
+    fleet: FleetReport | None = None,
 ) -> Report:
     """Group the requests by ``by`` and compute every group's numbers and the total; with
-    ``rates`` (by tier name), the caching section too."""
+    ``rates`` (by tier name), the caching section too; ``fleet`` is carried as given."""
     repeated = _repeated_prefixes(facts)
 
     def grouped(key_by: GroupBy) -> tuple[GroupStats, ...]:
@@ -164,6 +170,7 @@ def build_report(
         tenants=grouped("tenant"),
         reasons=attempt_reasons(facts),
         caching=build_cache_report(facts, rates or {}),
+        fleet=fleet,
     )
 
 
@@ -283,6 +290,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "timeline": [{"period": label, "cost_usd": str(usd)} for label, usd in report.timeline],
         "reasons": [{"kind": k, "reason": r, "attempts": n} for k, r, n in report.reasons],
         "caching": cache_json(report.caching) if report.caching is not None else None,
+        "fleet": fleet_json(report.fleet) if report.fleet is not None else None,
     }
 
 
