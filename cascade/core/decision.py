@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from cascade.core.capacity import CapacityView
-from cascade.core.pricing import tier_rates
+from cascade.core.pricing import workload_rates
 from cascade.core.prompt import MovedSpan, PreparedPrompt
 from cascade.errors import InvalidRequestError, RoutingError
 from cascade.policy.model import Policy, Tier, VolatilePlacement
@@ -50,7 +50,8 @@ class Decision:
     prompt_tokens: int
     expected_output_tokens: int
     estimated_cost_usd: Decimal | None
-    """Estimated cost of the call on the chosen tier (None when the tier has no price yet)."""
+    """Estimated cost of the call on the chosen tier (None when the tier has no price yet); on
+    a self-hosted tier, at the batch the workload's latency target allows."""
     moved: tuple[MovedSpan, ...]
     """Volatile lines moved out of the stable prefix (empty when nothing moved)."""
     spilled_from: str | None = None
@@ -153,7 +154,7 @@ def decide(
             f"max_tokens must be a whole number of at least 1, got {max_tokens!r}", "max_tokens"
         )
     output_tokens = max_tokens if max_tokens is not None else settings.expected_output_tokens
-    rates = tier_rates(target)
+    rates = workload_rates(target, settings)
     cost = None if rates is None else rates.cost(prompt.prompt_tokens, output_tokens)
     return Decision(
         tier=target.name,

@@ -5,22 +5,26 @@ for prompt tokens read from the provider's cache and for tokens written to it. S
 tiers: GPU time. A decode step serves a whole batch, so ``$/output token = GPU $/hour ÷
 (measured tokens/s * 3600)``; prompt tokens cost GPU time at the prefill throughput, and prompt
 tokens the engine found in its prefix cache cost nothing.
+
+A workload with a latency target (``max_tpot_ms``) is served at a smaller batch, where a step
+serves fewer sequences: :func:`workload_rates` prices its output tokens at ``GPU $/s x step
+time ÷ batch`` there (:mod:`cascade.core.serving_model`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from cascade.core.cache_markers import write_premium
 from cascade.core.per_object import PerObject
-from cascade.policy.model import GpuPrice, Tier, TokenPrice
+from cascade.core.serving_model import DEFAULT_PREFILL_SPEEDUP, step_line
+from cascade.policy.model import GpuPrice, Tier, TokenPrice, Workload
+
+__all__ = ["DEFAULT_PREFILL_SPEEDUP", "Rates", "tier_rates", "workload_rates"]
 
 _MILLION = Decimal(1_000_000)
 _SECONDS_PER_HOUR = Decimal(3600)
-# Prefill processes a prompt's tokens in parallel; an order of magnitude above decode throughput
-# is typical for vLLM/SGLang on one GPU. A policy can state the measured number instead.
-DEFAULT_PREFILL_SPEEDUP = 10
 
 
 @dataclass(frozen=True)
@@ -99,3 +103,33 @@ def _gpu_rates(price: GpuPrice) -> Rates:
 
 
 _rates_of: PerObject[Tier, Rates] = PerObject(_rates)
+
+
+def workload_rates(tier: Tier, workload: Workload) -> Rates | None:
+    """The tier's rates for one workload's requests: :func:`tier_rates`, but for a GPU-priced
+    tier and a workload with ``max_tpot_ms``, output tokens at the batch that target allows
+    (remembered per workload and tier object)."""
+    if workload.max_tpot_ms is None or not isinstance(tier.price, GpuPrice):
+        return tier_rates(tier)
+    return _at_target(workload)(tier)
+
+
+def _at_target_of(workload: Workload) -> PerObject[Tier, Rates]:
+    target_s = workload.max_tpot_ms
+    assert target_s is not None
+
+    def rates(tier: Tier) -> Rates:
+        line, price = step_line(tier), tier.price
+        assert line is not None  # (a GPU price has a line)
+        assert isinstance(price, GpuPrice)
+        batch = line.operating_batch(target_s / 1000)
+        if batch == line.max_batch:
+            return _rates_of(tier)
+        seconds_per_token = Decimal(repr(line.decode_step(batch) / batch))
+        output = price.gpu_usd_per_hour / _SECONDS_PER_HOUR * seconds_per_token
+        return replace(_rates_of(tier), output=output)
+
+    return PerObject(rates)
+
+
+_at_target: PerObject[Workload, PerObject[Tier, Rates]] = PerObject(_at_target_of)

@@ -155,6 +155,28 @@ class Tier(_Strict):
             )
         return self
 
+    @property
+    def serving_batch(self) -> int:
+        """Sequences one engine decodes together at most: ``price.batch``, else
+        ``max_concurrency``."""
+        batch = self.price.batch if isinstance(self.price, GpuPrice) else None
+        return self.max_concurrency if batch is None else batch
+
+    @model_validator(mode="after")
+    def _single_stream_within_the_batch_speed(self) -> Tier:
+        price = self.price
+        if not isinstance(price, GpuPrice) or price.single_stream_tokens_per_second is None:
+            return self
+        low, high = price.tokens_per_second / self.serving_batch, price.tokens_per_second
+        if not low <= price.single_stream_tokens_per_second <= high:
+            raise ValueError(
+                f"price.single_stream_tokens_per_second {price.single_stream_tokens_per_second:g}"
+                f" must lie between tokens_per_second / batch ({low:g}: a sequence alone is no"
+                f" slower than in a batch of {self.serving_batch}) and tokens_per_second"
+                f" ({high:g}: a batch decodes at least as many tokens a second as one sequence)"
+            )
+        return self
+
 
 class Workload(_Strict):
     """A class of traffic (interactive, batch, …) and the tiers it may use."""
@@ -166,6 +188,14 @@ class Workload(_Strict):
     tier's queue instead (``max_queue``, ``queue_timeout_s``)."""
     expected_output_tokens: int = Field(default=256, ge=1)
     """Output tokens assumed for a cost estimate when the request sets no max_tokens."""
+    max_tpot_ms: float | None = Field(default=None, gt=0)
+    """Latency target: the most milliseconds between two output tokens of one sequence on a
+    self_hosted tier (TPOT). It sets the batch each such tier serves this workload at: the
+    largest, up to ``price.batch``, whose decode step (the line through ``tokens_per_second``
+    and ``single_stream_tokens_per_second``, which every such tier must state) fits, at least 1.
+    A smaller batch costs more per token: the decision's estimate and ``cascade plan`` price
+    the workload at it, and ``cascade plan`` sizes fleets so it holds. Default: none (the full
+    batch). API tiers are not affected."""
     max_history_tokens: int | None = Field(default=None, ge=1)
     """Opt-in cap on the conversation's history (default: none, everything is sent). The
     leading system/developer messages (the stable prefix) and the tools are always sent; of the
@@ -327,10 +357,29 @@ class Policy(_Strict):
                     problems.append((("workloads", key, "tiers", j), self._unknown_tier(name)))
             if workload.tiers == []:
                 problems.append((("workloads", key, "tiers"), "a workload needs at least one tier"))
+            problems.extend(self._latency_problems(key, workload))
         if self.default_workload not in self.workloads:
             message = self._unknown_workload(self.default_workload)
             problems.append((("default_workload",), f"{message} (the default is 'interactive')"))
         return problems
+
+    def _latency_problems(self, key: str, workload: Workload) -> list[Problem]:
+        if workload.max_tpot_ms is None:
+            return []
+        unknown = [
+            t.name
+            for t in self.tiers
+            if (workload.tiers is None or t.name in workload.tiers)
+            and isinstance(t.price, GpuPrice)
+            and t.price.single_stream_tokens_per_second is None
+        ]
+        if not unknown:
+            return []
+        message = (
+            "a latency target needs each self_hosted tier the workload may use to state "
+            f"price.single_stream_tokens_per_second; missing on {', '.join(unknown)}"
+        )
+        return [(("workloads", key, "max_tpot_ms"), message)]
 
     def _probe_problems(self) -> list[Problem]:
         names = {t.name for t in self.tiers}

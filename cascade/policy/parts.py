@@ -71,6 +71,23 @@ class GpuPrice(_Strict):
     ops_usd_per_month: Money = Decimal(0)
     """A fixed operations cost of the tier per month in US dollars (people, monitoring, storage),
     added to the bill prorated by the hour over a 30-day month (720 hours); default 0."""
+    batch: int | None = Field(default=None, ge=2)
+    """Sequences decoded together when ``tokens_per_second`` was measured (the concurrency of
+    the vLLM/SGLang benchmark run); default: the tier's ``max_concurrency``. The most one engine
+    runs at once: a workload's ``max_tpot_ms`` may lower it, never raise it."""
+    single_stream_tokens_per_second: Annotated[float, Field(gt=0)] | None = None
+    """Decode speed of one sequence alone (batch 1), output tokens/s, measured at the same
+    context as ``tokens_per_second``. With it, a decode step's time is a straight line in the
+    batch through the two measurements (the weights are read once per step for the whole batch,
+    each sequence's KV cache on its own): that line gives the batch a workload's
+    ``max_tpot_ms`` allows, and ``cascade plan``'s capacity per replica. Needed by every
+    self_hosted tier a workload with ``max_tpot_ms`` may use; must lie between
+    ``tokens_per_second / batch`` and ``tokens_per_second``. Without it ``cascade plan`` takes
+    every step to last as long as at the full batch."""
+    context_tokens: int | None = Field(default=None, ge=1)
+    """Tokens of context per sequence (prompt + output so far, on average) when the two decode
+    speeds were measured. ``cascade plan`` scales the KV-cache part of a step to the traffic's
+    own context; default: the traffic's context is taken to be the measured one."""
 
 
 class Timeouts(_Strict):
