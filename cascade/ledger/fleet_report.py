@@ -17,8 +17,10 @@ over the report's window (:mod:`cascade.core.fleet_cost` has the formulas):
 
 A self-hosted tier priced per token (``input_usd_per_mtok``...) states no bill: it is shown with
 its traffic and charge only. Traffic that reached the engines without passing through this proxy
-is not in the ledger: the engines' own token counters are not recorded durably, so the served
-tokens here are this proxy's.
+is not in the ledger, so it is not counted here, and a fleet shared with other clients looks
+less used than it is. The engines' own token counters count it: the proxy shows them live on
+``/metrics`` (``cascade_engine_prompt_tokens_total``, ``..._generation_tokens_total``), but keeps
+no history of them, so a report over a past window cannot use them.
 """
 
 from __future__ import annotations

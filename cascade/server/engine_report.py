@@ -11,10 +11,17 @@ reads the same engines, so a 503 would take them all out of service at once.
 ``cascade_engine_requests_waiting``, ``cascade_engine_kv_cache_usage`` (0..1, as last read),
 ``cascade_engine_metrics_age_seconds`` (since the last good read),
 ``cascade_engine_metrics_reachable`` and ``cascade_engine_saturated`` (1 when the engine is at a
-policy limit); replicas not read yet are left out.
+policy limit); replicas not read yet are left out. Where the engine exports them, its token
+counters follow as ``cascade_engine_prompt_tokens_total`` and
+``cascade_engine_generation_tokens_total``: every token the replica served since it started,
+through this proxy or not (the ledger and ``cascade report`` know only this proxy's), as last
+read: the rate of generated tokens over ``gpus x tokens_per_second`` is the fleet's live decode
+utilization, all traffic included.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from cascade.policy.model import Tier
 from cascade.tiers.engines import EngineLoad, EngineLoads
@@ -26,6 +33,20 @@ _GAUGES = (
     ("metrics_age_seconds", "Seconds since the engine replica's metrics were last read"),
     ("metrics_reachable", "1 while the engine replica's last good read is within stale_after_s"),
     ("saturated", "1 when the engine replica is at the policy's max_waiting or max_kv_usage"),
+)
+_COUNTERS: tuple[tuple[str, str, Callable[[EngineLoad], float | None]], ...] = (
+    (
+        "prompt_tokens_total",
+        "Prompt tokens the engine replica prefilled since it started, all its traffic (its own "
+        "counter, last good read)",
+        lambda load: load.prompt_tokens,
+    ),
+    (
+        "generation_tokens_total",
+        "Tokens the engine replica generated since it started, all its traffic (its own "
+        "counter, last good read)",
+        lambda load: load.generation_tokens,
+    ),
 )
 
 
@@ -70,6 +91,16 @@ def engine_series(loads: EngineLoads) -> str:
         lines += [f"# HELP cascade_engine_{gauge} {text}", f"# TYPE cascade_engine_{gauge} gauge"]
         for labels, load, full in rows:
             lines.append(f"cascade_engine_{gauge}{{{labels}}} {_value(gauge, load, full, now)}")
+    for counter, text, read in _COUNTERS:
+        counted = [(labels, read(load)) for labels, load, _ in rows]
+        if any(value is not None for _, value in counted):
+            lines += [f"# HELP cascade_engine_{counter} {text}"]
+            lines += [f"# TYPE cascade_engine_{counter} counter"]
+            lines += [
+                f"cascade_engine_{counter}{{{labels}}} {value!r}"
+                for labels, value in counted
+                if value is not None
+            ]
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,10 @@ vLLM    ``vllm:gpu_cache_usage_perc`` (gauge)       its name before 0.9 (depreca
 SGLang  ``sglang:num_running_reqs`` (gauge)         requests running
 SGLang  ``sglang:num_queue_reqs`` (gauge)           requests in the waiting queue
 SGLang  ``sglang:token_usage`` (gauge)              KV-cache token pool in use, 0..1
+vLLM    ``vllm:prompt_tokens_total`` (counter)      prompt tokens prefilled since it started
+vLLM    ``vllm:generation_tokens_total`` (counter)  tokens generated since it started
+SGLang  ``sglang:prompt_tokens_total`` (counter)    prompt tokens prefilled since it started
+SGLang  ``sglang:generation_tokens_total``          tokens generated since it started (counter)
 ======  ==========================================  ==========================================
 
 vLLM labels each series ``model_name`` and ``engine`` (the data-parallel engine's index);
@@ -27,6 +31,8 @@ count once (their highest value); when per-``dp_rank`` series stand beside one w
 latter (a total) is not counted again. KV usage is the mean over data-parallel engines (each has
 a cache of the same size and the engine spreads requests across them). A page without the
 running or waiting gauge is an error that names the missing metric; KV usage absent reads 0.
+The token counters are summed like the requests and read as None when absent: they count all
+of the engine's traffic, this proxy's or not (``/metrics`` shows them per replica).
 """
 
 from __future__ import annotations
@@ -49,11 +55,14 @@ _RANK_LABELS = frozenset({"tp_rank", "pp_rank", "moe_ep_rank", "engine_type"})
 
 @dataclass(frozen=True)
 class MetricNames:
-    """The gauges one engine exports for its load (``kv_usage``: newest name first)."""
+    """The gauges one engine exports for its load (``kv_usage``: newest name first) and its
+    token counters."""
 
     running: str
     waiting: str
     kv_usage: tuple[str, ...]
+    prompt_tokens: str
+    generation_tokens: str
 
 
 NAMES: Mapping[EngineKind, MetricNames] = {
@@ -61,11 +70,15 @@ NAMES: Mapping[EngineKind, MetricNames] = {
         running="vllm:num_requests_running",
         waiting="vllm:num_requests_waiting",
         kv_usage=("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+        prompt_tokens="vllm:prompt_tokens_total",
+        generation_tokens="vllm:generation_tokens_total",
     ),
     "sglang": MetricNames(
         running="sglang:num_running_reqs",
         waiting="sglang:num_queue_reqs",
         kv_usage=("sglang:token_usage",),
+        prompt_tokens="sglang:prompt_tokens_total",
+        generation_tokens="sglang:generation_tokens_total",
     ),
 }
 
@@ -82,7 +95,8 @@ def parse_engine_metrics(text: str, engine: EngineKind) -> EngineSample:
     """The load ``text`` (a Prometheus text exposition page) reports for ``engine``;
     EngineMetricsError when it is not exposition text or lacks the running or waiting gauge."""
     names = NAMES[engine]
-    wanted = {names.running, names.waiting, *names.kv_usage}
+    counters = (names.prompt_tokens, names.generation_tokens)
+    wanted = {names.running, names.waiting, *names.kv_usage, *counters}
     series = _samples(text, wanted)
     missing = [n for n in (names.running, names.waiting) if n not in series]
     if missing:
@@ -95,6 +109,8 @@ def parse_engine_metrics(text: str, engine: EngineKind) -> EngineSample:
         running=_total(series[names.running]),
         waiting=_total(series[names.waiting]),
         kv_usage=0.0 if kv_name is None else _mean(series[kv_name]),
+        prompt_tokens=_counter(series, names.prompt_tokens),
+        generation_tokens=_counter(series, names.generation_tokens),
     )
 
 
@@ -137,6 +153,11 @@ def _per_engine(series: Iterable[_Series]) -> list[float]:
 
 def _total(series: Iterable[_Series]) -> float:
     return sum(_per_engine(series))
+
+
+def _counter(series: Mapping[str, list[_Series]], name: str) -> float | None:
+    """A counter summed like the requests; None when the page does not export it."""
+    return _total(series[name]) if name in series else None
 
 
 def _mean(series: Iterable[_Series]) -> float:

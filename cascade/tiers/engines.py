@@ -42,6 +42,11 @@ class EngineSample:
     """Requests queued inside the engine, not yet running."""
     kv_usage: float
     """Share of the KV cache in use, 0..1 (the highest of its engines, when it has several)."""
+    prompt_tokens: float | None = None
+    """Prompt tokens the engine has prefilled since it started, all its traffic (its counter);
+    None when its page has no such counter."""
+    generation_tokens: float | None = None
+    """Tokens the engine has generated since it started (its counter); None when absent."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,10 @@ class EngineLoad:
     """Whether the last good read is at most ``stale_after_s`` old."""
     error: str | None = None
     """Why the last read failed (None when it succeeded)."""
+    prompt_tokens: float | None = None
+    """The engine's prompt-token counter at the last good read (None: not exported)."""
+    generation_tokens: float | None = None
+    """The engine's generated-token counter at the last good read (None: not exported)."""
 
     def age_s(self, now: float) -> float:
         """Seconds since the last good read (infinite before any)."""
@@ -124,7 +133,14 @@ class EngineLoads:
             self.clock() - read.scraped_at <= tier.engine.stale_after_s
         )
         return EngineLoad(
-            sample.running, sample.waiting, sample.kv_usage, read.scraped_at, fresh, read.error
+            sample.running,
+            sample.waiting,
+            sample.kv_usage,
+            read.scraped_at,
+            fresh,
+            read.error,
+            sample.prompt_tokens,
+            sample.generation_tokens,
         )
 
     def refusal(self, tier: Tier, url: str) -> str | None:
