@@ -172,10 +172,26 @@ def test_a_fleet_idle_half_the_time_costs_twice_the_nominal_per_token(
     out = capsys.readouterr().out
     assert "window 2.00 h (first to last request" in out
     assert "1 GPU x 3.6 USD/h = 7.2000 USD over 2.00 h" in out
-    assert "utilization    50% (busy 1.0000 of 2.00 GPU-hours)" in out
+    assert "utilization    50% (busy 1.00 h of 2.00 h of GPU time)" in out
     assert "effective      2.000000 USD per 1M tokens" in out
     assert "nominal        1.000000 USD per 1M tokens (charged 3.600000 USD" in out
     assert "effective / nominal 2.00x" in out
+
+
+def test_calls_priced_at_a_smaller_batch_count_the_gpu_time_they_were_priced_at(
+    tmp_path: Path, write_policy: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """3.6M completion tokens take half a GPU-hour at the full batch (2,000 tok/s) but the
+    ledger charged $4.60, two GPU-hours at $2.30: the calls were priced at a smaller batch (a
+    workload's max_tpot_ms), so the fleet counts busy for the two hours it was charged for."""
+    entries = [
+        _entry(n, "small", hours_ago=n + 1, prompt=0, completion=1_800_000, usd="2.30")
+        for n in range(2)
+    ]
+    url, policy = _ledger(tmp_path, entries), write_policy(FLEET_POLICY, "fleet.yaml")
+    small, = _json(url, policy, capsys, "--since", "24h")["tiers"]  # fmt: skip
+    assert D(small["busy_gpu_hours"]) == 2
+    assert D(small["utilization"]) == D(2) / 48
 
 
 def test_the_since_window_bills_idle_hours_that_all_time_does_not(
@@ -206,7 +222,7 @@ def test_an_idle_fleet_is_billed_with_nothing_served(
     out = capsys.readouterr().out
     assert "no requests in the window" in out
     assert "= 10.0333 USD over 2.00 h" in out  # 2 x 2.30 x 2 + 300 x 2 / 720
-    assert "utilization    0% (busy 0.0000 of 4.00 GPU-hours)" in out
+    assert "utilization    0% (busy 0.0 s of 4.00 h of GPU time)" in out
     assert "effective      n/a USD per 1M tokens" in out
 
 

@@ -7,12 +7,15 @@ cost. Over a window of ``hours``:
 
 - billed = gpus x gpu $/hour x hours + ops $/month x hours ÷ 720 (a month counts 30 days);
 - busy GPU-hours = (prompt - cached) ÷ prefill tokens/s + completion ÷ decode tokens/s, ÷ 3600
-  (prompt tokens found in the engine's prefix cache take no GPU time, as the ledger prices them);
-- nominal = busy GPU-hours x gpu $/hour (what the ledger's per-call prices add up to);
-- utilization = busy GPU-hours ÷ (gpus x hours): the share of the billed capacity at the
-  operating batch that served traffic;
+  at the full batch (prompt tokens found in the engine's prefix cache take no GPU time, as the
+  ledger prices them);
+- nominal = busy GPU-hours x gpu $/hour (what the ledger's per-call prices add up to); given
+  the ledger's charge instead, busy GPU-hours = charge ÷ gpu $/hour: the GPU time each call was
+  priced at, at the batch it was served at (smaller for a workload's ``max_tpot_ms``);
+- utilization = busy GPU-hours ÷ (gpus x hours): the share of the billed GPU time that served
+  traffic;
 - capacity = gpus x decode tokens/s x 3600 x hours: output tokens the fleet could decode at its
-  operating batch in the window;
+  full batch (``tokens_per_second``) in the window;
 - effective $/M tokens = billed ÷ served tokens x 10⁶, served = prompt (cached included) +
   completion; nominal $/M tokens likewise from the nominal cost. Without operations cost,
   effective ÷ nominal = 1 ÷ utilization: a fleet idle half the time costs twice the nominal.
@@ -63,7 +66,7 @@ class Fleet:
     gpu_usd_per_hour: Decimal
     """Rent of one billed GPU per hour."""
     tokens_per_second: Decimal
-    """Decode throughput of one billed GPU at the operating batch (output tokens/s)."""
+    """Decode throughput of one billed GPU at the full batch (output tokens/s)."""
     prefill_tokens_per_second: Decimal
     """Prompt-processing throughput of one billed GPU."""
     ops_usd_per_month: Decimal = _ZERO
@@ -113,7 +116,7 @@ def billed_usd(fleet: Fleet, hours: Decimal) -> Decimal:
 
 
 def capacity_tokens(fleet: Fleet, hours: Decimal) -> Decimal:
-    """Output tokens the fleet can decode at its operating batch over ``hours``."""
+    """Output tokens the fleet can decode at its full batch over ``hours``."""
     return fleet.gpus * fleet.tokens_per_second * _SECONDS_PER_HOUR * hours
 
 
@@ -172,16 +175,19 @@ def fleet_cost(
     useful_tokens: int = 0,
     nominal: Decimal | None = None,
 ) -> FleetCost:
-    """The fleet's bill over ``hours`` against what it served; ``nominal`` is what the ledger
-    charged for those calls (default: :func:`nominal_usd`, the same at the current prices)."""
+    """The fleet's bill over ``hours`` against what it served. ``nominal``: what the ledger
+    charged for those calls, and so (÷ the GPU's rent) the GPU time they were priced at, at
+    their operating batch; default :func:`nominal_usd`, every token at the full batch."""
     if hours < 0:
         raise ValueError(f"hours={hours}: a window cannot be negative")
-    busy = busy_gpu_hours(fleet, served)
+    if nominal is None:
+        nominal = nominal_usd(fleet, served)
+    busy = nominal / fleet.gpu_usd_per_hour
     gpu_hours = fleet.gpus * hours
     return FleetCost(
         hours=hours,
         billed_usd=billed_usd(fleet, hours),
-        nominal_usd=nominal_usd(fleet, served) if nominal is None else nominal,
+        nominal_usd=nominal,
         served_tokens=served.tokens,
         useful_tokens=useful_tokens,
         capacity_tokens=capacity_tokens(fleet, hours),

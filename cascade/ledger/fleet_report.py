@@ -11,7 +11,9 @@ over the report's window (:mod:`cascade.core.fleet_cost` has the formulas):
   prefix cache count as served but take no GPU time, as the ledger prices them;
 - useful tokens: those of requests the tier answered, as the rest of the report counts them;
 - billed, capacity, utilization, effective $/M tokens and $/useful token from the tier's
-  ``price`` (``gpus``, ``gpu_usd_per_hour``, ``ops_usd_per_month``);
+  ``price`` (``gpus``, ``gpu_usd_per_hour``, ``ops_usd_per_month``); the busy GPU time is what
+  the ledger charged ÷ the GPU's rent, each call at the batch its workload was priced at (full,
+  or smaller under a ``max_tpot_ms``), and capacity is at ``tokens_per_second``, the full batch;
 - nominal $/M tokens: what the ledger charged for the tier's calls ÷ served tokens, and
   effective ÷ nominal (1 ÷ utilization without operations cost).
 
@@ -151,7 +153,7 @@ def _window(report: FleetReport) -> str:
         return "no request in the ledger, so no window"
     span = f"{report.start:%Y-%m-%d %H:%M:%S} to {report.end:%Y-%m-%d %H:%M:%S} UTC"
     what = "the --since window" if report.kind == "since" else "first to last request"
-    return f"window {report.hours:.2f} h ({what}, {span})"
+    return f"window {_duration(report.hours)} ({what}, {span})"
 
 
 def _tier_lines(line: FleetLine) -> list[str]:
@@ -180,16 +182,23 @@ def _tier_lines(line: FleetLine) -> list[str]:
         return [head, bill + ": a window of no length bills nothing", traffic, nominal]
     return [
         head,
-        f"{bill} = {cost.billed_usd:.4f} USD over {cost.hours:.2f} h",
+        f"{bill} = {cost.billed_usd:.4f} USD over {_duration(cost.hours)}",
         traffic,
-        f"    capacity       {cost.capacity_tokens:,.0f} output tokens at the operating batch "
+        f"    capacity       {cost.capacity_tokens:,.0f} output tokens at full batch "
         f"({_plain(fleet.tokens_per_second)} tok/s per GPU)",
-        f"    utilization    {_percent(cost.utilization)} (busy {cost.busy_gpu_hours:.4f} of "
-        f"{fleet.gpus * cost.hours:.2f} GPU-hours)",
+        f"    utilization    {_percent(cost.utilization)} (busy {_duration(cost.busy_gpu_hours)} "
+        f"of {_duration(fleet.gpus * cost.hours)} of GPU time)",
         f"    effective      {_per_m(cost.effective_usd_per_mtok)} USD per 1M tokens, "
         f"{_per_token(cost.effective_usd_per_useful_token)} USD per useful token",
         nominal + f"; effective / nominal {_times(cost.effective_over_nominal)}",
     ]
+
+
+def _duration(hours: Decimal) -> str:
+    """Hours as people read them: seconds under a minute, minutes under an hour."""
+    if hours * 60 < 1:
+        return f"{hours * 3600:.1f} s"
+    return f"{hours * 60:.1f} min" if hours < 1 else f"{hours:.2f} h"
 
 
 def _count(n: int, noun: str) -> str:
