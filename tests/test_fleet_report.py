@@ -147,6 +147,15 @@ def test_the_worked_example_bills_two_gpus_and_operations_over_the_window(
     # Useful tokens: the completions the tier delivered, 14.4M: $120.40 / 14.4M each.
     assert D(small["effective_usd_per_useful_token"]) == D("120.40") / 14_400_000
     assert D(small["capacity_tokens"]) == 2 * 2000 * 3600 * 24
+    # On big ($2.50/M input, cached too, $10/M output) the same 56M tokens cost $248; the fleet's
+    # $120.40 a day matches that at 27.19M tokens a day, and it served 56M a day.
+    even = small["break_even"]
+    assert even["api_tier"] == "big"
+    assert D(even["api_usd_per_mtok"]) == D(248) / 56
+    assert D(even["tokens_per_day"]) == D("120.40") / (D(248) / 56_000_000)
+    # At full batch a token of this mix takes 9,000 s / 56M of a GPU: two serve 1.0752G a day.
+    assert D(even["fleet_tokens_per_day"]) == 1_075_200_000
+    assert even["reachable"] is True
 
 
 def test_a_fleet_idle_half_the_time_costs_twice_the_nominal_per_token(
@@ -176,6 +185,9 @@ def test_a_fleet_idle_half_the_time_costs_twice_the_nominal_per_token(
     assert "effective      2.000000 USD per 1M tokens" in out
     assert "nominal        1.000000 USD per 1M tokens (charged 3.600000 USD" in out
     assert "effective / nominal 2.00x" in out
+    # $86.40 a day against big's $10/M output: 8.64M tokens a day; it served 43.2M a day.
+    assert "break-even     8,640,000 tokens/day against big (10.000000 USD per 1M tokens" in out
+    assert "served 43,200,000 tokens/day in the window" in out
 
 
 def test_calls_priced_at_a_smaller_batch_count_the_gpu_time_they_were_priced_at(
@@ -263,3 +275,4 @@ def test_the_html_page_has_the_fleet_table(
     assert "<td>small</td><td>2</td><td>$120.40</td><td>56,000,000</td><td>5.208%</td>" in text
     assert "<td>$2.150000</td>" in text
     assert "<td>20.94x</td>" in text
+    assert "<td>27,187,097 vs big</td>" in text

@@ -105,7 +105,9 @@ def _report(ns: argparse.Namespace) -> int:
     since = parse_since(ns.since, now)
     name, frontier, rates = _frontier(ns.policy)
     facts = read_requests(ns.url, since)
-    fleet = build_fleet_report(facts, load_policy(ns.policy).tiers, since=since, now=now)
+    by_tier = _tier_rates(ns.policy, facts)
+    tiers = load_policy(ns.policy).tiers
+    fleet = build_fleet_report(facts, tiers, since=since, now=now, rates=by_tier)
     report = build_report(
         facts,
         by=ns.by,
@@ -113,7 +115,7 @@ def _report(ns: argparse.Namespace) -> int:
         frontier_tier=frontier,
         frontier_rates=rates,
         since=since,
-        rates=_tier_rates(ns.policy, facts),
+        rates=by_tier,
         fleet=fleet,
     )
     budgets = build_budgets(read_budgets(ns.url, now), facts, frontier_rates=rates, now=now)
@@ -165,8 +167,8 @@ def _export(ns: argparse.Namespace) -> int:
 
 
 def _tier_rates(policy: str, facts: Sequence[RequestFacts]) -> dict[str, Rates | None]:
-    """Every tier's rates under the policy, for the caching section: its price, else (an API
-    tier that used a cache) litellm's map, loaded only then (it costs ~2 s)."""
+    """Every tier's rates under the policy, for the caching section and the fleets' break-even:
+    its price, else (an API tier that used a cache) litellm's map, loaded only then (~2 s)."""
     from cascade.core.pricing import tier_rates
     from cascade.policy import load_policy
 

@@ -15,7 +15,13 @@ over the report's window (:mod:`cascade.core.fleet_cost` has the formulas):
   the ledger charged ÷ the GPU's rent, each call at the batch its workload was priced at (full,
   or smaller under a ``max_tpot_ms``), and capacity is at ``tokens_per_second``, the full batch;
 - nominal $/M tokens: what the ledger charged for the tier's calls ÷ served tokens, and
-  effective ÷ nominal (1 ÷ utilization without operations cost).
+  effective ÷ nominal (1 ÷ utilization without operations cost);
+- break-even: the tokens a day at which the fleet's daily bill equals what the same traffic (its
+  mix of prompt, cached and completion tokens in the window) would cost on the API tier it
+  would otherwise go to (its ``overflow`` when that is an API tier, else the policy's last API
+  tier), beside the tokens a day it served in the window.
+
+How it reads: :mod:`cascade.ledger.fleet_views` (text and HTML); :func:`fleet_json` for ``--json``.
 
 A self-hosted tier priced per token (``input_usd_per_mtok``...) states no bill: it is shown with
 its traffic and charge only. Traffic that reached the engines without passing through this proxy
@@ -27,14 +33,22 @@ no history of them, so a report over a past window cannot use them.
 
 from __future__ import annotations
 
-import html
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from cascade.core.fleet_cost import Fleet, FleetCost, Served, fleet_cost, fleet_of
+from cascade.core.fleet_cost import (
+    BreakEven,
+    Fleet,
+    FleetCost,
+    Served,
+    break_even,
+    fleet_cost,
+    fleet_of,
+)
+from cascade.core.pricing import Rates
 from cascade.ledger.queries import RequestFacts
 from cascade.policy.model import Tier
 
@@ -42,9 +56,7 @@ __all__ = [
     "FleetLine",
     "FleetReport",
     "build_fleet_report",
-    "fleet_html",
     "fleet_json",
-    "format_fleet",
 ]
 
 WindowKind = Literal["since", "first_to_last_request"]
@@ -76,6 +88,10 @@ class FleetLine:
     """None: the tier is priced per token, so no bill is stated."""
     cost: FleetCost | None
     """None without a fleet, or over a window of no length."""
+    api_tier: str | None = None
+    """The API tier the break-even is against (None: the policy has none)."""
+    break_even: BreakEven | None = None
+    """None without a fleet, without traffic, or when the API tier has no price."""
 
     @property
     def nominal_usd_per_mtok(self) -> Decimal | None:
@@ -98,18 +114,44 @@ class FleetReport:
 
 def build_fleet_report(
     facts: Sequence[RequestFacts],
-    tiers: Iterable[Tier],
+    tiers: Sequence[Tier],
     *,
     since: datetime | None,
     now: datetime,
+    rates: Mapping[str, Rates | None] | None = None,
 ) -> FleetReport:
     """The self-hosted ``tiers``' fleets over the window: ``since`` to ``now``, or (``since``
-    None) the first to the last request of ``facts`` (oldest first)."""
+    None) the first to the last request of ``facts`` (oldest first); ``rates`` (by tier name)
+    price the API tiers for the break-even."""
     kind: WindowKind = "since" if since is not None else "first_to_last_request"
     start, end = (since, now) if since is not None else _span(facts)
     hours = _ZERO if start is None or end is None else _hours(end - start)
-    lines = tuple(_line(t, facts, hours) for t in tiers if t.kind == "self_hosted")
+    lines = tuple(
+        _with_break_even(_line(t, facts, hours), _alternative(t, tiers), rates or {})
+        for t in tiers
+        if t.kind == "self_hosted"
+    )
     return FleetReport(start, end, kind, hours, lines)
+
+
+def _alternative(tier: Tier, tiers: Sequence[Tier]) -> Tier | None:
+    """The API tier ``tier``'s traffic would otherwise go to: its overflow when that is an API
+    tier, else the policy's last API tier."""
+    apis = [t for t in tiers if t.kind == "api"]
+    overflow = next((t for t in apis if t.name == tier.overflow), None)
+    return overflow or (apis[-1] if apis else None)
+
+
+def _with_break_even(
+    line: FleetLine, api: Tier | None, rates: Mapping[str, Rates | None]
+) -> FleetLine:
+    if api is None:
+        return line
+    api_rates = rates.get(api.name)
+    if line.fleet is None or api_rates is None or not line.served.tokens:
+        return replace(line, api_tier=api.name)
+    even = break_even(line.fleet, api_rates, line.served)
+    return replace(line, api_tier=api.name, break_even=even)
 
 
 def _span(facts: Sequence[RequestFacts]) -> tuple[datetime | None, datetime | None]:
@@ -138,94 +180,6 @@ def _line(tier: Tier, facts: Sequence[RequestFacts], hours: Decimal) -> FleetLin
     return FleetLine(tier.name, len(calls), served, useful, charged, fleet, cost)
 
 
-def format_fleet(report: FleetReport) -> list[str]:
-    """The fleet section as text lines ([] when the policy has no self-hosted tier)."""
-    if not report.tiers:
-        return []
-    lines = [f"self-hosted fleet: what was billed against what was served; {_window(report)}"]
-    for line in report.tiers:
-        lines += _tier_lines(line)
-    return lines
-
-
-def _window(report: FleetReport) -> str:
-    if report.start is None or report.end is None:
-        return "no request in the ledger, so no window"
-    span = f"{report.start:%Y-%m-%d %H:%M:%S} to {report.end:%Y-%m-%d %H:%M:%S} UTC"
-    what = "the --since window" if report.kind == "since" else "first to last request"
-    return f"window {_duration(report.hours)} ({what}, {span})"
-
-
-def _tier_lines(line: FleetLine) -> list[str]:
-    served = line.served
-    head = f"  == {line.tier} =="
-    traffic = (
-        f"    served         {served.tokens:,} tokens in {_count(line.calls, 'call')} through "
-        f"this proxy (prompt {served.prompt_tokens:,}, of which {served.cached_tokens:,} from "
-        f"the engine's prefix cache, no GPU time; completion {served.completion_tokens:,}); "
-        f"useful {line.useful_tokens:,}"
-    )
-    nominal = (
-        f"    nominal        {_per_m(line.nominal_usd_per_mtok)} USD per 1M tokens "
-        f"(charged {line.charged_usd:.6f} USD in the ledger, at full batch)"
-    )
-    fleet, cost = line.fleet, line.cost
-    if fleet is None:
-        note = "    bill           unknown: priced per token, the policy states no GPU bill"
-        return [head, note, traffic, nominal]
-    ops = fleet.ops_usd_per_month
-    bill = (
-        f"    bill           {_count(fleet.gpus, 'GPU')} x {_plain(fleet.gpu_usd_per_hour)} "
-        "USD/h" + (f" + {_plain(ops)} USD/month operations" if ops else "")
-    )
-    if cost is None:
-        return [head, bill + ": a window of no length bills nothing", traffic, nominal]
-    return [
-        head,
-        f"{bill} = {cost.billed_usd:.4f} USD over {_duration(cost.hours)}",
-        traffic,
-        f"    capacity       {cost.capacity_tokens:,.0f} output tokens at full batch "
-        f"({_plain(fleet.tokens_per_second)} tok/s per GPU)",
-        f"    utilization    {_percent(cost.utilization)} (busy {_duration(cost.busy_gpu_hours)} "
-        f"of {_duration(fleet.gpus * cost.hours)} of GPU time)",
-        f"    effective      {_per_m(cost.effective_usd_per_mtok)} USD per 1M tokens, "
-        f"{_per_token(cost.effective_usd_per_useful_token)} USD per useful token",
-        nominal + f"; effective / nominal {_times(cost.effective_over_nominal)}",
-    ]
-
-
-def _duration(hours: Decimal) -> str:
-    """Hours as people read them: seconds under a minute, minutes under an hour."""
-    if hours * 60 < 1:
-        return f"{hours * 3600:.1f} s"
-    return f"{hours * 60:.1f} min" if hours < 1 else f"{hours:.2f} h"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
-
-
-def _plain(value: Decimal) -> str:
-    """A price or rate as written (2.3, 2000), without a trailing zero or exponent."""
-    return f"{value.normalize():f}"
-
-
-def _per_m(value: Decimal | None) -> str:
-    return "n/a" if value is None else f"{value:.6f}"
-
-
-def _per_token(value: Decimal | None) -> str:
-    return "n/a" if value is None else f"{value:.6E}"
-
-
-def _percent(value: Decimal | None) -> str:
-    return "n/a" if value is None else f"{float(value) * 100:.4g}%"
-
-
-def _times(value: Decimal | None) -> str:
-    return "n/a" if value is None else f"{float(value):,.2f}x"
-
-
 def fleet_json(report: FleetReport) -> dict[str, Any]:
     """The fleet section as JSON-ready data: money and ratios as exact decimal strings."""
     return {
@@ -239,21 +193,49 @@ def fleet_json(report: FleetReport) -> dict[str, Any]:
 
 def _line_json(line: FleetLine) -> dict[str, Any]:
     fleet = line.fleet
+    return (
+        {
+            "tier": line.tier,
+            "priced_by": "token" if fleet is None else "gpu",
+            "gpus": None if fleet is None else fleet.gpus,
+            "gpu_usd_per_hour": None if fleet is None else str(fleet.gpu_usd_per_hour),
+            "ops_usd_per_month": None if fleet is None else str(fleet.ops_usd_per_month),
+            "calls": line.calls,
+            "prompt_tokens": line.served.prompt_tokens,
+            "cached_tokens": line.served.cached_tokens,
+            "completion_tokens": line.served.completion_tokens,
+            "served_tokens": line.served.tokens,
+            "useful_tokens": line.useful_tokens,
+            "charged_usd": str(line.charged_usd),
+            "nominal_usd_per_mtok": _text(line.nominal_usd_per_mtok),
+        }
+        | _cost_json(line.cost)
+        | {"break_even": _break_even_json(line)}
+    )
+
+
+def _break_even_json(line: FleetLine) -> dict[str, Any] | None:
+    """The break-even against the API tier (null figures when it is unknown; null for a tier
+    priced per token or a policy without an API tier)."""
+    if line.api_tier is None or line.fleet is None:
+        return None
+    even = line.break_even
+    figures = (
+        (None,) * 4
+        if even is None
+        else (
+            even.tokens_per_day,
+            even.fleet_tokens_per_day,
+            even.fleet_usd_per_day,
+            even.api_usd_per_mtok,
+        )
+    )
+    names = ("tokens_per_day", "fleet_tokens_per_day", "fleet_usd_per_day", "api_usd_per_mtok")
     return {
-        "tier": line.tier,
-        "priced_by": "token" if fleet is None else "gpu",
-        "gpus": None if fleet is None else fleet.gpus,
-        "gpu_usd_per_hour": None if fleet is None else str(fleet.gpu_usd_per_hour),
-        "ops_usd_per_month": None if fleet is None else str(fleet.ops_usd_per_month),
-        "calls": line.calls,
-        "prompt_tokens": line.served.prompt_tokens,
-        "cached_tokens": line.served.cached_tokens,
-        "completion_tokens": line.served.completion_tokens,
-        "served_tokens": line.served.tokens,
-        "useful_tokens": line.useful_tokens,
-        "charged_usd": str(line.charged_usd),
-        "nominal_usd_per_mtok": _text(line.nominal_usd_per_mtok),
-    } | _cost_json(line.cost)
+        "api_tier": line.api_tier,
+        **{name: _text(value) for name, value in zip(names, figures, strict=True)},
+        "reachable": None if even is None else even.reachable,
+    }
 
 
 def _cost_json(cost: FleetCost | None) -> dict[str, str | None]:
@@ -276,47 +258,3 @@ def _cost_json(cost: FleetCost | None) -> dict[str, str | None]:
 
 def _text(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
-
-
-def fleet_html(report: FleetReport) -> str:
-    """The fleet section of the HTML page ('' when the policy has no self-hosted tier)."""
-    if not report.tiers:
-        return ""
-    head = "".join(
-        f"<th>{name}</th>"
-        for name in (
-            "tier",
-            "GPUs",
-            "billed",
-            "served tokens",
-            "utilization",
-            "effective $/1M",
-            "nominal $/1M",
-            "effective ÷ nominal",
-            "$ per useful token",
-        )
-    )
-    rows = "".join(_html_row(line) for line in report.tiers)
-    return (
-        "<h2>Self-hosted fleet</h2><p class=sub>What the GPUs were billed against what they "
-        f"served, {html.escape(_window(report))}. Nominal is the full-batch price the ledger "
-        "charges per call; effective spreads the whole bill, idle hours included, over the "
-        "tokens served through this proxy.</p>"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-    )
-
-
-def _html_row(line: FleetLine) -> str:
-    fleet, cost = line.fleet, line.cost
-    cells = [
-        line.tier,
-        "priced per token" if fleet is None else str(fleet.gpus),
-        "—" if cost is None else f"${cost.billed_usd:,.2f}",
-        f"{line.served.tokens:,}",
-        "—" if cost is None else _percent(cost.utilization),
-        "—" if cost is None else f"${_per_m(cost.effective_usd_per_mtok)}",
-        f"${_per_m(line.nominal_usd_per_mtok)}",
-        "—" if cost is None else _times(cost.effective_over_nominal),
-        "—" if cost is None else _per_token(cost.effective_usd_per_useful_token),
-    ]
-    return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"

@@ -21,7 +21,7 @@ from typing import Any
 
 from cascade.ledger.budget_report import BudgetReport, BudgetRow
 from cascade.ledger.cache_report import cache_html
-from cascade.ledger.fleet_report import fleet_html
+from cascade.ledger.fleet_views import fleet_html
 from cascade.ledger.reports import GroupStats, Report
 
 _STYLE = """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from cascade.ledger.cache_report import format_cache
-from cascade.ledger.fleet_report import format_fleet
+from cascade.ledger.fleet_views import format_fleet
 from cascade.ledger.reports import GroupStats, Report
 
 
