@@ -41,7 +41,7 @@ def _tier_lines(line: FleetLine) -> list[str]:
     )
     nominal = (
         f"    nominal        {_per_m(line.nominal_usd_per_mtok)} USD per 1M tokens "
-        f"(charged {line.charged_usd:.6f} USD in the ledger, at full batch)"
+        f"(charged {line.charged_usd:.6f} USD in the ledger, call by call)"
     )
     fleet, cost = line.fleet, line.cost
     if fleet is None:
@@ -140,9 +140,11 @@ def fleet_html(report: FleetReport) -> str:
     rows = "".join(_html_row(line) for line in report.tiers)
     return (
         "<h2>Self-hosted fleet</h2><p class=sub>What the GPUs were billed against what they "
-        f"served, {html.escape(_window(report))}. Nominal is the full-batch price the ledger "
-        "charges per call; effective spreads the whole bill, idle hours included, over the "
-        "tokens served through this proxy.</p>"
+        f"served, {html.escape(_window(report))}. Nominal is what the ledger charges call by "
+        "call (GPU time at the batch the call's workload is served at: a floor); effective "
+        "spreads the whole bill, idle hours included, over the tokens served through this "
+        "proxy. Break-even: the tokens a day at which the bill equals this traffic's price on "
+        "the API tier named.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
     )
 
