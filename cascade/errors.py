@@ -17,7 +17,8 @@ catch one type. Each message says what went wrong, where, and what is allowed::
      ├── BudgetExceededError    a key's budget cannot cover a request's worst-case cost
      ├── BudgetUnavailableError a key's budget cannot be read now (its database is out of reach)
      ├── LabeledDataError       a labeled-traffic file is unreadable or has an invalid row
-     └── TrainingError          a router model cannot be trained or exported as asked
+     ├── TrainingError          a router model cannot be trained or exported as asked
+     └── PlanError              cascade plan cannot price fleets as asked (no traffic, no price)
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ EXTRAS = {
     "sklearn": ("train", "training and evaluating models"),
     "skl2onnx": ("train", "exporting trained models"),
     "onnx": ("train", "exporting trained models"),
-    "matplotlib": ("train", "charts (report --html, eval --plot)"),
+    "matplotlib": ("train", "charts (report --html, eval --plot, plan --plot)"),
     "onnxruntime": ("cpu", "scoring (on a CUDA machine, the gpu extra instead)"),
 }
 """Optional top-level modules -> (the pip extra that installs them, what needs them)."""
@@ -110,6 +111,11 @@ class BudgetUnavailableError(CascadeError):
 
 class LabeledDataError(CascadeError):
     """A labeled-traffic file is missing, unreadable or has an invalid row (file:line, field)."""
+
+
+class PlanError(CascadeError):
+    """``cascade plan`` cannot price fleets as asked: no traffic in the window, or a tier the
+    traffic needs has no price in the policy."""
 
 
 class TrainingError(CascadeError):

@@ -13,7 +13,19 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cascade import __version__
-from cascade.cli import db, demo, keys, model, policy, report, route, serve, simulate, verify
+from cascade.cli import (
+    db,
+    demo,
+    keys,
+    model,
+    plan,
+    policy,
+    report,
+    route,
+    serve,
+    simulate,
+    verify,
+)
 from cascade.errors import CascadeError, missing_extra
 
 Command = Callable[[argparse.Namespace], int]
@@ -61,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cascade {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (demo, route, policy, model, verify, serve, simulate, db, keys, report):
+    for group in (demo, route, policy, model, verify, serve, simulate, db, keys, report, plan):
         group.register(commands)
     return parser
 

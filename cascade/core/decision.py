@@ -13,7 +13,7 @@ of each tier's load, it picks the cheapest tier that
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
 from typing import Any
@@ -140,7 +140,7 @@ def decide(
                 f"tiers allowed here ({', '.join(sorted(only_tiers)) or 'none'})"
             )
 
-    chosen, reason = _by_confidence(tiers, confidence)
+    chosen, reason = by_confidence(tiers, confidence)
     target, note, queued = _with_capacity(chosen, tiers, policy, capacity, spill=settings.spill)
     if note:
         reason = f"{reason}; {note}"
@@ -181,7 +181,8 @@ def decide(
     )
 
 
-def _by_confidence(tiers: list[Tier], confidence: float) -> tuple[Tier, str]:
+def by_confidence(tiers: Sequence[Tier], confidence: float) -> tuple[Tier, str]:
+    """The first of ``tiers`` whose threshold ``confidence`` clears (else the last), and why."""
     passed: list[str] = []
     for tier in tiers:
         if confidence >= tier.threshold:

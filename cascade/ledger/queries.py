@@ -76,6 +76,10 @@ class RequestFacts:
     """Messages the workload's history cap dropped before the request was sent."""
     trimmed_tokens: int = 0
     """Estimated tokens of those messages."""
+    workload: str = ""
+    """The workload class the request was routed as."""
+    confidence: float | None = None
+    """The scorer's confidence (None: routing was skipped, a model asked for by name)."""
 
     def has_role(self, role: str) -> bool:
         """True when any attempt was made in this role (``escalation``, ``spill``)."""
@@ -115,6 +119,8 @@ async def fetch_requests(engine: AsyncEngine, since: datetime | None) -> list[Re
         Request.key_id,
         Request.trimmed_messages,
         Request.trimmed_tokens,
+        Request.workload,
+        Request.confidence,
     ).order_by(Request.created_at, Request.id)
     attempts = (
         select(
