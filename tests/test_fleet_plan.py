@@ -107,7 +107,7 @@ def test_a_latency_target_costs_replicas() -> None:
     )
     assert free.models["gpu"].batch == 10
     assert bound.models["gpu"].batch == 5
-    assert bound.models["gpu"].step_s == pytest.approx(0.0667, abs=1e-4)
+    assert bound.models["gpu"].tpot_s == pytest.approx(0.0667, abs=1e-4)
     assert bound.models["gpu"].meets
     cheap_free, cheap_bound = free.scenarios[0].cheapest, bound.scenarios[0].cheapest
     assert cheap_free is not None

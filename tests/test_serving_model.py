@@ -3,6 +3,7 @@ so what its tokens cost; the step-time line behind it, checked by hand."""
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 
 import pytest
@@ -97,12 +98,17 @@ def test_the_decision_estimates_at_the_workloads_batch(policy: Policy) -> None:
 
 
 def test_joining_sequences_lengthen_the_mean_step(policy: Policy) -> None:
-    """At batch 10 with 100-token outputs, a sequence joins every 10th step and prefills 500
-    tokens: that step takes (10 + 500) / 10,000 = 51 ms, the others 10 ms: 14.1 ms on average."""
+    """At batch 10 with 100-token outputs, 0.1 sequences join a step on average (a Poisson
+    count), each prefilling 500 tokens: a step one joins takes (10 + 500) / 10,000 = 51 ms, two
+    101 ms, none 10 ms: 14.1 ms on average."""
     line = step_line(policy.tier("gpu"))
     assert line is not None
     load = SequenceLoad(prefill_tokens=500, output_tokens=100)
-    assert line.mean_step(10, load) == pytest.approx(0.9 * 0.010 + 0.1 * 0.051)
+    shares = [math.exp(-0.1) * 0.1**k / math.factorial(k) for k in range(8)]
+    steps = [max(0.010, (10 + 500 * k) / 10_000) for k in range(8)]
+    expected = sum(p * t for p, t in zip(shares, steps, strict=True))
+    assert line.mean_step(10, load) == pytest.approx(expected)
+    assert expected == pytest.approx(0.0141, abs=1e-4)
     # Half the measured context: the KV part of the step (6.67 ms of 10 at batch 10) halves.
     halved = SequenceLoad(prefill_tokens=0, output_tokens=100, context_tokens=1000)
     price = parse_policy(

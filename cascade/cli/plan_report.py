@@ -46,7 +46,7 @@ def _tier_table(plan: FleetPlan) -> list[str]:
         target = "-" if model.target_s is None else f"{model.target_s * 1000:g}"
         visits, tokens = plan.demand[name]
         rows.append(
-            f"{name:<10} {model.batch:>5} {model.step_s * 1000:>9.2f} {target:>7} "
+            f"{name:<10} {model.batch:>5} {model.tpot_s * 1000:>9.2f} {target:>7} "
             f"{_replica_visits(plan, model):>17,.0f} {visits:>11,.0f} {_count(tokens):>11}"
         )
     peak = max(range(HOURS), key=lambda h: shape[h])
@@ -144,7 +144,7 @@ def plan_json(plan: FleetPlan) -> dict[str, Any]:
 
 def _tier_json(plan: FleetPlan, model: TierModel) -> dict[str, Any]:
     visits, tokens = plan.demand[model.tier.name]
-    tpot = model.step_s * 1000
+    tpot = model.tpot_s * 1000
     return {
         "tier": model.tier.name,
         "operating_batch": model.batch,

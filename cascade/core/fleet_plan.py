@@ -284,7 +284,7 @@ def _problems(model: TierModel, replicas: int, unfit: float, queued: float) -> l
         )
     if replicas and not model.meets and model.target_s is not None:
         problems.append(
-            f"{name}: {model.step_s * 1000:.2f} ms a token even at batch 1, over the "
+            f"{name}: {model.tpot_s * 1000:.2f} ms a token even at batch 1, over the "
             f"{model.target_s * 1000:g} ms target"
         )
     return problems

@@ -31,14 +31,16 @@ class TierModel:
     batch: int
     """Sequences one engine runs at once (the operating batch)."""
     step_s: float
-    """Mean step at that batch with the tier's traffic: its time per output token."""
+    """Mean step at that batch with the tier's traffic (what a slot is held for per token)."""
+    tpot_s: float
+    """Mean time between two output tokens of a sequence there (what the target limits)."""
     target_s: float | None
     """The strictest latency target of the workloads visiting it (None: none)."""
 
     @property
     def meets(self) -> bool:
         """Whether the operating batch keeps the target (even batch 1 may not)."""
-        return self.target_s is None or self.step_s <= self.target_s
+        return self.target_s is None or self.tpot_s <= self.target_s
 
     def slot_seconds(self, mix: VisitMix) -> float:
         """Slot-seconds one visit holds."""
@@ -52,7 +54,7 @@ class TierModel:
 
     def slower(self, factor: float) -> TierModel:
         """The same tier with every step ``factor`` times as long (the model's error band)."""
-        return replace(self, step_s=self.step_s * factor)
+        return replace(self, step_s=self.step_s * factor, tpot_s=self.tpot_s * factor)
 
 
 def tier_models(policy: Policy, traffic: DayTraffic) -> dict[str, TierModel]:
@@ -70,7 +72,8 @@ def tier_models(policy: Policy, traffic: DayTraffic) -> dict[str, TierModel]:
         ]
         target_s = min(targets) / 1000 if targets else None
         batch = line.operating_batch(target_s, load)
-        models[tier.name] = TierModel(tier, batch, line.mean_step(batch, load), target_s)
+        step, tpot = line.mean_step(batch, load), line.time_per_token(batch, load)
+        models[tier.name] = TierModel(tier, batch, step, tpot, target_s)
     return models
 
 

@@ -17,7 +17,9 @@ Without the single-stream speed the line is flat: every step as long as a full o
 
 Sequences join a full batch as others finish: one living ``o`` steps, a batch of ``B`` admits
 ``B / o`` a step on average, each prefilling its uncached prompt in the step it joins. The mean
-step (a sequence's mean time per output token) weighs the steps with a join by that rate.
+step averages the steps over how many join, a Poisson count of that mean (a step that two or
+three prompts join may be compute-bound where one is not); a sequence's time per output token
+is the same over the steps after its own join, which only the other ``B - 1`` lengthen.
 
 Why a line here rather than the simulator's equations (:mod:`cascade.simulator.profiles`): the
 decision prices requests with it, and the router depends on nothing of the simulator (DESIGN's
@@ -29,6 +31,7 @@ is; ``benchmarks/bench_plan_model.py`` measures how far the two are apart, and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from cascade.core.per_object import PerObject
@@ -78,30 +81,35 @@ class StepLine:
 
     def mean_step(self, batch: float, load: SequenceLoad | None = None) -> float:
         """Mean seconds of a step at ``batch`` with sequences joining as ``load`` says (None:
-        decode only, at the measured context): a sequence's mean time per output token."""
+        decode only, at the measured context): what throughput and capacity follow."""
+        return self._steps(batch, batch, load)
+
+    def time_per_token(self, batch: float, load: SequenceLoad | None = None) -> float:
+        """Mean seconds between two output tokens of one sequence at ``batch``: the steps it
+        sees after its first token, which the other ``batch - 1`` sequences' joins lengthen
+        (its own join step is its time to first token)."""
+        return self._steps(batch, batch - 1, load)
+
+    def _steps(self, batch: float, joiners: float, load: SequenceLoad | None) -> float:
         if load is None:
             return self.decode_step(batch)
         decode = self.decode_step(batch, load.context_tokens)
-        joins = batch / max(load.output_tokens, 1.0)
-
-        def joined(count: float) -> float:
+        mean = 0.0
+        for count, share in _poisson(joiners / max(load.output_tokens, 1.0)):
             computed = (batch + count * load.prefill_tokens) / self.prefill_tokens_per_second
-            return max(decode, computed)
-
-        if joins <= 1:
-            return (1 - joins) * decode + joins * joined(1)
-        return joined(joins)
+            mean += share * max(decode, computed)
+        return mean
 
     def operating_batch(self, max_tpot_s: float | None, load: SequenceLoad | None = None) -> int:
-        """The largest batch up to :attr:`max_batch` whose mean step is within ``max_tpot_s``,
-        at least 1 (check :meth:`mean_step` at 1 to know whether even that meets it); None:
-        no target, the full batch."""
-        if max_tpot_s is None or self.mean_step(self.max_batch, load) <= max_tpot_s:
+        """The largest batch up to :attr:`max_batch` whose time per token is within
+        ``max_tpot_s``, at least 1 (check :meth:`time_per_token` at 1 to know whether even that
+        meets it); None: no target, the full batch."""
+        if max_tpot_s is None or self.time_per_token(self.max_batch, load) <= max_tpot_s:
             return self.max_batch
-        low, high = 1, self.max_batch  # mean_step grows with the batch: bisect
+        low, high = 1, self.max_batch  # the time grows with the batch: bisect
         while high - low > 1:
             middle = (low + high) // 2
-            if self.mean_step(middle, load) <= max_tpot_s:
+            if self.time_per_token(middle, load) <= max_tpot_s:
                 low = middle
             else:
                 high = middle
@@ -110,6 +118,17 @@ class StepLine:
     def tokens_per_second(self, batch: float, load: SequenceLoad | None = None) -> float:
         """Output tokens one engine decodes per second at ``batch``."""
         return batch / self.mean_step(batch, load)
+
+
+def _poisson(mean: float) -> list[tuple[int, float]]:
+    """(k, P(k)) of a Poisson count with this mean, to a tail below one in a billion."""
+    terms, share, k = [], math.exp(-mean), 0
+    while True:
+        terms.append((k, share))
+        k += 1
+        share *= mean / k
+        if k > mean and share < 1e-9:
+            return terms
 
 
 def _line(tier: Tier) -> StepLine | None:
