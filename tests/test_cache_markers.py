@@ -4,6 +4,7 @@ OpenAI's cache key; nothing for providers that take neither."""
 from __future__ import annotations
 
 import copy
+import random
 from typing import Any
 
 import pytest
@@ -224,3 +225,36 @@ def test_markers_on_a_self_hosted_tier_are_refused() -> None:
                 "cache": {"markers": "anthropic"},
             }
         )
+
+
+def _junk(draw: random.Random, depth: int = 0) -> Any:
+    """Any JSON value, nested a little."""
+    pick = draw.random()
+    if depth > 3 or pick < 0.3:
+        return draw.choice([None, 1, "x" * draw.randint(0, 3000), True, 1.5, [], {}])
+    if pick < 0.6:
+        return [_junk(draw, depth + 1) for _ in range(draw.randint(0, 4))]
+    keys = ("role", "content", "type", "text", "cache_control", "name")
+    return {draw.choice(keys): _junk(draw, depth + 1) for _ in range(draw.randint(0, 4))}
+
+
+def test_malformed_requests_never_make_markers_fail() -> None:
+    """Whatever a request holds, adding markers never raises: the provider, not this step, says
+    what is wrong with it."""
+    draw = random.Random(1)
+    tiers = [
+        api_tier(model, **cache)
+        for model in ("anthropic/claude-sonnet-4-5", "openai/gpt-4o")
+        for cache in ({}, {"history": True, "document_min_tokens": 1, "min_tokens": 1})
+    ]
+    roles = ("system", "user", "assistant", "tool")
+    for _ in range(3000):
+        messages = [
+            {"role": draw.choice(roles), "content": _junk(draw)}
+            if draw.random() < 0.8
+            else _junk(draw)
+            for _ in range(draw.randint(0, 6))
+        ]
+        payload = {"messages": messages, "tools": _junk(draw)}
+        for tier in tiers:
+            mark(payload, tier, prefix_messages=draw.randint(0, 7), prefix_hash="h")

@@ -99,7 +99,9 @@ def mark(
 def _anthropic(payload: Mapping[str, Any], tier: Tier, prefix_messages: int) -> Mapping[str, Any]:
     messages = payload.get("messages")
     tools = payload.get("tools")
-    if not isinstance(messages, list) or _has_markers(messages, tools):
+    if not isinstance(messages, list) or not _well_formed(messages, tools):
+        return payload  # not a request a provider takes: sent as it is, refused there
+    if _has_markers(messages, tools):
         return payload
     listed = tools if isinstance(tools, list) else None
     places = _breakpoints(messages, listed, tier, prefix_messages)
@@ -171,16 +173,11 @@ def _documents(messages: Sequence[Any], tool_tokens: int, least: int) -> list[_P
     after it (a document before the question)."""
     found = []
     for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, Mapping) else None
+        content = message.get("content")
         if message.get("role") != "user" or not isinstance(content, list):
             continue
         for j, part in enumerate(content[:-1] if i == len(messages) - 1 else content):
-            text = part.get("text") if isinstance(part, Mapping) else None
-            if (
-                part.get("type") == "text"
-                and isinstance(text, str)
-                and estimate_tokens(text) >= least
-            ):
+            if _is_text(part) and estimate_tokens(part["text"]) >= least:
                 upto = {**message, "content": [*content[:j], part]}
                 tokens = estimate_message_tokens([*messages[:i], upto])
                 found.append(_Place(i, j, tool_tokens + tokens))
@@ -205,7 +202,10 @@ def _markable(message: Any) -> bool:
 
 
 def _is_text(part: Any) -> bool:
-    return isinstance(part, Mapping) and part.get("type") == "text" and bool(part.get("text"))
+    if not isinstance(part, Mapping) or part.get("type") != "text":
+        return False
+    text = part.get("text")
+    return isinstance(text, str) and bool(text)
 
 
 def _with_control(
@@ -220,6 +220,15 @@ def _with_control(
         part = max(i for i, p in enumerate(parts) if _is_text(p))
     parts[part] = {**parts[part], "cache_control": control}
     return {**message, "content": parts}
+
+
+def _well_formed(messages: Sequence[Any], tools: Any) -> bool:
+    """Every message and tool an object (what the prompt step lets through, checked again here
+    because markers must never be what fails a request)."""
+    listed = tools if isinstance(tools, list) else []
+    return all(isinstance(m, Mapping) for m in messages) and all(
+        isinstance(t, Mapping) for t in listed
+    )
 
 
 def _has_markers(messages: Sequence[Any], tools: Any) -> bool:
