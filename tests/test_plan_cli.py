@@ -171,3 +171,16 @@ def test_bad_options_are_clear_errors(
     args = ["plan", "--url", ledger_url, "--since", "all", "--policy", policy_file]
     assert main([*args, *option]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_one_policy_planned_for_the_traffic_another_routed(
+    ledger_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--traffic-of plans the shipped default policy (no latency target: full batches) for the
+    requests recorded under plan-demo, whose tiers have the same names."""
+    args = ["plan", "--url", ledger_url, "--since", "all", "--traffic-of", "plan-demo", "--json"]
+    assert main(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["policy"] == "default"
+    assert data["requests"] > 0
+    assert {t["tier"]: t["operating_batch"] for t in data["tiers"]} == {"small": 64, "medium": 64}

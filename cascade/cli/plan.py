@@ -1,6 +1,7 @@
 """``cascade plan``: how many replicas of each self-hosted tier the ledger's traffic calls for.
 
-It reads the requests of the window (``--since``) recorded under the policy (``--policy``), and
+It reads the requests of the window (``--since``) recorded under the policy (``--policy``, or
+the name ``--traffic-of`` gives: planning one policy for the traffic another routed), and
 from them an average day: per workload and tier, the visits in each hour of the day, their
 tokens (prompt, cache hits, output, the verify step's samples), escalations and witnesses, with
 the visits that past saturation spilled counted where they meant to go
@@ -52,6 +53,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "recorded under its name (default: %(default)s)",
     )
     plan.add_argument(
+        "--traffic-of",
+        metavar="POLICY",
+        help="plan for the requests recorded under this policy name instead of --policy's "
+        "own (its tiers must have the same names)",
+    )
+    plan.add_argument(
         "--max-replicas",
         type=int,
         default=8,
@@ -88,7 +95,7 @@ def _plan(ns: argparse.Namespace) -> int:
     scales = _scales(ns.scales)
     day = _duration(ns.day)
     facts = read_requests(ns.url, parse_since(ns.since))
-    traffic = day_traffic(facts, policy, day=day)
+    traffic = day_traffic(facts, policy, day=day, recorded_as=ns.traffic_of)
     plan = plan_fleets(policy, traffic, max_replicas=ns.max_replicas, scales=scales)
     if ns.plot is not None:
         from cascade.cli.plan_plot import draw_plan

@@ -69,15 +69,23 @@ class _Tally:
 
 
 def day_traffic(
-    facts: Sequence[RequestFacts], policy: Policy, *, day: timedelta = _DAY
+    facts: Sequence[RequestFacts],
+    policy: Policy,
+    *,
+    day: timedelta = _DAY,
+    recorded_as: str | None = None,
 ) -> DayTraffic:
-    """The average day of the requests recorded under ``policy`` (see the module docstring)."""
-    mine = [f for f in facts if f.policy == policy.name]
+    """The average day of the requests recorded under the policy named ``recorded_as`` (default:
+    ``policy``'s own name), read with ``policy``'s tiers and thresholds (see the module
+    docstring): planning one policy for the traffic another routed needs the same tier names."""
+    name = policy.name if recorded_as is None else recorded_as
+    mine = [f for f in facts if f.policy == name]
     if not mine:
         found = ", ".join(sorted({f.policy for f in facts})) or "none"
         raise PlanError(
-            f"no request of policy {policy.name!r} in the ledger's window (policies there: "
-            f"{found}); plan with the policy the traffic was routed by (--policy)"
+            f"no request of policy {name!r} in the ledger's window (policies there: {found}); "
+            "plan with the policy the traffic was routed by (--policy), or name it "
+            "(--traffic-of)"
         )
     if day <= timedelta(0):
         raise PlanError(f"--day {day}: a day must last some time")
