@@ -83,6 +83,7 @@ def test_the_cheapest_fleet_serves_the_baseline_and_spills_the_peak() -> None:
     assert scenario.cheapest.total_usd == pytest.approx(25 + spilled * 0.002)
     assert scenario.all_api.total_usd == pytest.approx(154.80)
     assert scenario.peak.replicas == (("gpu", 12),)
+    assert max(f.count("gpu") for f in scenario.fleets) == 14  # two past the peak: rent only
     assert scenario.peak.tiers[0].peak_spill_share <= 0.01
     assert scenario.peak.total_usd > scenario.cheapest.total_usd
 

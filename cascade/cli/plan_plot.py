@@ -23,11 +23,13 @@ def draw_plan(plan: FleetPlan, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     count = len(plan.scenarios)
     figure, axes = plt.subplots(1, count, figsize=(5.5 * count, 4.2), squeeze=False)
     for ax, scenario in zip(axes[0], plan.scenarios, strict=True):
         _panel(ax, scenario)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle(f"cascade plan: policy {plan.policy}, $ a day by replicas")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -55,18 +57,18 @@ def _panel(ax: Any, scenario: Scenario) -> None:
             )
     ax.axhline(scenario.all_api.total_usd, color="tab:red", linestyle="--", label="all-API")
     ax.axhline(scenario.peak.total_usd, color="tab:grey", linestyle=":", label="peak-provisioned")
+    title = f"{scenario.scale:g}x traffic"
     if scenario.cheapest is not None:
         best = scenario.cheapest
         for _, n in best.replicas:
             ax.scatter([n], [best.total_usd], marker="*", s=140, color="black", zorder=4)
-        ax.annotate(
-            f"cheapest ${best.total_usd:,.0f}", (0.02, 0.02), xycoords="axes fraction", fontsize=8
-        )
-    ax.set_title(f"{scenario.scale:g}x traffic")
+        named = ", ".join(f"{name} {n}" for name, n in best.replicas)
+        title += f": cheapest ${best.total_usd:,.0f} ({named})"
+    ax.set_title(title, fontsize=10)
     ax.set_xlabel("replicas of the tier (others as in the cheapest fleet)")
     ax.set_ylabel("$ a day")
     ax.set_yscale("log")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="best")
 
 
 def _varies_only(fleet: FleetOutcome, held: dict[str, int], name: str) -> bool:

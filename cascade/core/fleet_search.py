@@ -2,9 +2,9 @@
 targets, the break-even of each tier against its API, and the same at more traffic.
 
 For each traffic scale (1x, 2x, 10x by default) the candidates are 0 up to ``max_replicas x
-scale`` replicas of each GPU-priced tier, and never more than peak provisioning needs: the
-fewest replicas that keep every hour's spill under :data:`PEAK_SPILL_SHARE` (with the weaker
-tiers so provisioned too); beyond that a replica only adds rent. Each is priced by
+scale`` replicas of each GPU-priced tier, and never more than two past what peak provisioning
+needs: the fewest replicas that keep every hour's spill under :data:`PEAK_SPILL_SHARE` (with the
+weaker tiers so provisioned too); beyond that a replica only adds rent. Each is priced by
 :mod:`cascade.core.fleet_plan`. Beside the cheapest: the all-API fleet (no replica) and the
 peak-provisioned one, and the cheapest fleet's cost if every step were
 :data:`CAPACITY_ERROR` longer or shorter, the model's error against the simulated tiers.
@@ -45,6 +45,8 @@ leave room for what a replay through the proxy adds."""
 TPOT_ERROR = 0.10
 """The same for the mean time per output token at the operating batch: at most 4.8% measured,
 stated as 10%."""
+_BEYOND_PEAK = 2
+"""Candidates go this many replicas past peak provisioning: enough to see the cost rise."""
 PEAK_SPILL_SHARE = 0.01
 """Peak provisioning: no hour spills more than this share of a tier's visits (and the work
 that waits fits)."""
@@ -136,7 +138,7 @@ def _scenario(
     policy: Policy, traffic: DayTraffic, models: dict[str, TierModel], most: int, scale: float
 ) -> Scenario:
     peak, capped = _peak(policy, traffic, models, most)
-    counts = {name: range(peak.count(name) + 1) for name in models}
+    counts = {name: range(min(most, peak.count(name) + _BEYOND_PEAK) + 1) for name in models}
     candidates = tuple(fleets(policy, traffic, models, counts))
     meeting = [f for f in candidates if f.meets]
     cheapest = min(meeting, key=lambda f: f.total_usd) if meeting else None
