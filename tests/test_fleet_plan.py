@@ -166,3 +166,16 @@ def test_no_traffic_is_a_clear_error() -> None:
     """A window with nothing in it cannot be planned for."""
     with pytest.raises(PlanError, match="no traffic to plan for"):
         plan_fleets(_policy(), _day([0.0] * HOURS))
+
+
+def test_the_verify_steps_samples_take_a_slot_each() -> None:
+    """Visits decoding three samples (300 tokens for a 100-token answer) hold three slots: two
+    replicas of batch 10 take 20 sequences, so the proxy's max_concurrency is 6 calls, and each
+    visit holds its slots 30 s of steps in all."""
+    sampled = VisitMix(0, 0, completion_tokens=100, decode_tokens=300, prefill_tokens=0)
+    policy = _policy()
+    traffic = _day([100.0] * HOURS, sampled)
+    (two,) = fleets(policy, traffic, tier_models(policy, traffic), {"gpu": range(2, 3)})
+    (tier,) = two.tiers
+    assert (tier.slots, tier.sequences, tier.max_concurrency) == (20, 3, 6)
+    assert tier.busy_slot_hours == pytest.approx(2400 * 30 / 3600, rel=1e-3)

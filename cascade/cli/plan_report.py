@@ -95,7 +95,8 @@ def _verdict(scenario: Scenario) -> list[str]:
         f"peak-provisioned {_named(peak)} ${peak.total_usd:,.2f} ({_saving(cheapest, peak)})"
     )
     settings = [
-        f"{t.tier} max_concurrency {t.slots} ({t.slots // t.replicas} a replica)"
+        f"{t.tier} max_concurrency {t.max_concurrency} ({t.slots // t.replicas} sequences a "
+        "replica)"
         for t in cheapest.tiers
         if t.replicas
     ]
@@ -190,7 +191,8 @@ def _fleet_json(fleet: FleetOutcome) -> dict[str, Any]:
         "tiers": {
             t.tier: {
                 "replicas": t.replicas,
-                "max_concurrency": t.slots,
+                "max_concurrency": t.max_concurrency,
+                "sequences_per_replica": t.slots // t.replicas if t.replicas else 0,
                 "gpu_usd": t.gpu_usd,
                 "visits_per_day": t.arriving,
                 "spilled_per_day": t.spilled,

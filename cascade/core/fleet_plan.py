@@ -59,6 +59,13 @@ class TierOutcome:
     """The largest share spilled in any hour (what peak provisioning keeps near zero)."""
     unfit_slot_hours: float = 0.0
     """Work that waits rather than spill and finds no free slot in the day."""
+    sequences: float = 1.0
+    """Sequences per visit on average (the verify step's samples decode together)."""
+
+    @property
+    def max_concurrency(self) -> int:
+        """The proxy's limit for this fleet: calls, each of ``sequences`` slots."""
+        return int(self.slots / self.sequences)
 
     @property
     def utilization(self) -> float | None:
@@ -219,9 +226,10 @@ class _Walk:
         name = model.tier.name
 
         def serve(replicas: int, day: _Day) -> None:
-            arriving = spilled = 0.0
+            arriving = spilled = sequences = 0.0
             for stream in streams:
                 arriving += float(stream.per_hour.sum())
+                sequences += float(stream.per_hour.sum()) * stream.flow.mix.sequences
                 if stream.spills:
                     lost = stream.per_hour * blocked[replicas]
                 else:
@@ -238,8 +246,9 @@ class _Walk:
             peak = float(blocked[replicas][offered > 0].max(initial=0.0))
             usd = model.replicas_usd(replicas)
             day.replicas.append((name, replicas))
+            mean = sequences / arriving if arriving else 1.0
             day.tiers.append(
-                TierOutcome(name, replicas, arriving, spilled, busy, usd, slots, peak, unfit)
+                TierOutcome(name, replicas, arriving, spilled, busy, usd, slots, peak, unfit, mean)
             )
 
         return serve
