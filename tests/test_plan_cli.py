@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cascade.cli import main
-from tests.test_plan_traffic import DAY_ONE, SMALL_OK, entry, write_ledger
+from tests.test_plan_traffic import DAY_ONE, SMALL_OK, Call, entry, write_ledger
 
 # The default policy's tiers, a 2 ms target for interactive traffic, and batch jobs that wait.
 POLICY = """\
@@ -59,9 +59,9 @@ def ledger_url(tmp_path: Path) -> str:
             at = DAY_ONE + timedelta(hours=hour, minutes=i)
             n = f"{hour}-{i}"
             entries.append(entry(f"s{n}", at, 0.9, [SMALL_OK], policy="plan-demo"))
-            medium = ("medium", "primary", "ok", 800, 200, 300)
+            medium: Call = ("medium", "primary", "ok", 800, 200, 300)
             entries.append(entry(f"m{n}", at, 0.8, [medium], policy="plan-demo"))
-            api = ("frontier", "primary", "ok", 900, 0, 400)
+            api: Call = ("frontier", "primary", "ok", 900, 0, 400)
             entries.append(entry(f"f{n}", at, 0.1, [api], policy="plan-demo"))
         entries.append(
             entry(

@@ -16,12 +16,13 @@ from cascade.errors import PlanError
 from cascade.ledger import AttemptRecord, Ledger, LedgerEntry, RequestRecord
 from cascade.ledger.plan_traffic import day_traffic
 from cascade.ledger.queries import read_requests
+from cascade.ledger.records import AttemptOutcome, AttemptRole
 from cascade.policy import Policy, load_policy
 from tests.ledger_databases import migrate, open_database
 
 DAY_ONE = datetime(2026, 11, 20, tzinfo=UTC)
 # (tier, role, outcome, prompt, cached, completion)
-Call = tuple[str, str, str, int, int, int]
+Call = tuple[str, AttemptRole, AttemptOutcome, int, int, int]
 
 
 def entry(
@@ -39,8 +40,8 @@ def entry(
             seq=i,
             tier=tier,
             model=tier,
-            role=role,  # type: ignore[arg-type]
-            outcome=outcome,  # type: ignore[arg-type]
+            role=role,
+            outcome=outcome,
             error_class="saturated" if outcome == "error" else None,
             prompt_tokens=prompt,
             cached_tokens=cached,

@@ -26,7 +26,7 @@ decision prices requests with it, and the router depends on nothing of the simul
 layout); and a policy describes a real engine by what was measured on it, not by its
 architecture. The simulated tiers follow the full roofline, whose memory-bound part this line
 is; ``benchmarks/bench_plan_model.py`` measures how far the two are apart, and
-:mod:`cascade.core.fleet_plan` states that error.
+:mod:`cascade.core.fleet_search` states that error.
 """
 
 from __future__ import annotations
