@@ -1,10 +1,10 @@
 """A self-hosted tier's operating point for a day of traffic: the batch its workloads' latency
 targets allow with the tier's own token mix, the time per token there, and what a replica costs.
 
-The batch is the largest whose mean step (:mod:`cascade.core.serving_model`) meets the strictest
-``max_tpot_ms`` of the workloads visiting the tier (they share its engines), with the tier's
-sequences as the traffic has them: their prefill, output and context, weighted by the visits the
-tier would get were every tier to serve all it is sent.
+The batch is the largest whose time per output token (:mod:`cascade.core.serving_model`) meets
+the strictest ``max_tpot_ms`` of the workloads visiting the tier (they share its engines), with
+the tier's sequences as the traffic has them: their prefill, output and context, weighted by the
+visits the tier would get were every tier to serve all it is sent.
 """
 
 from __future__ import annotations
