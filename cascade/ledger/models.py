@@ -1,7 +1,8 @@
 """The ledger's tables: ``requests`` (one row per client request), ``attempts`` (one per call),
 ``api_keys`` (the proxy's virtual keys: a keyed hash of each secret, never the secret),
 ``budget_periods`` and ``budget_leases`` (each key's spend per period, and the blocks of it that
-workers hold: see :mod:`cascade.ledger.budgets`).
+workers hold: see :mod:`cascade.ledger.budgets`), and the Batch API's ``batch_files``,
+``batches`` and ``batch_requests`` (:mod:`cascade.ledger.batches`).
 
 Money is exact: ``NUMERIC(18, 10)`` on Postgres. SQLite has no exact decimal type (a NUMERIC column
 there stores a binary float), so on SQLite money is kept as the decimal's text and turned back into
@@ -27,6 +28,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -245,6 +247,85 @@ class RateWindow(Base):
     window_start: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)
     requests: Mapped[int] = mapped_column(Integer)
     tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class BatchFile(Base):
+    """A file of the Batch API: an uploaded JSONL of requests, or a batch's output or errors.
+
+    The content lives in the database, so every replica serves it and it outlives any of them.
+    """
+
+    __tablename__ = "batch_files"
+
+    id: Mapped[str] = mapped_column(String(), primary_key=True)
+    tenant: Mapped[str | None] = mapped_column(String())
+    key_id: Mapped[str | None] = mapped_column(String())
+    purpose: Mapped[str] = mapped_column(String())
+    filename: Mapped[str] = mapped_column(String())
+    size: Mapped[int] = mapped_column("bytes", Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (Index("ix_batch_files_tenant_created_at", "tenant", "created_at"),)
+
+
+class Batch(Base):
+    """One batch job, in OpenAI's lifecycle (``status``: in_progress, finalizing, completed,
+    failed, expired, cancelling, cancelled). ``metadata_json`` and ``only_tiers`` are JSON text
+    and comma-separated tier names (the creating key's tiers; None: all)."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(), primary_key=True)
+    tenant: Mapped[str | None] = mapped_column(String())
+    key_id: Mapped[str | None] = mapped_column(String())
+    input_file_id: Mapped[str] = mapped_column(String())
+    endpoint: Mapped[str] = mapped_column(String())
+    completion_window: Mapped[str] = mapped_column(String())
+    status: Mapped[str] = mapped_column(String())
+    metadata_json: Mapped[str | None] = mapped_column(String())
+    only_tiers: Mapped[str | None] = mapped_column(String())
+    total: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    in_progress_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finalizing_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    expired_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    cancelling_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    cancelled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    output_file_id: Mapped[str | None] = mapped_column(String())
+    error_file_id: Mapped[str | None] = mapped_column(String())
+
+    __table_args__ = (
+        Index("ix_batches_tenant_created_at", "tenant", "created_at"),
+        Index("ix_batches_status", "status"),
+    )
+
+
+class BatchRequest(Base):
+    """One line of a batch: queued, claimed (by ``claimed_by`` until ``claimed_until``, a
+    lease), done or failed. ``id`` is also its ``request_id`` in the ledger."""
+
+    __tablename__ = "batch_requests"
+
+    id: Mapped[str] = mapped_column(String(), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(String(), ForeignKey("batches.id", ondelete="CASCADE"))
+    line: Mapped[int] = mapped_column(Integer)
+    custom_id: Mapped[str] = mapped_column(String())
+    body: Mapped[str] = mapped_column(String())
+    status: Mapped[str] = mapped_column(String())
+    claimed_by: Mapped[str | None] = mapped_column(String())
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    attempts: Mapped[int] = mapped_column(Integer)
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[str | None] = mapped_column(String())
+
+    __table_args__ = (
+        UniqueConstraint("batch_id", "custom_id"),
+        Index("ix_batch_requests_status_claimed_until", "status", "claimed_until"),
+        Index("ix_batch_requests_batch_id_line", "batch_id", "line"),
+    )
 
 
 metadata = Base.metadata

@@ -1,8 +1,10 @@
 """The OpenAI-compatible proxy: ``create_app(settings)`` builds its ASGI application.
 
 Endpoints: ``POST /v1/chat/completions`` (streamed and not; the hot path, in
-:mod:`cascade.server.chat`), ``POST /v1/feedback``, ``GET /v1/models``, ``/healthz``, ``/readyz``
-and ``/metrics`` (Prometheus). Everything shared — routers, the HTTP session, the scorer's
+:mod:`cascade.server.chat`), ``POST /v1/feedback``, ``GET /v1/models``, the Batch API's
+``/v1/files`` and ``/v1/batches`` (:mod:`cascade.server.batches`, run in the background by
+:mod:`cascade.server.batch_runner`), ``/healthz``, ``/readyz`` and ``/metrics`` (Prometheus).
+Everything shared — routers, the HTTP session, the scorer's
 micro-batcher, the ledger writer, the key cache — is built in the lifespan. Who may call what is
 :mod:`cascade.server.auth`'s: ``/v1`` routes take the caller's key, ``/metrics`` an admin key
 once virtual keys exist; ``/healthz`` and ``/readyz`` stay open for load balancers. Client
@@ -28,6 +30,9 @@ from cascade.core.request import parse_json_object
 from cascade.errors import InvalidRequestError
 from cascade.ledger.store import ANY_TENANT, Owner
 from cascade.server.auth import Caller, KeyCache
+from cascade.server.batch_files import FILE_ROUTES
+from cascade.server.batch_runner import running_batches
+from cascade.server.batches import BATCH_ROUTES
 from cascade.server.chat import CHAT_PATH, chat_completions
 from cascade.server.drain import closing_connection, drain_of
 from cascade.server.engine_report import engine_readiness, engine_series
@@ -91,7 +96,8 @@ def create_app(settings: ServerSettings) -> ProxyApp:
         try:
             await proxy.start()  # migrates the ledger: the key table exists after it
             await keys.start()
-            yield {"proxy": proxy, "metrics": metrics, "keys": keys}
+            async with running_batches(proxy, metrics) as batches:
+                yield {"proxy": proxy, "metrics": metrics, "keys": keys, "batches": batches}
         finally:
             await keys.aclose()
             await proxy.close()
@@ -104,6 +110,8 @@ def create_app(settings: ServerSettings) -> ProxyApp:
                 Route("/healthz", healthz, methods=["GET"]),
                 Route("/readyz", readyz, methods=["GET"]),
                 Route("/metrics", metrics_endpoint, methods=["GET"]),
+                *FILE_ROUTES,
+                *BATCH_ROUTES,
             ],
             lifespan=lifespan,
             exception_handlers={HTTPException: refused, 500: crashed},
@@ -170,8 +178,8 @@ async def refused(request: Request, exc: Exception) -> Response:
 
 
 _ROUTES = (
-    "POST /v1/chat/completions, POST /v1/feedback, GET /v1/models, GET /healthz, GET /readyz "
-    "and GET /metrics"
+    "POST /v1/chat/completions, POST /v1/feedback, GET /v1/models, /v1/files, /v1/batches, "
+    "GET /healthz, GET /readyz and GET /metrics"
 )
 
 

@@ -47,6 +47,15 @@ class ServerSettings:
     (set by :meth:`for_worker`)."""
     batch_wait_ms: float = 0.0
     """How long a micro-batch waits for more prompts (0: batch only what is already queued)."""
+    batch_concurrency: int = 4
+    """Batch API requests this process runs at once (0: it runs none, only serves the API)."""
+    batch_lease_s: float = 60.0
+    """How long a claimed batch request stays this process's without a renewal: after a crash,
+    another replica runs it once this has passed (renewed every third of it while it runs)."""
+    batch_poll_s: float = 1.0
+    """How often the batch runner looks for queued work when it has free slots."""
+    max_batch_file_bytes: int = 50 * 1024 * 1024
+    """Larger Batch API uploads are refused with 413 (files are kept in the database)."""
 
     def for_worker(self, index: int, count: int) -> ServerSettings:
         """The settings of worker ``index`` of ``count``: a spool file of its own, and no
