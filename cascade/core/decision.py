@@ -23,6 +23,7 @@ from cascade.core.pricing import workload_rates
 from cascade.core.prompt import MovedSpan, PreparedPrompt
 from cascade.errors import InvalidRequestError, RoutingError
 from cascade.policy.model import Policy, Tier, VolatilePlacement
+from cascade.policy.service_tiers import service_tier_of
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class Decision:
     expected_output_tokens: int
     estimated_cost_usd: Decimal | None
     """Estimated cost of the call on the chosen tier (None when the tier has no price yet); on
-    a self-hosted tier, at the batch the workload's latency target allows."""
+    a self-hosted tier, at the batch the workload's latency target allows; on an API tier that
+    sends the workload at a service tier (flex, priority), at that service tier's price."""
     moved: tuple[MovedSpan, ...]
     """Volatile lines moved out of the stable prefix (empty when nothing moved)."""
     spilled_from: str | None = None
@@ -154,7 +156,8 @@ def decide(
             f"max_tokens must be a whole number of at least 1, got {max_tokens!r}", "max_tokens"
         )
     output_tokens = max_tokens if max_tokens is not None else settings.expected_output_tokens
-    rates = workload_rates(target, settings)
+    rates = workload_rates(target, settings, workload_name)
+    reason += _service_note(target, workload_name)
     cost = None if rates is None else rates.cost(prompt.prompt_tokens, output_tokens)
     return Decision(
         tier=target.name,
@@ -178,6 +181,17 @@ def decide(
         queued=queued,
         only_tiers=narrowed,
         volatile_placement=prompt.placement,
+    )
+
+
+def _service_note(tier: Tier, workload: str) -> str:
+    """The provider's service tier the call is sent at, for the reason (empty: the default)."""
+    service = service_tier_of(tier, workload) if tier.service_tiers else None
+    if service is None:
+        return ""
+    expected = tier.service_tiers[service].expected_latency_s
+    return f"; sent at {tier.name}'s service tier {service}" + (
+        "" if expected is None else f" (expected {expected:g} s)"
     )
 
 

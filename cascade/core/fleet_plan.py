@@ -19,8 +19,9 @@ Per self-hosted tier (priced by GPU time), with ``n`` replicas:
 - the bill: ``n`` x GPU rent for 24 hours plus operations (:func:`~cascade.core.fleet_cost.
   billed_usd`), nothing for a tier with no replica.
 
-API tiers (and self-hosted tiers priced per token) take what reaches them at their rates;
-visits spilled there are priced with their own tokens, the same share of the prompt read from a
+API tiers (and self-hosted tiers priced per token) take what reaches them at their rates (each
+workload at the service tier the API tier sends it at: flex for batch work, say); visits
+spilled there are priced with their own tokens, the same share of the prompt read from a
 cache. Money here is a plan's estimate, in float dollars.
 """
 
@@ -33,7 +34,7 @@ import numpy as np
 
 from cascade.core.day_traffic import HOURS, DayTraffic, Flow, VisitMix
 from cascade.core.operating_point import TierModel
-from cascade.core.pricing import Rates, tier_rates
+from cascade.core.pricing import Rates, tier_rates, workload_rates
 from cascade.errors import PlanError
 from cascade.policy.model import Policy, Tier
 
@@ -192,21 +193,31 @@ class _Walk:
             yield from self.walk(index + 1, branch)
 
     def take_all(self, tier: Tier, day: _Day) -> None:
-        """An API tier (or one priced per token): all that reaches it is served at its rates."""
-        rates = tier_rates(tier)
+        """An API tier (or one priced per token): all that reaches it is served at its rates,
+        each workload's at the service tier it is sent at."""
         streams = day.at[tier.name]
-        if rates is None:
-            if any(s.per_hour.sum() > 0 for s in streams):
-                raise PlanError(
-                    f"tier {tier.name!r} of policy {self.policy.name!r} has no price: cascade "
-                    "plan prices what reaches a tier at the policy's prices; give it one "
-                    "(price: input_usd_per_mtok, output_usd_per_mtok)"
-                )
+        priced = [(s, self.rates(tier, s.flow.workload)) for s in streams]
+        if any(r is None and s.per_hour.sum() > 0 for s, r in priced):
+            raise PlanError(
+                f"tier {tier.name!r} of policy {self.policy.name!r} has no price: cascade "
+                "plan prices what reaches a tier at the policy's prices; give it one "
+                "(price: input_usd_per_mtok, output_usd_per_mtok; or the service tier's)"
+            )
+        if all(r is None for _, r in priced):
             return
-        usd = sum(float(s.per_hour.sum()) * api_usd_per_visit(rates, s.flow.mix) for s in streams)
+        usd = sum(
+            float(s.per_hour.sum()) * api_usd_per_visit(r, s.flow.mix)
+            for s, r in priced
+            if r is not None
+        )
         day.api.append((tier.name, usd))
         for stream in streams:
             self.follow(stream, tier.name, stream.per_hour, day)
+
+    def rates(self, tier: Tier, workload: str) -> Rates | None:
+        """The tier's rates for one workload's visits (its service tier's, if it has one)."""
+        settings = self.policy.workloads.get(workload)
+        return tier_rates(tier) if settings is None else workload_rates(tier, settings, workload)
 
     def server(
         self, model: TierModel, streams: list[_Stream], most: int

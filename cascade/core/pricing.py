@@ -9,6 +9,9 @@ tokens the engine found in its prefix cache cost nothing.
 A workload with a latency target (``max_tpot_ms``) is served at a smaller batch, where a step
 serves fewer sequences: :func:`workload_rates` prices its output tokens at ``GPU $/s x step
 time ÷ batch`` there (:mod:`cascade.core.serving_model`).
+
+A workload an API tier sends at one of its provider's service tiers (``service_tiers``: flex,
+priority) pays that service tier's price: :func:`workload_rates` with the workload's name.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from decimal import Decimal
 from cascade.core.cache_markers import write_premium
 from cascade.core.per_object import PerObject
 from cascade.core.serving_model import DEFAULT_PREFILL_SPEEDUP, step_line
-from cascade.policy.model import GpuPrice, Tier, TokenPrice, Workload
+from cascade.policy.model import GpuPrice, ServiceTier, Tier, TokenPrice, Workload
+from cascade.policy.service_tiers import service_tier_of
 
 __all__ = ["DEFAULT_PREFILL_SPEEDUP", "Rates", "tier_rates", "workload_rates"]
 
@@ -78,17 +82,21 @@ def _rates(tier: Tier) -> Rates:
     price = tier.price
     assert price is not None
     if isinstance(price, TokenPrice):
-        cached = price.cached_input_usd_per_mtok
-        write = price.cache_write_usd_per_mtok
-        if write is None:
-            write = price.input_usd_per_mtok * write_premium(tier)
-        return Rates(
-            input=price.input_usd_per_mtok / _MILLION,
-            cached_input=(price.input_usd_per_mtok if cached is None else cached) / _MILLION,
-            output=price.output_usd_per_mtok / _MILLION,
-            cache_write=write / _MILLION,
-        )
+        return _token_rates(price, tier)
     return _gpu_rates(price)
+
+
+def _token_rates(price: TokenPrice, tier: Tier) -> Rates:
+    cached = price.cached_input_usd_per_mtok
+    write = price.cache_write_usd_per_mtok
+    if write is None:
+        write = price.input_usd_per_mtok * write_premium(tier)
+    return Rates(
+        input=price.input_usd_per_mtok / _MILLION,
+        cached_input=(price.input_usd_per_mtok if cached is None else cached) / _MILLION,
+        output=price.output_usd_per_mtok / _MILLION,
+        cache_write=write / _MILLION,
+    )
 
 
 def _gpu_rates(price: GpuPrice) -> Rates:
@@ -105,13 +113,38 @@ def _gpu_rates(price: GpuPrice) -> Rates:
 _rates_of: PerObject[Tier, Rates] = PerObject(_rates)
 
 
-def workload_rates(tier: Tier, workload: Workload) -> Rates | None:
+def workload_rates(tier: Tier, workload: Workload, name: str | None = None) -> Rates | None:
     """The tier's rates for one workload's requests: :func:`tier_rates`, but for a GPU-priced
     tier and a workload with ``max_tpot_ms``, output tokens at the batch that target allows
-    (remembered per workload and tier object)."""
+    (remembered per workload and tier object); and on an API tier that sends the workload
+    called ``name`` at one of its ``service_tiers``, that service tier's price (None when it
+    has none and the tier is priced from litellm's map: see :func:`service_rates`)."""
+    if name is not None and tier.service_tiers:
+        service = service_tier_of(tier, name)
+        if service is not None:
+            return service_rates(tier, service)
     if workload.max_tpot_ms is None or not isinstance(tier.price, GpuPrice):
         return tier_rates(tier)
     return _at_target(workload)(tier)
+
+
+def service_rates(tier: Tier, service: str) -> Rates | None:
+    """The rates of a call sent to ``tier`` at its service tier ``service``: the service tier's
+    price, else the tier's own (the policy allows that only for a standard-priced one such as
+    ``auto``); None for a tier priced from litellm's map, which prices it at the call."""
+    price = tier.service_tiers[service].price
+    if price is None:
+        return tier_rates(tier)
+    return _service_rates_of(tier.service_tiers[service])(tier)
+
+
+def _service_rates(service: ServiceTier) -> PerObject[Tier, Rates]:
+    price = service.price
+    assert price is not None
+    return PerObject(lambda tier: _token_rates(price, tier))
+
+
+_service_rates_of: PerObject[ServiceTier, PerObject[Tier, Rates]] = PerObject(_service_rates)
 
 
 def _at_target_of(workload: Workload) -> PerObject[Tier, Rates]:

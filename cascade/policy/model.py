@@ -33,6 +33,7 @@ from cascade.policy.parts import (
     VolatilePlacement,
     _Strict,
 )
+from cascade.policy.service_tiers import ServiceTier, ServiceTierName, service_tier_problems
 
 __all__ = [
     "CHECKS",
@@ -48,6 +49,7 @@ __all__ = [
     "PromptCache",
     "PromptSettings",
     "ScorerSettings",
+    "ServiceTier",
     "Tier",
     "TierName",
     "Timeouts",
@@ -118,6 +120,11 @@ class Tier(_Strict):
     """Judge this tier's answers with the verifier before keeping them (none: the checks only)."""
     cache: PromptCache = Field(default_factory=PromptCache)
     """Prompt-caching markers for an API tier's provider (on by default where they pay)."""
+    service_tiers: dict[ServiceTierName, ServiceTier] = Field(default_factory=dict)
+    """The provider's service tiers (latency tiers) some workloads are sent at, keyed by the
+    ``service_tier`` value (OpenAI ``flex``/``priority``, Gemini ``flex``/``priority``,
+    Anthropic ``auto``/``standard_only``); API tiers only. Default: none, every call at the
+    provider's default."""
     description: str = ""
     """Free text for humans."""
 
@@ -320,6 +327,7 @@ class Policy(_Strict):
                 problems.append((("tiers", i, "name"), f"duplicate tier name {tier.name!r}"))
             seen.add(tier.name)
             problems.extend(self._verify_problems(i, tier, names))
+            problems.extend(service_tier_problems(i, tier, set(self.workloads)))
             if tier.overflow is not None and tier.overflow not in names:
                 problems.append((("tiers", i, "overflow"), self._unknown_tier(tier.overflow)))
             elif tier.overflow == tier.name:

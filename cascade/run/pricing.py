@@ -1,7 +1,9 @@
 """What each tier call cost: one :class:`~cascade.run.attempts.Attempt` per call, priced.
 
 A tier's rates come from its policy price, else (API tiers) from litellm's offline price map; a
-call whose usage or rates are unknown costs nothing rather than a guess.
+call whose usage or rates are unknown costs nothing rather than a guess. A call an API tier sent
+at one of its provider's service tiers (the request's workload chose it) is priced at that
+service tier: its policy price, else litellm's map for it.
 """
 
 from __future__ import annotations
@@ -9,24 +11,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 
-from cascade.core.pricing import Rates, tier_rates
+from cascade.core.pricing import Rates, service_rates, tier_rates
 from cascade.errors import TierError
 from cascade.policy.model import Tier
+from cascade.policy.service_tiers import service_tier_of
 from cascade.run.attempts import CLIENT_GONE, Attempt, Outcome, Role
 from cascade.tiers.base import TierAnswer, Usage
+
+ApiRates = Callable[[Tier, str | None], Rates | None]
+"""litellm's rates of an API tier at a service tier (None: the provider's default one)."""
 
 
 class Pricer:
     """Prices calls at their tiers' rates (``api_rates``: litellm's map, for API tiers)."""
 
-    def __init__(self, api_rates: Callable[[Tier], Rates | None] | None = None) -> None:
+    def __init__(self, api_rates: ApiRates | None = None) -> None:
         self._api_rates = api_rates
 
-    def rates(self, tier: Tier) -> Rates | None:
-        """The tier's per-token rates: the policy's price, else litellm's map for API tiers."""
-        rates = tier_rates(tier)
+    def rates(self, tier: Tier, workload: str | None = None) -> Rates | None:
+        """The tier's per-token rates for ``workload``'s calls: the policy's price, else
+        litellm's map for API tiers; at the service tier the tier sends the workload at, if
+        any."""
+        service = service_tier_of(tier, workload) if workload and tier.service_tiers else None
+        rates = tier_rates(tier) if service is None else service_rates(tier, service)
         if rates is None and self._api_rates is not None:
-            rates = self._api_rates(tier)
+            rates = self._api_rates(tier, service)
         return rates
 
     def attempt(
@@ -40,9 +49,11 @@ class Pricer:
         reason: str | None = None,
         error_class: str | None = None,
         verify_confidence: float | None = None,
+        workload: str | None = None,
     ) -> Attempt:
-        """One call's record, priced at the tier's rates (nothing known costs nothing)."""
-        rates = self.rates(tier)
+        """One call's record, priced at the tier's rates for ``workload``'s calls (nothing
+        known costs nothing)."""
+        rates = self.rates(tier, workload)
         cost = Decimal(0)
         if usage is not None and rates is not None:
             cached = min(usage.cached_tokens, usage.prompt_tokens)
@@ -70,6 +81,7 @@ class Pricer:
         reason: str | None,
         *,
         verify_confidence: float | None = None,
+        workload: str | None = None,
     ) -> Attempt:
         """The record of a call that answered (kept, rejected, or a witness)."""
         return self.attempt(
@@ -80,6 +92,7 @@ class Pricer:
             latency_s=answer.latency_s,
             reason=reason,
             verify_confidence=verify_confidence,
+            workload=workload,
         )
 
     def gone(self, tier: Tier, role: Role, latency_s: float) -> Attempt:

@@ -31,7 +31,6 @@ from typing import Any
 from cascade.core.capacity import InFlightCounter
 from cascade.core.decision import Decision
 from cascade.core.planner import AsyncScorer, Planner, planner_for
-from cascade.core.pricing import Rates
 from cascade.core.request import ChatRequest
 from cascade.errors import TierError
 from cascade.policy.model import Policy, Tier, Verify
@@ -41,7 +40,7 @@ from cascade.run.evidence import answer_text, first_choice, judge, prompt_text, 
 from cascade.run.health import TierHealth
 from cascade.run.ids import new_request_id
 from cascade.run.payloads import TierPayloads
-from cascade.run.pricing import Pricer
+from cascade.run.pricing import ApiRates, Pricer
 from cascade.run.streaming import StreamRun
 from cascade.run.witnesses import EvidenceCalls
 from cascade.tiers.base import JSON, TierAnswer, TierClient
@@ -78,7 +77,7 @@ class Router:
         batcher: AsyncScorer | None = None,
         capacity: InFlightCounter | None = None,
         health: TierHealth | None = None,
-        api_rates: Callable[[Tier], Rates | None] | None = None,
+        api_rates: ApiRates | None = None,
     ) -> None:
         self.planner = planner
         self.clients = clients
@@ -227,6 +226,7 @@ class Router:
             attempts=attempts,
             started=accepted.started,
             payload={"messages": decision.messages},
+            workload=decision.workload,
         )
 
     async def _walk(
@@ -279,7 +279,15 @@ class Router:
             answered = self.pricer.answered
             attempts.extend(evidence)  # evidence first: the last attempt is the answer delivered
             attempts.append(
-                answered(tier, role, result, outcome, reason, verify_confidence=confidence)
+                answered(
+                    tier,
+                    role,
+                    result,
+                    outcome,
+                    reason,
+                    verify_confidence=confidence,
+                    workload=decision.workload,
+                )
             )
             if not rejects:
                 return accepted

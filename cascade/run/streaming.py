@@ -44,6 +44,7 @@ class StreamRun:
         attempts: list[Attempt],
         started: float,
         payload: Mapping[str, Any],
+        workload: str | None = None,
     ) -> None:
         self.router = router
         self.tier = tier
@@ -60,6 +61,7 @@ class StreamRun:
         self._hold: ExitStack | None = hold
         self._started = started
         self._payload = payload
+        self._workload = workload
         self._usage: Usage | None = None
         self._text: list[str] = []
 
@@ -132,4 +134,5 @@ class StreamRun:
             latency_s=latency,
             reason=reason,
             error_class=error_class,
+            workload=self._workload,
         )

@@ -64,7 +64,8 @@ class EvidenceCalls:
         except BaseException:
             if witness is not None and witness_tier is not None:
                 witness.cancel()
-                evidence.append(self._abandoned(witness_tier, await _settled(witness)))
+                settled = await _settled(witness)
+                evidence.append(self._abandoned(witness_tier, settled, payloads.workload))
             raise
         texts: list[str] = []
         if rules.samples is not None:
@@ -74,7 +75,12 @@ class EvidenceCalls:
             if samples.sample_usage is not None:
                 evidence.append(
                     self._pricer.attempt(
-                        tier, "sample", "ok", usage=samples.sample_usage, latency_s=answer.latency_s
+                        tier,
+                        "sample",
+                        "ok",
+                        usage=samples.sample_usage,
+                        latency_s=answer.latency_s,
+                        workload=payloads.workload,
                     )
                 )
         if witness is not None and witness_tier is not None:
@@ -82,7 +88,10 @@ class EvidenceCalls:
             if isinstance(seen, TierError):
                 evidence.append(self._pricer.failed(witness_tier, "witness", seen, 0.0))
             else:
-                evidence.append(self._pricer.answered(witness_tier, "witness", seen, "ok", None))
+                priced = self._pricer.answered(
+                    witness_tier, "witness", seen, "ok", None, workload=payloads.workload
+                )
+                evidence.append(priced)
                 texts.append(answer_text(first_choice(seen.body)))
         return answer, tuple(texts)
 
@@ -104,10 +113,11 @@ class EvidenceCalls:
         self._health.succeeded(tier)
         return answer
 
-    def _abandoned(self, tier: Tier, seen: TierAnswer | TierError | None) -> Attempt:
+    def _abandoned(self, tier: Tier, seen: TierAnswer | TierError | None, workload: str) -> Attempt:
         """The witness of a candidate call that failed or was cancelled."""
         if isinstance(seen, TierAnswer):  # it answered first: it was paid for
-            return self._pricer.answered(tier, "witness", seen, "ok", "the candidate call failed")
+            why = "the candidate call failed"
+            return self._pricer.answered(tier, "witness", seen, "ok", why, workload=workload)
         if isinstance(seen, TierError):
             return self._pricer.failed(tier, "witness", seen, 0.0)
         return self._pricer.attempt(

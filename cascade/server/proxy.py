@@ -243,8 +243,8 @@ class Proxy:
         found = ((t.name, self._api.missing_key(t)) for t in policy.tiers if t.kind == "api")
         return [(tier, variable) for tier, variable in found if variable is not None]
 
-    def _rates_from_litellm(self, tier: Tier) -> Rates | None:
-        return self._api.rates(tier) if self._api is not None else None
+    def _rates_from_litellm(self, tier: Tier, service_tier: str | None) -> Rates | None:
+        return self._api.rates(tier, service_tier) if self._api is not None else None
 
     def _scorer(self, policy: Policy) -> Scorer:
         key = (policy.scorer.model, policy.scorer.device)

@@ -106,6 +106,8 @@ class ChatRequest(_Open):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     response_format: ResponseFormat | None = None
+    service_tier: Literal["auto", "default", "flex", "priority", "scale"] | None = None
+    """OpenAI's latency tier; a whole answer names the one that served it (as OpenAI does)."""
 
 
 def json_object(body: bytes) -> dict[str, Any]:
@@ -240,4 +242,13 @@ def completion_body(
             for index, choice in enumerate(choices)
         ],
         "usage": dict(usage),
-    }
+    } | _served_at(request)
+
+
+def _served_at(request: ChatRequest) -> dict[str, Any]:
+    """OpenAI's ``service_tier`` of the answer, for a request that named one (``auto`` and
+    ``default`` are served at the default tier)."""
+    asked = request.service_tier
+    if asked is None:
+        return {}
+    return {"service_tier": "default" if asked == "auto" else asked}

@@ -8,6 +8,13 @@ litellm's exceptions are classified by their type, not by the status code it att
 a request field it cannot use as a 500 ``APIConnectionError``): the provider's 4xx, and whatever
 litellm raises on the request's own fields before calling anyone, are the client's mistake
 (``client_error``: answered with its 4xx, never spilled, never counted against the tier).
+
+A payload's ``service_tier`` (set by :mod:`cascade.run.payloads` for a workload the tier sends
+at one of its ``service_tiers``) is passed on, in the request body for Anthropic (whose
+``service_tier`` litellm refuses as a parameter), with that service tier's timeouts. A flex call
+the provider has no capacity for is OpenAI's 429 ``resource_unavailable``: ``rate_limited``,
+so it spills like any 429. The service tier that served the call, when the provider says
+another than the one asked for (priority downgraded to default), is logged.
 """
 
 from __future__ import annotations
@@ -19,10 +26,13 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from decimal import Decimal
 from typing import Any
 
+import structlog
+
 from cascade.core.cache_markers import write_premium
 from cascade.core.pricing import Rates
 from cascade.errors import TierError, missing_extra
-from cascade.policy.model import Tier
+from cascade.policy.model import Tier, Timeouts
+from cascade.policy.service_tiers import provider
 from cascade.tiers.base import (
     JSON,
     TierAnswer,
@@ -31,6 +41,8 @@ from cascade.tiers.base import (
     retry_after_s,
     status_kind,
 )
+
+_log = structlog.get_logger("cascade.tiers")
 
 
 def _litellm() -> Any:
@@ -84,7 +96,13 @@ class LiteLLMClient:
                 )
         arguments: JSON = {k: v for k, v in payload.items() if k not in ("model", "stream")}
         arguments["model"] = tier.model
-        arguments["timeout"] = tier.timeouts.total_s
+        arguments["timeout"] = _limits(tier, payload).total_s
+        service = arguments.get("service_tier")
+        if service is not None and provider(tier.model) in _IN_BODY:
+            del arguments["service_tier"]
+            extra = arguments.get("extra_body")
+            extra = extra if isinstance(extra, dict) else {}
+            arguments["extra_body"] = {**extra, "service_tier": service}
         # No retries inside the provider's SDK: on a 429 it would wait out Retry-After (twice,
         # 15 s for "Retry-After: 7") before cascade could spill the request or cool the tier.
         arguments["max_retries"] = 0
@@ -100,7 +118,7 @@ class LiteLLMClient:
         """One non-streamed call (``affinity`` is not used: the provider places the call)."""
         started = time.perf_counter()
         arguments = self._arguments(tier, payload)
-        limit = tier.timeouts.total_s
+        limit = _limits(tier, payload).total_s
         try:
             # The policy's limit holds whatever the SDK does inside (its own timeout covers one
             # socket read; a 3 MB prompt took minutes to come back as a 504 without this).
@@ -111,6 +129,7 @@ class LiteLLMClient:
         except Exception as exc:  # litellm raises its own tree; each is mapped to a kind below
             raise self._error(tier, exc) from None
         body: JSON = response.model_dump(exclude_none=True)
+        _note_served(tier, payload.get("service_tier"), body)
         return TierAnswer(body, read_usage(body, payload), time.perf_counter() - started)
 
     async def stream(
@@ -118,7 +137,7 @@ class LiteLLMClient:
     ) -> AsyncIterator[JSON]:
         """One streamed call, chunk by chunk (``affinity`` is not used)."""
         arguments = self._arguments(tier, payload)
-        limits = tier.timeouts
+        limits = _limits(tier, payload)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limits.total_s
         # Until the first chunk: first_byte_s; between chunks: stream_idle_s; in all: total_s.
@@ -166,10 +185,12 @@ class LiteLLMClient:
         """Close litellm's cached HTTP clients, which live on the calling event loop."""
         await self._litellm.close_litellm_async_clients()
 
-    def rates(self, tier: Tier) -> Rates | None:
+    def rates(self, tier: Tier, service_tier: str | None = None) -> Rates | None:
         """Per-token US dollars from litellm's price map (cached input at its cache-read price,
         cache writes at its cache-creation price for the tier's ttl, when the map has them;
-        else the write premium of the tier's markers); None for a model the map does not know."""
+        else the write premium of the tier's markers); None for a model the map does not know.
+        At a ``service_tier`` the map prices (``input_cost_per_token_flex``, ``_priority``),
+        its prices; at another (``auto``, ``default``), the standard ones."""
         try:
             entry = self._litellm.model_cost.get(tier.model) or self._litellm.model_cost.get(
                 tier.model.split("/", 1)[-1]
@@ -178,13 +199,18 @@ class LiteLLMClient:
             return None
         if not entry or "input_cost_per_token" not in entry:
             return None
-        fresh = Decimal(str(entry["input_cost_per_token"]))
-        cached = entry.get("cache_read_input_token_cost")
-        written = entry.get(_WRITE_PRICE[tier.cache.ttl])
+        at = f"_{service_tier}" if f"input_cost_per_token_{service_tier}" in entry else ""
+
+        def price(key: str) -> Any:
+            return entry.get(key + at, entry.get(key))
+
+        fresh = Decimal(str(price("input_cost_per_token")))
+        cached = price("cache_read_input_token_cost")
+        written = price(_WRITE_PRICE[tier.cache.ttl])
         return Rates(
             input=fresh,
             cached_input=fresh if cached is None else Decimal(str(cached)),
-            output=Decimal(str(entry.get("output_cost_per_token", 0))),
+            output=Decimal(str(price("output_cost_per_token") or 0)),
             cache_write=fresh * write_premium(tier) if written is None else Decimal(str(written)),
         )
 
@@ -194,6 +220,24 @@ _WRITE_PRICE = {
     "1h": "cache_creation_input_token_cost_above_1hr",
 }
 """litellm's price-map entry for a cache write, by the tier's ``cache.ttl``."""
+
+_IN_BODY = frozenset({"anthropic"})
+"""Providers whose API takes ``service_tier`` but for which litellm refuses the parameter."""
+
+
+def _limits(tier: Tier, payload: Mapping[str, Any]) -> Timeouts:
+    """The call's timeouts: its service tier's, when it has its own, else the tier's."""
+    service = tier.service_tiers.get(payload.get("service_tier") or "")
+    return tier.timeouts if service is None or service.timeouts is None else service.timeouts
+
+
+def _note_served(tier: Tier, asked: object, body: Mapping[str, Any]) -> None:
+    """Log a call served at another service tier than the one asked for (the charge is the
+    asked one's; the provider's bill follows the served one)."""
+    served = body.get("service_tier")
+    if isinstance(asked, str) and asked != "auto" and isinstance(served, str) and served != asked:
+        _log.warning("tier.service_tier_differs", tier=tier.name, asked=asked, served=served)
+
 
 _OBJECTS = ("response_format", "metadata")
 """Request fields litellm reads as objects before it calls the provider."""
