@@ -85,6 +85,22 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument(
         "--spool", default="cascade-ledger.spool", help="where rows wait while the database is down"
     )
+    serve.add_argument(
+        "--batch-concurrency",
+        type=int,
+        default=4,
+        metavar="N",
+        help="Batch API requests each process runs at once (0: serve the API, run none; "
+        "default: 4)",
+    )
+    serve.add_argument(
+        "--batch-lease",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a batch request stays this process's without a renewal; after a crash "
+        "another replica runs it once this has passed (default: 60)",
+    )
     serve.set_defaults(command=_serve)
 
 
@@ -98,6 +114,11 @@ def _serve(ns: argparse.Namespace) -> int:
     from cascade.server.settings import ServerSettings
 
     drain = DrainTimes(delay_s=ns.drain_delay, timeout_s=ns.drain_timeout)  # checked first
+    if ns.batch_concurrency < 0 or ns.batch_lease <= 0:
+        raise CascadeError(
+            f"--batch-concurrency {ns.batch_concurrency} --batch-lease {ns.batch_lease}: the "
+            "concurrency must be 0 or more and the lease above 0 seconds"
+        )
     policies = tuple(ns.policy or ["default"])
     if not check_policies(policies):  # located errors, not a lifespan traceback
         return 1
@@ -123,6 +144,8 @@ def _serve(ns: argparse.Namespace) -> int:
         key_pepper=pepper,
         database_url=ledger_url,
         spool_path=ns.spool,
+        batch_concurrency=ns.batch_concurrency,
+        batch_lease_s=ns.batch_lease,
     )
     if ns.workers > 1:
         _serve_workers(settings, ns, drain)
