@@ -33,6 +33,7 @@ def entry(
     *,
     workload: str = "interactive",
     policy: str = "default",
+    latency_ms: float = 0.0,
 ) -> LedgerEntry:
     """A recorded request with its calls, as the proxy writes them."""
     attempts = tuple(
@@ -60,6 +61,7 @@ def entry(
             status="ok",
             http_status=200,
             created_at=at,
+            latency_ms=latency_ms,
             confidence=confidence,
             first_tier=calls[0][0] if calls else None,
             final_tier=calls[-1][0] if calls else None,
@@ -178,6 +180,20 @@ def test_a_ledger_recorded_faster_than_real_time(tmp_path: Path) -> None:
     entries = [
         entry(f"r{i}", DAY_ONE + timedelta(seconds=10 * i + 1), 0.9, [SMALL_OK]) for i in range(24)
     ]
+    facts = read_requests(write_ledger(tmp_path, entries), None)
+    traffic = day_traffic(facts, load_policy("default"), day=timedelta(seconds=240))
+    assert _flow(traffic, "small").entering == (1.0,) * 24
+
+
+def test_a_request_counts_in_the_hour_it_arrived(tmp_path: Path) -> None:
+    """The ledger records a request when it is answered: with a day of 240 s, requests sent
+    every 10 s, every other one answered 12 s later (in the next 'hour'; the last in the next
+    'day'), still fill each 'hour' once."""
+    entries = []
+    for i in range(24):
+        latency = 12.0 if i % 2 else 0.5
+        at = DAY_ONE + timedelta(seconds=10 * i + 1 + latency)
+        entries.append(entry(f"r{i}", at, 0.9, [SMALL_OK], latency_ms=latency * 1000))
     facts = read_requests(write_ledger(tmp_path, entries), None)
     traffic = day_traffic(facts, load_policy("default"), day=timedelta(seconds=240))
     assert _flow(traffic, "small").entering == (1.0,) * 24

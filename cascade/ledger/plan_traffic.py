@@ -16,6 +16,8 @@ Tokens per visit are the served visits' means (a spilled visit's tokens stand in
 served none). The day's shape: each hour of the day (UTC; or the ``day`` given, for a ledger
 recorded faster than real time, measured from its first request) gets the visits entering in
 it, averaged over how many times that hour occurs between the window's first and last request.
+A request counts in the hour it arrived (the ledger records it when answered, ``latency_ms``
+later: in a day replayed a thousand times faster, a second's answer is most of an hour late).
 """
 
 from __future__ import annotations
@@ -90,15 +92,17 @@ def day_traffic(
     if day <= timedelta(0):
         raise PlanError(f"--day {day}: a day must last some time")
     tiers = {t.name for t in policy.tiers}
-    anchor = _EPOCH if day == _DAY else mine[0].created_at
+    first = min(f.arrived_at for f in mine)
+    last = max(f.arrived_at for f in mine)
+    anchor = _EPOCH if day == _DAY else first
     tallies: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
     for fact in mine:
-        hour = _hour(fact.created_at, anchor, day)
+        hour = _hour(fact.arrived_at, anchor, day)
         visits = [v for v in _intended(fact, policy) if v.tier in tiers]
         _count(visits, fact.workload, hour, tallies, policy)
-    occurs = _occurrences(mine[0].created_at, mine[-1].created_at, anchor, day)
+    occurs = _occurrences(first, last, anchor, day)
     flows = tuple(_flow(key, tally, occurs) for key, tally in sorted(tallies.items()))
-    span = (mine[-1].created_at - mine[0].created_at) / day
+    span = (last - first) / day
     return DayTraffic(tuple(f for f in flows if f is not None), max(span, 1 / HOURS), len(mine))
 
 

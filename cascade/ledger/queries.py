@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import select
@@ -80,6 +80,14 @@ class RequestFacts:
     """The workload class the request was routed as."""
     confidence: float | None = None
     """The scorer's confidence (None: routing was skipped, a model asked for by name)."""
+    latency_ms: float = 0.0
+    """From the request's arrival to its answer: ``created_at`` is when it was recorded, at the
+    end, so it arrived ``latency_ms`` earlier (:attr:`arrived_at`)."""
+
+    @property
+    def arrived_at(self) -> datetime:
+        """When the proxy received the request."""
+        return self.created_at - timedelta(milliseconds=self.latency_ms)
 
     def has_role(self, role: str) -> bool:
         """True when any attempt was made in this role (``escalation``, ``spill``)."""
@@ -121,6 +129,7 @@ async def fetch_requests(engine: AsyncEngine, since: datetime | None) -> list[Re
         Request.trimmed_tokens,
         Request.workload,
         Request.confidence,
+        Request.latency_ms,
     ).order_by(Request.created_at, Request.id)
     attempts = (
         select(
