@@ -15,6 +15,8 @@ from cascade.core.prompt import prepare_prompt
 from cascade.core.serving_model import SequenceLoad, step_line
 from cascade.errors import PolicyError
 from cascade.policy import Policy, parse_policy
+from cascade.run.pricing import Pricer
+from cascade.tiers.base import Usage
 
 # One GPU at $3.60/hour ($0.001/s). At batch 10 it decodes 1,000 tok/s (a 10 ms step); one
 # sequence alone 250 tok/s (a 4 ms step): the line is 3.33 ms + 0.667 ms per sequence.
@@ -93,6 +95,21 @@ def test_the_decision_estimates_at_the_workloads_batch(policy: Policy) -> None:
         assert d.tier == "gpu"
         assert d.estimated_cost_usd is not None
         costs[workload] = d.estimated_cost_usd - prompt.prompt_tokens * Decimal("0.0000001")
+    assert costs["interactive"].quantize(Decimal("1e-12")) == Decimal("0.0015")
+    assert costs["batch"].quantize(Decimal("1e-12")) == Decimal("0.001")
+
+
+def test_the_ledger_charges_each_call_at_its_workloads_batch(policy: Policy) -> None:
+    """What a call is charged (the router's Pricer) follows the workload's latency target like
+    the estimate: 1,000 output tokens cost $0.0015 as interactive (batch 4), $0.001 as batch."""
+    pricer = Pricer(policy=lambda: policy)
+    usage = Usage(0, 1000)
+    costs = {
+        workload: pricer.attempt(
+            policy.tier("gpu"), "primary", "ok", usage=usage, latency_s=0.1, workload=workload
+        ).cost_usd
+        for workload in ("interactive", "batch")
+    }
     assert costs["interactive"].quantize(Decimal("1e-12")) == Decimal("0.0015")
     assert costs["batch"].quantize(Decimal("1e-12")) == Decimal("0.001")
 

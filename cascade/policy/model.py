@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -22,6 +22,7 @@ from cascade.policy.parts import (
     GpuPrice,
     Money,
     Price,
+    Probe,
     PromptCache,
     PromptSettings,
     ScorerSettings,
@@ -215,27 +216,6 @@ class Workload(_Strict):
     caches); a cap pays when old turns cost more than the cache saves on them."""
     description: str = ""
     """Free text for humans."""
-
-
-class Probe(_Strict):
-    """An example request and the tier it must route to; checked by ``cascade policy check``."""
-
-    prompt: str | None = None
-    """The user's text (give this or messages)."""
-    messages: list[dict[str, Any]] | None = None
-    """OpenAI-style chat messages (give this or prompt)."""
-    expect: TierName
-    """The tier this request must route to."""
-    workload: str | None = None
-    """Workload class to route it as (default: the policy's default_workload)."""
-    name: str | None = None
-    """A label for reports (default: the start of the prompt)."""
-
-    @model_validator(mode="after")
-    def _one_input(self) -> Probe:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of prompt or messages")
-        return self
 
 
 Problem = tuple[tuple[str | int, ...], str]

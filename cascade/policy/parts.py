@@ -303,6 +303,27 @@ class ScorerSettings(_Strict):
     """auto: the GPU when onnxruntime-gpu can use one, else the CPU."""
 
 
+class Probe(_Strict):
+    """An example request and the tier it must route to; checked by ``cascade policy check``."""
+
+    prompt: str | None = None
+    """The user's text (give this or messages)."""
+    messages: list[dict[str, Any]] | None = None
+    """OpenAI-style chat messages (give this or prompt)."""
+    expect: TierName
+    """The tier this request must route to."""
+    workload: str | None = None
+    """Workload class to route it as (default: the policy's default_workload)."""
+    name: str | None = None
+    """A label for reports (default: the start of the prompt)."""
+
+    @model_validator(mode="after")
+    def _one_input(self) -> Probe:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+
 class VerifierSettings(_Strict):
     """Which verifier model judges answers for the tiers that have a ``verify`` block."""
 

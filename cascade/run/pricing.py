@@ -3,7 +3,8 @@
 A tier's rates come from its policy price, else (API tiers) from litellm's offline price map; a
 call whose usage or rates are unknown costs nothing rather than a guess. A call an API tier sent
 at one of its provider's service tiers (the request's workload chose it) is priced at that
-service tier: its policy price, else litellm's map for it.
+service tier: its policy price, else litellm's map for it. A call to a GPU-priced tier for a
+workload with a latency target (``max_tpot_ms``) is priced at the batch that target allows.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 
-from cascade.core.pricing import Rates, service_rates, tier_rates
+from cascade.core.pricing import Rates, service_rates, tier_rates, workload_rates
 from cascade.errors import TierError
-from cascade.policy.model import Tier
+from cascade.policy.model import Policy, Tier
 from cascade.policy.service_tiers import service_tier_of
 from cascade.run.attempts import CLIENT_GONE, Attempt, Outcome, Role
 from cascade.tiers.base import TierAnswer, Usage
@@ -25,15 +26,24 @@ ApiRates = Callable[[Tier, str | None], Rates | None]
 class Pricer:
     """Prices calls at their tiers' rates (``api_rates``: litellm's map, for API tiers)."""
 
-    def __init__(self, api_rates: ApiRates | None = None) -> None:
+    def __init__(
+        self, api_rates: ApiRates | None = None, policy: Callable[[], Policy] | None = None
+    ) -> None:
         self._api_rates = api_rates
+        self._policy = policy
 
     def rates(self, tier: Tier, workload: str | None = None) -> Rates | None:
         """The tier's per-token rates for ``workload``'s calls: the policy's price, else
         litellm's map for API tiers; at the service tier the tier sends the workload at, if
-        any."""
+        any; on a GPU-priced tier, at the batch the workload's ``max_tpot_ms`` allows."""
         service = service_tier_of(tier, workload) if workload and tier.service_tiers else None
-        rates = tier_rates(tier) if service is None else service_rates(tier, service)
+        if service is not None:
+            rates = service_rates(tier, service)
+        elif workload is not None and self._policy is not None:
+            settings = self._policy().workloads.get(workload)
+            rates = tier_rates(tier) if settings is None else workload_rates(tier, settings)
+        else:
+            rates = tier_rates(tier)
         if rates is None and self._api_rates is not None:
             rates = self._api_rates(tier, service)
         return rates

@@ -42,6 +42,7 @@ from cascade.run.ids import new_request_id
 from cascade.run.payloads import TierPayloads
 from cascade.run.pricing import ApiRates, Pricer
 from cascade.run.streaming import StreamRun
+from cascade.run.tier_walk import TierWalk
 from cascade.run.witnesses import EvidenceCalls
 from cascade.tiers.base import JSON, TierAnswer, TierClient
 
@@ -84,7 +85,8 @@ class Router:
         self.batcher = batcher
         self.capacity = capacity if capacity is not None else InFlightCounter()
         self.health = health if health is not None else TierHealth()
-        self.pricer = Pricer(api_rates)
+        self.pricer = Pricer(api_rates, lambda: self.policy)
+        self.walk = TierWalk(lambda: self.policy, self.capacity, self.health)
         self.evidence = EvidenceCalls(
             self._call, self._client, self.capacity, self.health, self.pricer
         )
@@ -250,7 +252,7 @@ class Router:
             if not self.health.available(tier):
                 # Cooling down after repeated failures: go where a failure would have sent us,
                 # unless there is nowhere else to go.
-                fallback = self.spill_target(tier, allowed, spill)
+                fallback = self.walk.spill_target(tier, allowed, spill)
                 if fallback is not None:
                     current, role = fallback, "spill"
                     continue
@@ -263,7 +265,7 @@ class Router:
             except TierError as error:
                 self._failed(tier, role, error, called, attempts, evidence)
                 last_error, role = error, "spill"
-                current = self.spill_target(tier, allowed, spill)
+                current = self.walk.spill_target(tier, allowed, spill)
                 continue
             except asyncio.CancelledError:  # nobody waits for the answer any more
                 attempts += [*evidence, self.pricer.gone(tier, role, time.perf_counter() - called)]
@@ -273,7 +275,7 @@ class Router:
             if isinstance(result, _Opened):  # a stream is relayed as it comes: nothing to verify
                 return accepted
             problem, reason, confidence = await self._review(request, result, rules, witnesses)
-            stronger = self._stronger(tier, allowed)
+            stronger = self.walk.stronger(tier, allowed)
             rejects = problem is not None and stronger is not None
             outcome: Outcome = "rejected" if rejects else "ok"
             answered = self.pricer.answered
@@ -383,26 +385,4 @@ class Router:
 
     def allowed(self, workload: str, only: Collection[str] | None = None) -> list[Tier]:
         """The policy's tiers that ``workload`` may use (of ``only``, if given), cheapest first."""
-        names = self.policy.workloads[workload].tiers
-        kept = [t for t in self.policy.tiers if names is None or t.name in names]
-        return kept if only is None else [t for t in kept if t.name in only]
-
-    def _usable(self, tier: Tier) -> bool:
-        busy = self.capacity.saturation(tier) is not None  # its slots, or its engines, full
-        return self.health.available(tier) and not busy
-
-    def _stronger(self, tier: Tier, allowed: list[Tier]) -> Tier | None:
-        # By identity: comparing pydantic models field by field costs microseconds per request.
-        place = next((i for i, t in enumerate(allowed) if t is tier), None)
-        later = allowed[place + 1 :] if place is not None else []
-        return next((t for t in later if self._usable(t)), None)
-
-    def spill_target(self, tier: Tier, allowed: list[Tier], spill: bool) -> Tier | None:
-        """Where a request goes when ``tier`` fails: its overflow, else the next stronger tier."""
-        if not spill:
-            return None
-        if tier.overflow is not None:
-            overflow = self.policy.tier(tier.overflow)
-            if any(t is overflow for t in allowed) and self._usable(overflow):
-                return overflow
-        return self._stronger(tier, allowed)
+        return self.walk.allowed(workload, only)

@@ -76,7 +76,7 @@ async def allow(
         policy,
         request,
         _reachable(router, name, only_tiers, pinned),
-        router.pricer.rates,
+        lambda tier: router.pricer.rates(tier, name),  # at the workload's batch / service tier
         only=only_tiers,
         metered=lambda tier: tier.name not in unmetered,
     )
