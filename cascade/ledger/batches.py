@@ -70,6 +70,9 @@ class Claimed:
     tenant: str | None
     key_id: str | None
     only_tiers: frozenset[str] | None
+    attempts: int
+    """Times it has been claimed, this one included (a claim given back unrun does not count)."""
+    expires_at: datetime
 
 
 class BatchStore:
@@ -219,22 +222,28 @@ class BatchStore:
                 )
         return await self.batch(batch_id, tenant)
 
-    async def claim(self, worker: str, count: int, lease: timedelta) -> list[Claimed]:
+    async def claim(
+        self, worker: str, count: int, lease: timedelta, *, expiring_within: timedelta | None = None
+    ) -> list[Claimed]:
         """Take up to ``count`` runnable requests of in-progress batches, oldest batch first,
-        under a lease until ``now + lease``: queued ones, or claimed ones whose lease lapsed."""
+        under a lease until ``now + lease``: queued ones (whose retry delay has passed), or
+        claimed ones whose lease lapsed. ``expiring_within``: only batches whose deadline is
+        at most that far away."""
         if count <= 0:
             return []
         at = now()
+        due = Batch.expires_at > at
+        if expiring_within is not None:
+            due = and_(due, Batch.expires_at <= at + expiring_within)
         runnable = (
             select(BatchRequest.id)
             .join(Batch, Batch.id == BatchRequest.batch_id)
             .where(
                 Batch.status == "in_progress",
-                Batch.expires_at > at,
-                or_(
-                    BatchRequest.status == "queued",
-                    and_(BatchRequest.status == "claimed", BatchRequest.claimed_until < at),
-                ),
+                due,
+                BatchRequest.status.in_(OPEN),
+                # claimed: its lease lapsed; queued: its retry's backoff, when it has one, passed
+                or_(BatchRequest.claimed_until.is_(None), BatchRequest.claimed_until < at),
             )
             .order_by(Batch.created_at, BatchRequest.line)
             .limit(count)
@@ -249,7 +258,9 @@ class BatchStore:
                 claimed_until=at + lease,
                 attempts=BatchRequest.attempts + 1,
             )
-            .returning(BatchRequest.id, BatchRequest.batch_id, BatchRequest.body)
+            .returning(
+                BatchRequest.id, BatchRequest.batch_id, BatchRequest.body, BatchRequest.attempts
+            )
         )
         async with self.engine.begin() as conn:
             taken = (await conn.execute(taking)).all()
@@ -257,9 +268,9 @@ class BatchStore:
                 return []
             batch_ids = {row.batch_id for row in taken}
             owners = await conn.execute(
-                select(Batch.id, Batch.tenant, Batch.key_id, Batch.only_tiers).where(
-                    Batch.id.in_(batch_ids)
-                )
+                select(
+                    Batch.id, Batch.tenant, Batch.key_id, Batch.only_tiers, Batch.expires_at
+                ).where(Batch.id.in_(batch_ids))
             )
             by_batch = {row.id: row for row in owners}
         return [_claimed(row, by_batch[row.batch_id]) for row in taken]
@@ -279,6 +290,20 @@ class BatchStore:
                         status="queued", claimed_by=None, claimed_until=None
                     )
                 )
+
+    async def requeue(
+        self, worker: str, request_id: str, *, delay: timedelta, counted: bool
+    ) -> None:
+        """Give a request back to the queue, to be claimed again no sooner than ``delay`` from
+        now (a retry's backoff); ``counted`` False: this claim does not count as an attempt
+        (the request yielded to interactive traffic, nothing failed)."""
+        attempts = BatchRequest.attempts - (0 if counted else 1)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                _held(worker, [request_id]).values(
+                    status="queued", claimed_by=None, claimed_until=now() + delay, attempts=attempts
+                )
+            )
 
     async def complete(
         self,
@@ -360,4 +385,13 @@ def _claimed(row: Any, batch: Any) -> Claimed:
     tiers = (
         None if batch.only_tiers is None else frozenset(filter(None, batch.only_tiers.split(",")))
     )
-    return Claimed(row.id, row.batch_id, orjson.loads(row.body), batch.tenant, batch.key_id, tiers)
+    return Claimed(
+        row.id,
+        row.batch_id,
+        orjson.loads(row.body),
+        batch.tenant,
+        batch.key_id,
+        tiers,
+        row.attempts,
+        batch.expires_at,
+    )

@@ -8,10 +8,21 @@ recorded once, whichever replica ran it. While a request runs its lease is renew
 dies its leases lapse and another replica (or the restarted one) runs what it never completed.
 A clean shutdown gives its unfinished requests back to the queue at once.
 
-What to take now is :meth:`BatchRunner.free_slots`' to say: today, whatever the concurrency
-limit leaves free. Filling only the self-hosted tiers' spare capacity, yielding to interactive
-traffic, and sending work to an API tier as a batch's deadline nears are the next step (issue 17,
-item 2), and belong there.
+Where deferred work runs (:mod:`cascade.server.batch_schedule`): on the self-hosted tiers only,
+while they have spare slots (:meth:`BatchRunner.free_slots`); each request is narrowed to the
+tiers with room when it is planned, and given back unrun (not counted as an attempt) when none
+has. While interactive requests wait in this proxy for a slot of those tiers, the runner takes
+nothing and cuts as many of its deferred calls as requests wait, newest first, giving them back
+to the queue: a cut call's work so far is lost, but its slot passes to the waiting request at
+once (the next step of the runner, at most ``batch_poll_s`` later). A batch within
+``batch_deadline_margin_s`` of its deadline is taken whatever the room and routed with every
+tier its caller may use, API tiers included; its calls are not cut.
+
+An upstream failure (the tier saturated, 429, 5xx, a timeout) gives the request back to the
+queue with a backoff (``batch_retry_backoff_s`` doubled each attempt) until
+``batch_max_attempts`` claims have failed, then fails it into the error file; a saturated tier
+does not count as an attempt. A client error (4xx) fails it at once. Only the final outcome is
+recorded in the ledger, once.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from dataclasses import replace
 from datetime import timedelta
 
 import orjson
@@ -32,8 +44,11 @@ from cascade.core.decision import Decision
 from cascade.core.request import parse_chat_request
 from cascade.errors import InvalidRequestError, RoutingError
 from cascade.ledger import LedgerEntry, create_engine
+from cascade.ledger.batch_results import now
 from cascade.ledger.batches import BatchStore, Claimed
+from cascade.policy.model import Tier
 from cascade.run.attempts import Attempt, UpstreamError
+from cascade.server.batch_schedule import BATCH_WORKLOAD, batch_tiers, rooms, waiting
 from cascade.server.metrics import Metrics
 from cascade.server.openai_format import BadRequestError, error_body
 from cascade.server.proxy import Proxy
@@ -41,8 +56,6 @@ from cascade.server.recording import attempt_records, request_record
 
 log = structlog.get_logger("cascade.batches")
 
-BATCH_WORKLOAD = "batch"
-"""The workload batch requests run as, when their policy defines it (else its default)."""
 # An upstream failure's status, as the chat route answers it.
 _UPSTREAM_STATUS = {"timeout": 504, "saturated": 503, "rate_limited": 503, "unavailable": 503}
 
@@ -59,6 +72,10 @@ class BatchRunner:
         concurrency: int,
         lease_s: float,
         poll_s: float,
+        headroom: float = 0.25,
+        deadline_margin_s: float = 1800.0,
+        max_attempts: int = 5,
+        retry_backoff_s: float = 1.0,
     ) -> None:
         self.proxy = proxy
         self.store = store
@@ -66,8 +83,15 @@ class BatchRunner:
         self.concurrency = concurrency
         self.lease = timedelta(seconds=lease_s)
         self.poll_s = poll_s
+        self.headroom = headroom
+        self.margin = timedelta(seconds=deadline_margin_s)
+        self.max_attempts = max_attempts
+        self.retry_backoff_s = retry_backoff_s
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._yielding: set[str] = set()
+        """Running requests on the self-hosted tiers alone: cut when interactive traffic waits."""
+        self._cut: set[str] = set()
         self._wake = asyncio.Event()
         self._renewed = time.monotonic()
         self._task: asyncio.Task[None] | None = None
@@ -92,10 +116,29 @@ class BatchRunner:
             log.exception("batch.release_failed", worker=self.worker)
 
     def free_slots(self) -> int:
-        """How many more batch requests to take now: the seam where deferred work will yield to
-        interactive traffic and follow the self-hosted tiers' spare capacity (issue 17, item 2);
-        today only the concurrency limit bounds it."""
-        return self.concurrency - len(self._running)
+        """How many more deferred requests to take now for the self-hosted tiers: what the
+        concurrency limit leaves, and no more than their spare slots; none while interactive
+        requests wait for one of their slots."""
+        left = self.concurrency - len(self._running)
+        tiers = self._batch_tiers()
+        if left <= 0 or waiting(tiers, self.proxy.capacity):
+            return 0
+        found = rooms(tiers, self.proxy.capacity, self.proxy.engines, self.headroom)
+        return min(left, sum(r.spare for r in found))
+
+    def _batch_tiers(self) -> list[Tier]:
+        return batch_tiers(router.policy for router in self.proxy.routers.values())
+
+    def _yield_to_interactive(self) -> None:
+        """Cut as many deferred calls as interactive requests wait for a slot, newest first."""
+        queued = waiting(self._batch_tiers(), self.proxy.capacity)
+        for request_id in reversed([r for r in self._running if r in self._yielding]):
+            if queued <= 0:
+                break
+            if request_id not in self._cut:
+                self._cut.add(request_id)
+                self._running[request_id].cancel()
+                queued -= 1
 
     async def _loop(self) -> None:
         while True:
@@ -114,21 +157,58 @@ class BatchRunner:
             await self.store.renew(self.worker, list(self._running), self.lease)
             self._renewed = time.monotonic()
         await self.store.sweep()
-        for claimed in await self.store.claim(self.worker, self.free_slots(), self.lease):
-            if not self._running:
-                self._renewed = time.monotonic()
-            self._running[claimed.id] = asyncio.create_task(self._run(claimed))
+        self._yield_to_interactive()
+        urgent = await self.store.claim(
+            self.worker,
+            self.concurrency - len(self._running),
+            self.lease,
+            expiring_within=self.margin,
+        )
+        self._start(urgent)
+        self._start(await self.store.claim(self.worker, self.free_slots(), self.lease))
         for batch_id in await self.store.finalize():
             log.info("batch.finished", batch_id=batch_id)
+
+    def _start(self, claimed: list[Claimed]) -> None:
+        for request in claimed:
+            if not self._running:
+                self._renewed = time.monotonic()
+            self._running[request.id] = asyncio.create_task(self._run(request))
 
     async def _run(self, claimed: Claimed) -> None:
         try:
             await self._complete(claimed)
+        except asyncio.CancelledError:
+            if claimed.id not in self._cut:
+                raise  # shutting down: aclose gives it back
+            log.info("batch.yielded", request_id=claimed.id)
+            await self.store.requeue(self.worker, claimed.id, delay=timedelta(), counted=False)
         except Exception:  # its lease lapses and it runs again
             log.exception("batch.request_crashed", request_id=claimed.id)
         finally:
             self._running.pop(claimed.id, None)
+            self._yielding.discard(claimed.id)
+            self._cut.discard(claimed.id)
             self._wake.set()
+
+    def _tiers_for(self, claimed: Claimed, policy_tiers: frozenset[str]) -> frozenset[str]:
+        """The self-hosted tiers of ``policy_tiers`` with room now that the caller may use."""
+        found = rooms(self._batch_tiers(), self.proxy.capacity, self.proxy.engines, self.headroom)
+        spare = frozenset(r.tier for r in found if r.spare > 0) & policy_tiers
+        return spare if claimed.only_tiers is None else spare & claimed.only_tiers
+
+    async def _retry(self, claimed: Claimed, exc: UpstreamError) -> bool:
+        """Give the request back for a later attempt after an upstream failure (True), unless it
+        is a client error or its attempts are spent."""
+        if exc.kind == "client_error" or claimed.attempts >= self.max_attempts:
+            return False
+        counted = exc.kind != "saturated"
+        delay = self.retry_backoff_s * 2 ** (claimed.attempts - 1) if counted else self.poll_s
+        log.info("batch.retry", request_id=claimed.id, kind=exc.kind, delay_s=delay)
+        await self.store.requeue(
+            self.worker, claimed.id, delay=timedelta(seconds=delay), counted=counted
+        )
+        return True
 
     async def _complete(self, claimed: Claimed) -> None:
         started = time.perf_counter()
@@ -139,10 +219,27 @@ class BatchRunner:
             chat = parse_chat_request(orjson.dumps(claimed.body))
             router, pinned = self.proxy.resolve(chat.model)
             workload = BATCH_WORKLOAD if BATCH_WORKLOAD in router.policy.workloads else None
-            decision = await router.plan(
-                chat, workload=workload, tier=pinned, only_tiers=claimed.only_tiers
-            )
+            left = claimed.expires_at - now()
+            only = claimed.only_tiers
+            if left > self.margin:
+                only = self._tiers_for(
+                    claimed, frozenset(t.name for t in batch_tiers([router.policy]))
+                )
+                if not only:  # the room went to interactive traffic since the claim
+                    await self.store.requeue(
+                        self.worker, claimed.id, delay=timedelta(), counted=False
+                    )
+                    return
+                self._yielding.add(claimed.id)
+            decision = await router.plan(chat, workload=workload, tier=pinned, only_tiers=only)
+            if left <= self.margin:
+                note = (
+                    f"; deferred: deadline in {left.total_seconds():.0f} s (within "
+                    f"batch_deadline_margin_s {self.margin.total_seconds():g}), every tier allowed"
+                )
+                decision = replace(decision, reason=decision.reason + note)
             completion = await router.run(chat, decision, request_id=claimed.id, attempts=attempts)
+            self._yielding.discard(claimed.id)  # answered: its result is stored, never cut
             status, body, final_tier = 200, completion.body, completion.tier
         except BadRequestError as exc:
             status, body = (
@@ -153,6 +250,9 @@ class BatchRunner:
             param = exc.param if isinstance(exc, InvalidRequestError) else None
             status, body = 400, error_body(400, str(exc), param=param)
         except UpstreamError as exc:
+            self._yielding.discard(claimed.id)  # its result is being stored: no longer cut
+            if await self._retry(claimed, exc):
+                return
             status = (
                 exc.status
                 if exc.kind == "client_error" and exc.status
@@ -197,6 +297,10 @@ async def running_batches(proxy: Proxy, metrics: Metrics) -> AsyncIterator[Batch
         concurrency=settings.batch_concurrency,
         lease_s=settings.batch_lease_s,
         poll_s=settings.batch_poll_s,
+        headroom=settings.batch_headroom,
+        deadline_margin_s=settings.batch_deadline_margin_s,
+        max_attempts=settings.batch_max_attempts,
+        retry_backoff_s=settings.batch_retry_backoff_s,
     )
     if settings.batch_concurrency > 0:
         runner.start()

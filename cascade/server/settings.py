@@ -54,6 +54,19 @@ class ServerSettings:
     another replica runs it once this has passed (renewed every third of it while it runs)."""
     batch_poll_s: float = 1.0
     """How often the batch runner looks for queued work when it has free slots."""
+    batch_headroom: float = 0.25
+    """The share of each self-hosted tier's ``max_concurrency`` that deferred (Batch API) work
+    leaves to interactive traffic: it runs there only while the tier's load (this proxy's calls
+    in flight, or its engines' running requests when read) is below the rest, and nothing is
+    waiting (see :mod:`cascade.server.batch_schedule`)."""
+    batch_deadline_margin_s: float = 1800.0
+    """A batch this close to its deadline stops waiting for spare self-hosted capacity: its
+    remaining requests are routed with every tier the caller may use, API tiers included."""
+    batch_max_attempts: int = 5
+    """Claims of a batch request an upstream failure (5xx, 429, timeout) may end before the
+    request fails into the error file; a saturated tier does not count."""
+    batch_retry_backoff_s: float = 1.0
+    """The wait before a failed batch request's first retry, doubled at each further one."""
     max_batch_file_bytes: int = 50 * 1024 * 1024
     """Larger Batch API uploads are refused with 413 (files are kept in the database)."""
 
