@@ -166,3 +166,12 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     """``cascade`` alone prints the commands and exits 2."""
     assert main([]) == 2
     assert "route" in capsys.readouterr().out
+
+
+def test_serve_refuses_batch_options_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every bad --batch-* option is named with what it allows, before anything starts."""
+    argv = ["serve", "--batch-headroom", "1.5", "--batch-max-attempts", "0", "--no-ledger"]
+    assert main(argv) == 2
+    said = capsys.readouterr().err
+    assert "--batch-headroom 1.5: from 0 to 1" in said
+    assert "--batch-max-attempts 0: 1 or more" in said

@@ -101,6 +101,37 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="how long a batch request stays this process's without a renewal; after a crash "
         "another replica runs it once this has passed (default: 60)",
     )
+    serve.add_argument(
+        "--batch-headroom",
+        type=float,
+        default=0.25,
+        metavar="SHARE",
+        help="share of a self-hosted tier's slots that batch work leaves to interactive "
+        "traffic, 0 to 1 (default: 0.25)",
+    )
+    serve.add_argument(
+        "--batch-deadline-margin",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="this close to a batch's deadline its requests may go to API tiers too "
+        "(default: 1800)",
+    )
+    serve.add_argument(
+        "--batch-max-attempts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="claims of a batch request whose tier failed (5xx, 429, timeout) before it goes "
+        "to the error file (default: 5)",
+    )
+    serve.add_argument(
+        "--batch-retry-backoff",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="wait before a failed batch request is tried again, doubled each time (default: 1)",
+    )
     serve.set_defaults(command=_serve)
 
 
@@ -114,11 +145,7 @@ def _serve(ns: argparse.Namespace) -> int:
     from cascade.server.settings import ServerSettings
 
     drain = DrainTimes(delay_s=ns.drain_delay, timeout_s=ns.drain_timeout)  # checked first
-    if ns.batch_concurrency < 0 or ns.batch_lease <= 0:
-        raise CascadeError(
-            f"--batch-concurrency {ns.batch_concurrency} --batch-lease {ns.batch_lease}: the "
-            "concurrency must be 0 or more and the lease above 0 seconds"
-        )
+    _check_batch_options(ns)
     policies = tuple(ns.policy or ["default"])
     if not check_policies(policies):  # located errors, not a lifespan traceback
         return 1
@@ -146,6 +173,10 @@ def _serve(ns: argparse.Namespace) -> int:
         spool_path=ns.spool,
         batch_concurrency=ns.batch_concurrency,
         batch_lease_s=ns.batch_lease,
+        batch_headroom=ns.batch_headroom,
+        batch_deadline_margin_s=ns.batch_deadline_margin,
+        batch_max_attempts=ns.batch_max_attempts,
+        batch_retry_backoff_s=ns.batch_retry_backoff,
     )
     if ns.workers > 1:
         _serve_workers(settings, ns, drain)
@@ -192,3 +223,33 @@ def _serve_workers(settings: ServerSettings, ns: argparse.Namespace, drain: Drai
         workers=ns.workers,
         drain=drain,
     )
+
+
+def _check_batch_options(ns: argparse.Namespace) -> None:
+    """Refuse out-of-range ``--batch-*`` options, naming each with what is allowed."""
+    from cascade.errors import CascadeError
+
+    problems = [
+        f"--{flag} {value}: {rule}"
+        for flag, value, ok, rule in (
+            ("batch-concurrency", ns.batch_concurrency, ns.batch_concurrency >= 0, "0 or more"),
+            ("batch-lease", ns.batch_lease, ns.batch_lease > 0, "above 0 seconds"),
+            ("batch-headroom", ns.batch_headroom, 0 <= ns.batch_headroom <= 1, "from 0 to 1"),
+            (
+                "batch-deadline-margin",
+                ns.batch_deadline_margin,
+                ns.batch_deadline_margin >= 0,
+                "0 seconds or more",
+            ),
+            ("batch-max-attempts", ns.batch_max_attempts, ns.batch_max_attempts >= 1, "1 or more"),
+            (
+                "batch-retry-backoff",
+                ns.batch_retry_backoff,
+                ns.batch_retry_backoff >= 0,
+                "0 seconds or more",
+            ),
+        )
+        if not ok
+    ]
+    if problems:
+        raise CascadeError("; ".join(problems))
