@@ -8,7 +8,9 @@ budgets, each also shows every such key's (and tenant's) budget in the current p
 settled, leased, left and self-hosted spend, beside its spend in the window. Each self-hosted
 tier with a GPU price gets its fleet's bill over the window (``gpus`` x $/hour + operations, idle
 hours included) against the tokens it served: utilization, and effective against nominal (the
-ledger's full-batch) cost per million tokens and per useful token.
+ledger's full-batch) cost per million tokens and per useful token. Batch API jobs get their
+status and deadline (met or missed), their cost against running them at once on the last tier,
+and each fleet's utilization with and without them.
 
 ``cascade export`` writes the ledger's traffic as labeled-traffic JSONL
 (``cascade.training.traffic``).
@@ -94,7 +96,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _report(ns: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
+    from cascade.ledger.batch_facts import read_batches
     from cascade.ledger.budget_report import budgets_json, build_budgets, format_budgets
+    from cascade.ledger.deferred_report import build_deferred_report
     from cascade.ledger.fleet_report import build_fleet_report
     from cascade.ledger.queries import read_budgets, read_requests
     from cascade.ledger.report_text import format_report
@@ -108,6 +112,15 @@ def _report(ns: argparse.Namespace) -> int:
     by_tier = _tier_rates(ns.policy, facts)
     tiers = load_policy(ns.policy).tiers
     fleet = build_fleet_report(facts, tiers, since=since, now=now, rates=by_tier)
+    deferred = build_deferred_report(
+        facts,
+        read_batches(ns.url, since),
+        tiers=tiers,
+        fleet=fleet,
+        at_once_tier=frontier,
+        at_once_rates=rates,
+        now=now,
+    )
     report = build_report(
         facts,
         by=ns.by,
@@ -117,6 +130,7 @@ def _report(ns: argparse.Namespace) -> int:
         since=since,
         rates=by_tier,
         fleet=fleet,
+        deferred=deferred,
     )
     budgets = build_budgets(read_budgets(ns.url, now), facts, frontier_rates=rates, now=now)
     if ns.html is not None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from cascade.ledger.budget_report import BudgetReport, BudgetRow
 from cascade.ledger.cache_report import cache_html
+from cascade.ledger.deferred_report import deferred_html
 from cascade.ledger.fleet_views import fleet_html
 from cascade.ledger.reports import GroupStats, Report
 
@@ -121,6 +122,8 @@ def render_html(report: Report, budgets: BudgetReport | None = None) -> str:
         sections.append(cache_html(report.caching))
     if report.fleet is not None:
         sections.append(fleet_html(report.fleet))
+    if report.deferred is not None:
+        sections.append(deferred_html(report.deferred))
     if report.has_tenants:
         sections.append("<h2>By tenant</h2>" + _table(report.tenants, report))
     if budgets is not None and budgets.keys:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from cascade.ledger.cache_report import format_cache
+from cascade.ledger.deferred_report import format_deferred
 from cascade.ledger.fleet_views import format_fleet
 from cascade.ledger.reports import GroupStats, Report
 
@@ -28,6 +29,9 @@ def format_report(report: Report) -> str:
         lines += ["", *caching]
     if fleet:
         lines += ["", *fleet]
+    deferred = format_deferred(report.deferred) if report.deferred is not None else []
+    if deferred:
+        lines += ["", *deferred]
     return "\n".join(lines)
 
 

@@ -20,7 +20,9 @@ Pure Python over the :class:`~cascade.ledger.queries.RequestFacts` that
 - prompt caching, per tier and per prefix: reads, writes, what the reads saved and what the
   writes cost (:mod:`cascade.ledger.cache_report`);
 - self-hosted fleets: each one's bill over the window against what it served, utilization and
-  effective against nominal cost (:mod:`cascade.ledger.fleet_report`).
+  effective against nominal cost (:mod:`cascade.ledger.fleet_report`);
+- deferred work: the Batch API's jobs and their deadlines, their cost against running them at
+  once, the fleets with and without them (:mod:`cascade.ledger.deferred_report`).
 
 The report is printed by :mod:`cascade.ledger.report_text` and drawn by
 :mod:`cascade.ledger.report_html`.
@@ -39,6 +41,7 @@ from typing import Any, Literal
 from cascade.core.pricing import Rates
 from cascade.errors import LedgerError
 from cascade.ledger.cache_report import CacheReport, build_cache_report, cache_json
+from cascade.ledger.deferred_report import DeferredReport, deferred_json
 from cascade.ledger.fleet_report import FleetReport, fleet_json
 from cascade.ledger.queries import RequestFacts
 
@@ -118,6 +121,9 @@ class Report:
     """Is prompt caching paying, per tier and per prefix (None: not computed)."""
     fleet: FleetReport | None = None
     """Each self-hosted tier's bill against what it served (None: not computed)."""
+    deferred: DeferredReport | None = None
+    """The Batch API's jobs, their cost and the fleet with and without them (None: not
+    computed)."""
 
     @property
     def has_tenants(self) -> bool:
@@ -146,9 +152,11 @@ def build_report(
     since: datetime | None = None,
     rates: Mapping[str, Rates | None] | None = None,
     fleet: FleetReport | None = None,
+    deferred: DeferredReport | None = None,
 ) -> Report:
     """Group the requests by ``by`` and compute every group's numbers and the total; with
-    ``rates`` (by tier name), the caching section too; ``fleet`` is carried as given."""
+    ``rates`` (by tier name), the caching section too; ``fleet`` and ``deferred`` are carried
+    as given."""
     repeated = _repeated_prefixes(facts)
 
     def grouped(key_by: GroupBy) -> tuple[GroupStats, ...]:
@@ -171,6 +179,7 @@ def build_report(
         reasons=attempt_reasons(facts),
         caching=build_cache_report(facts, rates or {}),
         fleet=fleet,
+        deferred=deferred,
     )
 
 
@@ -291,6 +300,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "reasons": [{"kind": k, "reason": r, "attempts": n} for k, r, n in report.reasons],
         "caching": cache_json(report.caching) if report.caching is not None else None,
         "fleet": fleet_json(report.fleet) if report.fleet is not None else None,
+        "deferred": deferred_json(report.deferred) if report.deferred is not None else None,
     }
 
 
