@@ -41,6 +41,8 @@ from cascade.policy.model import Policy, Tier
 __all__ = ["FleetOutcome", "TierOutcome", "api_usd_per_visit", "fleets"]
 
 Vector = np.ndarray
+_NEGLIGIBLE_LOSS = 1e-12
+"""A share of visits spilled below which more slots change nothing the plan shows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +315,10 @@ def _problems(model: TierModel, replicas: int, unfit: float, queued: float) -> l
 def _erlang_loss(offered: Vector, batch: int, most: int) -> list[Vector]:
     """Erlang's loss probability for ``n x batch`` slots at each hour's offered load, for every
     ``n`` from 0 to ``most`` (the recursion ``B(k) = a B(k-1) / (k + a B(k-1))`` passes every
-    slot count on its way)."""
+    slot count on its way). The loss only falls as slots are added: once every hour's is below
+    :data:`_NEGLIGIBLE_LOSS`, larger fleets repeat it (a bound no figure of the plan can show),
+    so a plan at 10,000x traffic, whose candidates go to ``--max-replicas`` x 10,000, does not
+    step through millions of slots."""
     out = [np.ones(HOURS)]
     loss = np.ones(HOURS)
     for k in range(1, most * batch + 1):
@@ -321,7 +326,9 @@ def _erlang_loss(offered: Vector, batch: int, most: int) -> list[Vector]:
         loss = carried / (k + carried)
         if k % batch == 0:
             out.append(loss)
-    return out
+            if loss.max() < _NEGLIGIBLE_LOSS:
+                break
+    return out + [loss] * (most + 1 - len(out))
 
 
 def _workload_spills(policy: Policy, workload: str) -> bool:
