@@ -32,7 +32,10 @@ def test_demo_answers_every_request_and_records_each_one(tmp_path: Path) -> None
     log_file = database.with_suffix(".log")
     assert f"logs: {log_file}" in out
     assert log_file.read_text().count('"event":"request.completed"') == 72
-    assert len(out.splitlines()) < 80
+    assert "cascade plan for the demo's traffic" in out
+    assert "  its 48 requests as a whole day: cheapest small 0, medium 0 at $" in out
+    assert "a minute of traffic is a tiny day: one " in out
+    assert len(out.splitlines()) < 90
     with sqlite3.connect(database) as conn:
         (requests,) = conn.execute("select count(*) from requests").fetchone()
         (attempts,) = conn.execute("select count(*) from attempts").fetchone()

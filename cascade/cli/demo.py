@@ -1,4 +1,5 @@
-"""``cascade demo``: the router end to end on simulated tiers, then its cost report."""
+"""``cascade demo``: the router end to end on simulated tiers, then its cost report and what
+``cascade plan`` recommends for its traffic."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Start simulated 1.5B, 7B and frontier tiers and the proxy on loopback, "
         "send real prompts (steady, then a burst that saturates the self-hosted tiers, then "
         "the steady prompts again with the verify step on), grade every answer with the "
-        "simulator's ground truth, and print what it cost and what the verify step changed. "
-        "No GPU, no API key; about 30 seconds. The proxy's and the simulated tiers' logs go "
-        "to a file beside the database (--verbose: to the terminal).",
+        "simulator's ground truth, and print what it cost and what the verify step changed, "
+        "what the self-hosted GPUs cost against what they served, and how many cascade plan "
+        "would run for this traffic. No GPU, no API key; about 30 seconds. The proxy's and "
+        "the simulated tiers' logs go to a file beside the database (--verbose: to the "
+        "terminal).",
     )
     demo.add_argument(
         "--database", type=Path, default=Path("cascade-demo.db"), help="the demo's SQLite ledger"
@@ -54,4 +57,9 @@ def _demo(ns: argparse.Namespace) -> int:
 
     report = ["report", "--url", f"sqlite:///{database}", "--since", "all", "--by", "policy"]
     report += ["--policy", str(result.policy)]
-    return main(report + (["--html", str(ns.html)] if ns.html else []))
+    status = main(report + (["--html", str(ns.html)] if ns.html else []))
+    from cascade.cli.demo_plan import demo_plan
+
+    print()
+    print(demo_plan(database, ns.time_scale))
+    return status
