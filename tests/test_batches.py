@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,7 @@ escalation:
 QUESTIONS = ["What is 7 times 8?", "Name a prime above 10.", "What is the capital of France?"]
 
 
-def jsonl(lines: list[object]) -> bytes:
+def jsonl(lines: Sequence[object]) -> bytes:
     """Lines of JSON, one a line."""
     return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
