@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -123,6 +124,14 @@ def _x_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CASCADE_TEST_X_KEY", "sk-test")
 
 
+async def _until(done: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll until ``done()``, failing after ``timeout_s`` rather than waiting forever."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "the runner never got there"
+        await asyncio.sleep(0.01)
+
+
 def test_a_batch_waits_while_interactive_work_fills_the_tier(tmp_path: Path) -> None:
     """With half of small's 4 slots kept free and 2 interactive calls in flight, nothing of the
     batch runs; once they end, all of it runs on small and never on the API tier."""
@@ -155,12 +164,10 @@ def test_deferred_calls_give_their_slots_to_waiting_interactive_requests(tmp_pat
             parts.small.hold = threading.Event()
             await parts.queue(4)
             await parts.runner.step()
-            while parts.proxy.capacity.in_flight("small") < 4:
-                await asyncio.sleep(0.01)
+            await _until(lambda: parts.proxy.capacity.in_flight("small") >= 4)
             tier = parts.proxy.routers["deferred"].policy.tier("small")
             interactive = asyncio.create_task(parts.proxy.capacity.admit(tier))
-            while parts.proxy.capacity.waiting("small") < 1:
-                await asyncio.sleep(0.01)
+            await _until(lambda: parts.proxy.capacity.waiting("small") >= 1)
             await parts.runner.step()
             await interactive  # a deferred call gave its slot up
             assert parts.runner.free_slots() == 0  # and no more deferred work is taken
