@@ -140,11 +140,20 @@ def check_plan(
 
 def _candidate(plan: dict[str, Any], replicas: dict[str, int]) -> dict[str, Any]:
     """The plan's figures for one of its candidate fleets."""
+    _servable(replicas)
     for candidate in plan["scenarios"][0]["fleets"]:
         if candidate["replicas"] == replicas:
             found: dict[str, Any] = candidate
             return found
     raise RuntimeError(f"--also {replicas}: not one of the plan's candidate fleets")
+
+
+def _servable(replicas: dict[str, int]) -> None:
+    if not all(replicas.values()):
+        raise RuntimeError(
+            f"{replicas}: a tier with no replica is not served by this check (the policy would "
+            "need the tier gone, which routes differently); plan more traffic (--scale)"
+        )
 
 
 def _plan_json(args: list[str]) -> dict[str, Any]:
@@ -164,12 +173,7 @@ def recommended(plan: dict[str, Any]) -> Fleet:
     cheapest = plan["scenarios"][0]["cheapest"]
     if cheapest is None:
         raise RuntimeError("cascade plan found no fleet that keeps the targets")
-    if not all(cheapest["replicas"].values()):
-        raise RuntimeError(
-            f"cascade plan recommends {cheapest['replicas']}: a tier with no replica is not "
-            "served by this check (the policy would need the tier gone, which routes "
-            "differently); plan more traffic (--scale)"
-        )
+    _servable(cheapest["replicas"])
     batch = {t["tier"]: t["operating_batch"] for t in plan["tiers"]}
     return Fleet(dict(cheapest["replicas"]), batch)
 

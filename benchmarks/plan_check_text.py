@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["format_check"]
 
-_PERCENT = ("spill", "slots", "  busiest")
+_PERCENT = ("spill", "utilization", "  slots", "  busiest")
 
 
 def format_check(result: CheckResult) -> str:

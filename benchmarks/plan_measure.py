@@ -8,12 +8,16 @@ Per day, at the replay's scale (it is the day at ``1 / scale``: :mod:`benchmarks
   fleet_cost` over 24 hours with the ledger's tokens and charges x scale: the bill, its
   utilization -- GPU time charged against GPU time billed -- and effective against nominal
   cost). Within the plan's error when between the plan's cost with every step
-  ``CAPACITY_ERROR`` shorter and longer (``total_usd_range``);
+  ``CAPACITY_ERROR`` shorter and longer (``total_usd_range``), give or take one API call of
+  the replay at scale (:func:`_cost`);
 - **spill**: per self-hosted tier, the share of the visits reaching it that went on to the
-  API (spilled by the decision, or refused when an escalation found it full), beside the
-  plan's (and its range for the same capacity error);
-- **slots busy**: per tier, the time sequences spent in the replicas' batches against the
-  replicas' slots over the day, beside the plan's utilization (both slot occupancy);
+  API (spilled by the decision, refused when an escalation found it full, or passed over by
+  an escalation), over the day and in its worst hour, beside the plan's (and its range for
+  the same capacity error);
+- **utilization**: per tier, the plan's (slots busy, every step as long as at the operating
+  batch) beside ``cascade report``'s (GPU time charged, each token at that batch's price,
+  against GPU time billed), and the slots the replicas' batches really held (busy for as many
+  steps, each shorter in a batch not full: the plan's figure is the larger);
 - **time per output token**: per tier, every sequence's, from the replicas' ``x-simulated-*``
   headers (simulated ms). The plan states it at a full operating batch, the most any hour
   sees: within its error when the busiest hour's mean is at most ``TPOT_ERROR`` above it.
@@ -126,9 +130,14 @@ def measure(
             Figure(f"spill {name}", tier["spill_share"], share, None, bounds),
             Figure("  busiest hour", tier["peak_spill_share"], peak, None),
         ]
+        planned = tier["utilization"] or 0.0
+        used = float(fleets[name].utilization or 0)
         slots = fleet.replicas[name] * fleet.batch[name] * day_s / time_scale
         busy = sum(s.busy_s for s in served.sequences[name])
-        figures.append(Figure(f"slots busy {name}", tier["utilization"] or 0.0, busy / slots, None))
+        figures += [
+            Figure(f"utilization {name}", planned, used, None),
+            Figure("  slots busy", planned, busy / slots, None),
+        ]
     tiers = {t["tier"]: t for t in plan["tiers"]}
     timings = tuple(
         _timing(name, served.sequences[name], day_s, tiers[name]["target_ms"])
