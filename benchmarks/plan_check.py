@@ -33,17 +33,19 @@ outside the stated error; the ledgers, policies and logs stay in ``--workdir``):
         [--workdir plan-check]
 
 Measured (defaults, seed 1, 4,127 requests in a day of 129.6 s, each standing for 8,000): the
-plan names small 1 x 51, medium 5 x 7 at $29,212.43 a day ($29,210.52-$29,220.67 at +-10%
-capacity; all-API $147,967.70); served, that fleet cost $29,207.94 (-0.02%), spilled nothing
-(the plan: under 0.02% in its busiest hour), and its sequences' time per token in the busiest
-hour was 1.38 ms on medium (the plan: 1.57 at a full batch of 7; target 1.6) and 0.45 on
-small (1.60 at 51). Two replicas fewer, medium 3: the plan said 4.0% of medium's
-visits spilled (10.0% in the busiest hour) and $31,022.06; measured 2.9% (8.2%) and
-$30,557.64 (-1.5%), its busiest hour at 1.53 ms a token against the plan's 1.57 -- Erlang's
-formula takes every visit to last as long as at a full batch, so below saturation it spills a
-little more than the engines do (as ``benchmarks/bench_plan_model.py`` found). The replicas'
-slots were busy less than the plan's utilization says (medium 22% against 27%, small 5%
-against 23%) for the same reason.
+plan names small 1 x 51, medium 5 x 7 at $29,211.23 a day ($29,209.39-$29,219.30 at +-10%
+capacity; all-API $147,960.17); served, that fleet cost $29,207.94 (-0.01%), spilled nothing
+(the plan: 0.03% in medium's busiest hour), and its sequences' time per token in the busiest
+hour was 1.37 ms on medium (the plan: 1.57 at a full batch of 7; target 1.6) and 0.45 on small
+(1.60 at 51). Utilization of the 7B replicas: the plan's 26.9%, cascade report's 26.2% (GPU
+time charged against billed), the slots really held 22.4% (in a batch not full each step is
+shorter). Two replicas fewer, medium 3: the plan said 3.98% of medium's visits spilled (10.4%
+in the busiest hour) and $31,007.86 a day; measured 2.85% (9.1%) and $30,538.06 (-1.5%), the
+busiest hour at 1.52 ms a token against the plan's 1.57 -- Erlang's formula takes every visit
+to last as long as at a full batch, so below saturation it spills a little more than the
+engines do (as ``benchmarks/bench_plan_model.py`` found): the plan errs towards a replica too
+many. Every figure repeated within a few cents over three runs; a run whose host falls behind
+its schedule (another process taking the cores) says so and reshapes the day the plan sees.
 """
 
 from __future__ import annotations
