@@ -44,8 +44,10 @@ in the busiest hour) and $31,007.86 a day; measured 2.85% (9.1%) and $30,538.06 
 busiest hour at 1.52 ms a token against the plan's 1.57 -- Erlang's formula takes every visit
 to last as long as at a full batch, so below saturation it spills a little more than the
 engines do (as ``benchmarks/bench_plan_model.py`` found): the plan errs towards a replica too
-many. Every figure repeated within a few cents over three runs; a run whose host falls behind
-its schedule (another process taking the cores) says so and reshapes the day the plan sees.
+many. Over three runs the served fleet's cost repeated to the cent and the plan's within $7;
+the too-small fleet's measured cost varied by $63 (which requests find it full depends on the
+host's timing). A run whose host falls behind its schedule (another process taking the cores)
+says so: it reshapes the day the plan sees.
 """
 
 from __future__ import annotations
