@@ -41,7 +41,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -68,6 +68,7 @@ __all__ = [
     "DIURNAL",
     "POLICY_NAME",
     "Arrival",
+    "During",
     "Fleet",
     "Replay",
     "Sent",
@@ -85,6 +86,9 @@ POLICY_NAME = "plan-check"
 SELF_HOSTED = {"small": "1.5b", "medium": "7b"}
 """The default policy's self-hosted tiers and the simulated profile each runs."""
 _KEY_ENV = "CASCADE_PLAN_CHECK_KEY"
+During = Callable[[str, float], Coroutine[Any, Any, None]]
+"""Work run beside the day's requests: given the proxy's URL and the day's start
+(``time.perf_counter``)."""
 _HANDBOOK_TOKENS = 3000
 _FRONTIER_TIME_SCALE = 0.05
 """The simulated API answers 20x faster than real time: its latency is no part of the plan, and
@@ -154,6 +158,8 @@ class Sent:
     attempts: str
     spilled_from: str | None
     cost: Decimal
+    latency_s: float = 0.0
+    """Wall seconds from sending to the whole answer."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -255,10 +261,13 @@ def replay_day(
     time_scale: float,
     target_ms: float | None,
     in_process: bool = False,
+    proxy_args: Sequence[str] = (),
+    during: During | None = None,
 ) -> Replay:
     """Start the fleet's simulated replicas, the frontier and the proxy (ledger: ``database``,
-    emptied first), send ``arrivals`` on time, wait for every answer, stop everything (the
-    ledger is flushed on stop)."""
+    emptied first; ``proxy_args`` added to ``cascade serve``'s), send ``arrivals`` on time
+    while ``during`` runs beside them (given the proxy's URL and the day's start), wait for
+    every answer and for ``during``, stop everything (the ledger is flushed on stop)."""
     for stale in (database, database.with_suffix(".spool")):
         stale.unlink(missing_ok=True)
     os.environ.setdefault(_KEY_ENV, "plan-check-key-not-secret")
@@ -285,8 +294,10 @@ def replay_day(
         urls["frontier"] = [start("frontier", _FRONTIER_TIME_SCALE)]
         policy = database.with_suffix(".policy.yaml")
         policy.write_text(policy_text(urls, fleet, target_ms=target_ms), encoding="utf-8")
-        proxy = stack.enter_context(_proxy(policy, database, in_process=in_process))
-        sent = asyncio.run(_send_day(proxy, arrivals, started))
+        proxy = stack.enter_context(
+            _proxy(policy, database, in_process=in_process, extra=proxy_args)
+        )
+        sent = asyncio.run(_send_day(proxy, arrivals, started, during))
         wall_s = time.perf_counter() - started[0]
     sequences = {
         name: tuple(sorted(r for log in tier_logs for r in log.records))
@@ -309,12 +320,16 @@ def _late_s(arrivals: Sequence[Arrival], database: Path) -> float:
 
 
 @contextmanager
-def _proxy(policy: Path, database: Path, *, in_process: bool) -> Iterator[str]:
+def _proxy(
+    policy: Path, database: Path, *, in_process: bool, extra: Sequence[str] = ()
+) -> Iterator[str]:
     """The proxy on ``policy`` with its ledger in ``database``: ``cascade serve`` in a process of
     its own (the replay's client and simulated tiers take the other core), or the same app in a
     thread of this one (tests: no start-up of a second interpreter)."""
     spool = database.with_suffix(".spool")
     if in_process:
+        if extra:
+            raise ValueError("proxy_args are for the proxy in a process of its own")
         settings = ServerSettings(
             policies=(str(policy),),
             database_url=f"sqlite:///{database}",
@@ -327,7 +342,7 @@ def _proxy(policy: Path, database: Path, *, in_process: bool) -> Iterator[str]:
     port = _free_port()
     args = [sys.executable, "-m", "cascade", "serve", "--policy", str(policy), "--port", str(port)]
     args += ["--database-url", f"sqlite:///{database}", "--spool", str(spool), "--no-keys"]
-    args += ["--drain-delay", "0", "--log-level", "warning"]
+    args += ["--drain-delay", "0", "--log-level", "warning", *extra]
     url = f"http://127.0.0.1:{port}"
     log = database.with_suffix(".proxy.log")
     with started(args, f"{url}/readyz", log=log) as process:
@@ -346,13 +361,16 @@ def _tier_of(profile: str) -> str:
     return next(name for name, p in SELF_HOSTED.items() if p == profile)
 
 
-async def _send_day(proxy: str, arrivals: Sequence[Arrival], started: list[float]) -> list[Sent]:
+async def _send_day(
+    proxy: str, arrivals: Sequence[Arrival], started: list[float], during: During | None
+) -> list[Sent]:
     system = handbook(_HANDBOOK_TOKENS)
     # Idle connections expire before the server's keep-alive (uvicorn: 5 s) closes them: a
     # POST sent on a connection the server is closing fails, and is not retried.
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=proxy, timeout=600, limits=limits) as client:
         started[0] = time.perf_counter()
+        beside = None if during is None else asyncio.create_task(during(proxy, started[0]))
 
         async def one(arrival: Arrival) -> Sent:
             await asyncio.sleep(max(0.0, started[0] + arrival.at - time.perf_counter()))
@@ -366,7 +384,9 @@ async def _send_day(proxy: str, arrivals: Sequence[Arrival], started: list[float
             }
             if arrival.json_mode:
                 body["response_format"] = {"type": "json_object"}
+            sent = time.perf_counter()
             response = await client.post("/v1/chat/completions", json=body)
+            latency = time.perf_counter() - sent
             headers = response.headers
             return Sent(
                 at=arrival.at,
@@ -375,6 +395,10 @@ async def _send_day(proxy: str, arrivals: Sequence[Arrival], started: list[float
                 attempts=headers.get("x-cascade-attempts", ""),
                 spilled_from=headers.get("x-cascade-spilled-from"),
                 cost=Decimal(headers.get("x-cascade-cost-usd", "0")),
+                latency_s=latency,
             )
 
-        return list(await asyncio.gather(*(one(a) for a in arrivals)))
+        answered = list(await asyncio.gather(*(one(a) for a in arrivals)))
+        if beside is not None:
+            await beside
+        return answered

@@ -41,7 +41,7 @@ from cascade.ledger.queries import RequestFacts, read_requests
 from cascade.policy import load_policy
 from cascade.policy.model import GpuPrice, Policy
 
-__all__ = ["Figure", "Measured", "TierTiming", "measure"]
+__all__ = ["Figure", "Measured", "TierTiming", "day_fleet", "measure"]
 
 _DAY_HOURS = Decimal(24)
 _EVIDENCE = ("sample", "witness")
@@ -110,7 +110,7 @@ def measure(
     policy = load_policy(served.policy)
     facts = read_requests(f"sqlite:///{served.database}", None)
     fleets = {
-        name: _day_fleet(policy, facts, name, fleet.replicas[name], scale) for name in SELF_HOSTED
+        name: day_fleet(policy, facts, name, fleet.replicas[name], scale) for name in SELF_HOSTED
     }
     api_calls = [a for f in facts for a in f.attempts if policy.tier(a.tier).kind == "api"]
     api = float(sum((a.cost_usd for a in api_calls), Decimal(0))) * scale
@@ -166,7 +166,7 @@ def _cost(candidate: dict[str, Any], total: float, per_call: float) -> Figure:
     return Figure("cost $/day", candidate["total_usd"], total, low <= total <= high, (low, high))
 
 
-def _day_fleet(
+def day_fleet(
     policy: Policy, facts: Sequence[RequestFacts], name: str, replicas: int, scale: float
 ) -> FleetCost:
     """The tier's day as the report's fleet section computes it: its calls' tokens and the

@@ -118,6 +118,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "(default: 1800)",
     )
     serve.add_argument(
+        "--batch-poll",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often the batch runner looks for queued work and spare capacity (default: 1)",
+    )
+    serve.add_argument(
         "--batch-max-attempts",
         type=int,
         default=5,
@@ -173,6 +180,7 @@ def _serve(ns: argparse.Namespace) -> int:
         spool_path=ns.spool,
         batch_concurrency=ns.batch_concurrency,
         batch_lease_s=ns.batch_lease,
+        batch_poll_s=ns.batch_poll,
         batch_headroom=ns.batch_headroom,
         batch_deadline_margin_s=ns.batch_deadline_margin,
         batch_max_attempts=ns.batch_max_attempts,
@@ -234,6 +242,7 @@ def _check_batch_options(ns: argparse.Namespace) -> None:
         for flag, value, ok, rule in (
             ("batch-concurrency", ns.batch_concurrency, ns.batch_concurrency >= 0, "0 or more"),
             ("batch-lease", ns.batch_lease, ns.batch_lease > 0, "above 0 seconds"),
+            ("batch-poll", ns.batch_poll, ns.batch_poll > 0, "above 0 seconds"),
             ("batch-headroom", ns.batch_headroom, 0 <= ns.batch_headroom <= 1, "from 0 to 1"),
             (
                 "batch-deadline-margin",
