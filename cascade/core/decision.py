@@ -74,6 +74,16 @@ class Decision:
     ``keep``, nowhere."""
     prefix_messages: int = 0
     """How many leading ``messages`` are the stable prefix (cache markers close it)."""
+    features: tuple[float, ...] | None = None
+    """The numbers the scorer saw (float models; None for a text model), kept for replay."""
+    feature_version: str | None = None
+    """The version of the function that made ``features``."""
+    decided_tier: str | None = None
+    """The tier the thresholds chose before exploration (None: exploration not considered)."""
+    propensity: float | None = None
+    """Probability that ``tier`` was the one chosen (:mod:`cascade.core.exploration`)."""
+    explored: bool = False
+    """Exploration sent the request to a cheaper tier than its thresholds chose."""
 
     @property
     def history_trimmed(self) -> str | None:

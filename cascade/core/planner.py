@@ -7,12 +7,14 @@ point that keeps one planner per policy and scorer model, built on first use.
 from __future__ import annotations
 
 import os
+import random
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from cascade.core import exploration
 from cascade.core.capacity import CapacityView, InFlightCounter
 from cascade.core.decision import Decision, decide
 from cascade.core.history import TrimmedHistory, leading_instructions, trim_history
@@ -57,7 +59,9 @@ class Planner:
         scorer: Scorer | None = None,
         capacity: CapacityView | None = None,
         verifier: Verifier | None = None,
+        rng: random.Random | None = None,
     ) -> None:
+        self._rng = rng if rng is not None else random.Random()
         if not isinstance(policy, Policy):
             policy = load_policy(_policy_file(policy))
         self.policy = policy
@@ -88,12 +92,20 @@ class Planner:
         max_tokens: int | None = None,
         capacity: CapacityView | None = None,
         only_tiers: Collection[str] | None = None,
+        explore: bool = True,
     ) -> Decision:
-        """Prepare the prompt, score it and decide its tier."""
+        """Prepare the prompt, score it and decide its tier (``explore``: False keeps the
+        thresholds' choice whatever the policy's ``learning.explore``, as probes do)."""
         prompt = self._prepare(messages, tools)
         confidence = self.scorer.score(prompt.scoring_text)
         return self._decide(
-            prompt, confidence, workload, max_tokens, capacity, only_tiers=only_tiers
+            prompt,
+            confidence,
+            workload,
+            max_tokens,
+            capacity,
+            only_tiers=only_tiers,
+            explore=explore,
         )
 
     async def aplan(
@@ -127,17 +139,31 @@ class Planner:
         capacity: CapacityView | None,
         *,
         only_tiers: Collection[str] | None,
+        explore: bool = True,
     ) -> Decision:
         prompt, trimmed = self._trim(prompt, workload)
+        view = self.capacity if capacity is None else capacity
         decision = decide(
             self.policy,
             confidence,
             prompt,
-            capacity=self.capacity if capacity is None else capacity,
+            capacity=view,
             workload=workload,
             max_tokens=max_tokens,
             only_tiers=only_tiers,
         )
+        if explore:
+            decision = exploration.explore(
+                self.policy,
+                decision,
+                prompt,
+                self._rng.random(),
+                capacity=view,
+                workload=workload,
+                max_tokens=max_tokens,
+                only_tiers=only_tiers,
+            )
+        decision = self._with_features(decision, prompt.scoring_text)
         if trimmed is None:
             return decision
         return replace(
@@ -145,6 +171,18 @@ class Planner:
             trimmed_messages=trimmed.trimmed_messages,
             trimmed_tokens=trimmed.trimmed_tokens,
         )
+
+    def _with_features(self, decision: Decision, text: str) -> Decision:
+        """The decision with the numbers the scorer saw, when the policy keeps them and the
+        scorer has them (its model reads numbers, not text)."""
+        featurize = getattr(self.scorer, "features", None)
+        if not self.policy.learning.record_features or featurize is None:
+            return decision
+        row = featurize(text)
+        if row is None:
+            return decision
+        version = getattr(self.scorer, "feature_version", None)
+        return replace(decision, features=row, feature_version=version)
 
     def _trim(
         self, prompt: PreparedPrompt, workload: str | None

@@ -31,7 +31,7 @@ def run_probes(planner: Planner) -> list[ProbeResult]:
     results = []
     for probe in planner.policy.probes:
         messages: Messages = probe.prompt if probe.prompt is not None else probe.messages or []
-        decision = planner.plan(messages, workload=probe.workload, capacity=idle)
+        decision = planner.plan(messages, workload=probe.workload, capacity=idle, explore=False)
         results.append(
             ProbeResult(
                 label=_label(probe),

@@ -138,6 +138,16 @@ class Request(Base):
     trimmed_messages: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     trimmed_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     """The public id of the virtual key the request came with (None: no key)."""
+    features: Mapped[str | None] = mapped_column(String())
+    feature_version: Mapped[str | None] = mapped_column(String())
+    decided_tier: Mapped[str | None] = mapped_column(String())
+    propensity: Mapped[float | None] = mapped_column(Float)
+    explored: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    arm: Mapped[str | None] = mapped_column(String())
+    shadow_policy: Mapped[str | None] = mapped_column(String())
+    shadow_policy_version: Mapped[str | None] = mapped_column(String())
+    shadow_tier: Mapped[str | None] = mapped_column(String())
+    shadow_confidence: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         Index("ix_requests_created_at", "created_at"),

@@ -44,6 +44,12 @@ TEXT_LIMITS: dict[str, int] = {
     "first_tier": 128,
     "final_tier": 128,
     "prefix_hash": 128,
+    "feature_version": 64,
+    "decided_tier": 128,
+    "arm": 32,
+    "shadow_policy": 128,
+    "shadow_policy_version": 64,
+    "shadow_tier": 128,
     # AttemptRecord
     "tier": 128,
     "model": 256,
@@ -184,6 +190,28 @@ class RequestRecord:
     """Messages the workload's history cap took out of the conversation before it was sent."""
     trimmed_tokens: int = 0
     """Estimated tokens of those messages."""
+    features: str | None = None
+    """The numbers the scorer saw, as a JSON array (never the prompt); None for a text model or
+    when nothing was scored (:mod:`cascade.model.features`)."""
+    feature_version: str | None = None
+    """The version of the function that made ``features`` (a model of the same one can replay)."""
+    decided_tier: str | None = None
+    """The tier the policy's thresholds chose, before exploration (and before any spill)."""
+    propensity: float | None = None
+    """Probability that the first tier was the one chosen, given the request: 1 without
+    exploration; the exploration share for an explored request; 1 - share for one that could
+    have been explored and was not. None when nothing was decided by score."""
+    explored: bool = False
+    """Exploration sent the request to a cheaper tier than its thresholds chose."""
+    arm: str | None = None
+    """``control`` or ``canary`` when the policy ran a canary (None: no canary)."""
+    shadow_policy: str | None = None
+    """A shadow policy that also decided this request (``cascade serve --shadow``): not acted on."""
+    shadow_policy_version: str | None = None
+    shadow_tier: str | None = None
+    """The tier the shadow policy chose."""
+    shadow_confidence: float | None = None
+    """The shadow policy's scorer's confidence."""
 
     def __post_init__(self) -> None:
         _check_money("RequestRecord.cost_usd", self.cost_usd)
@@ -209,6 +237,12 @@ _REQUEST_TEXT = (
     "final_tier",
     "prefix_hash",
     "key_id",
+    "feature_version",
+    "decided_tier",
+    "arm",
+    "shadow_policy",
+    "shadow_policy_version",
+    "shadow_tier",
 )
 
 

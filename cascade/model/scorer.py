@@ -9,6 +9,7 @@ imported only when a scorer is built, so ``import cascade.model.scorer`` stays c
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +27,10 @@ __all__ = [
     "Scorer",
     "choose_providers",
 ]
+
+
+_KEEP_ROWS = 1024
+"""Rows :class:`OnnxScorer` remembers after scoring, so the planner reads them without work."""
 
 
 class Scorer(Protocol):
@@ -65,6 +70,24 @@ class OnnxScorer:
         opened = open_model(model, kind="scorer", device=device, intra_op_threads=intra_op_threads)
         self.manifest, self._session = opened.manifest, opened.session
         self.providers, self.device = opened.providers, opened.device
+        self._rows: dict[str, tuple[float, ...]] = {}
+        self._rows_lock = threading.Lock()
+
+    @property
+    def feature_version(self) -> str | None:
+        """The version of the numbers :meth:`features` returns (None: a text model has none)."""
+        return self.manifest.feature_version if self.manifest.input.dtype == "float" else None
+
+    def features(self, text: str) -> tuple[float, ...] | None:
+        """The row of numbers the model scores ``text`` from (None for a text model): kept in the
+        ledger for replay. A text scored moments ago is not featurized again."""
+        if self.manifest.input.dtype != "float":
+            return None
+        with self._rows_lock:
+            row = self._rows.get(text)
+        if row is None:
+            row = tuple(float(v) for v in np.asarray(prompt_features(text), dtype=np.float32))
+        return row
 
     def score(self, text: str) -> float:
         """P(the weak tier suffices) for one prompt, in [0, 1]."""
@@ -83,8 +106,19 @@ class OnnxScorer:
         column: list[float] = probabilities[:, spec_out.column].astype(float).tolist()
         return column
 
+    def _keep(self, texts: Sequence[str], rows: np.ndarray) -> None:
+        """Remember the last rows scored, for :meth:`features` (oldest dropped first)."""
+        kept = {text: tuple(row.tolist()) for text, row in zip(texts, rows, strict=True)}
+        with self._rows_lock:
+            self._rows.update(kept)
+            while len(self._rows) > _KEEP_ROWS:
+                del self._rows[next(iter(self._rows))]
+
     def _inputs(self, texts: Sequence[str]) -> np.ndarray:
         """The graph's input for ``texts``, by the manifest's preprocessing function."""
         if self.manifest.input.dtype == "float":  # cascade.features.prompt_features
-            return np.array([prompt_features(t) for t in texts], dtype=np.float32)
+            rows = np.array([prompt_features(t) for t in texts], dtype=np.float32)
+            if len(texts) <= _KEEP_ROWS:
+                self._keep(texts, rows)
+            return rows
         return np.array([normalize(t) for t in texts], dtype=object).reshape(-1, 1)

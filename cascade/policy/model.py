@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
+from cascade.policy.learning import Learning
 from cascade.policy.parts import (
     CHECKS,
     Budgets,
@@ -44,6 +45,7 @@ __all__ = [
     "Engine",
     "Escalation",
     "GpuPrice",
+    "Learning",
     "Money",
     "Policy",
     "Probe",
@@ -261,6 +263,8 @@ class Policy(_Strict):
     """The verifier model, used by tiers with a ``verify`` block."""
     budgets: Budgets = Field(default_factory=Budgets)
     """What a key's budget covers, and what happens when it is spent."""
+    learning: Learning = Field(default_factory=Learning)
+    """Exploration and the features kept for replay (:mod:`cascade.policy.learning`)."""
     probes: list[Probe] = Field(default_factory=list)
     """Example requests with the tier each must route to."""
 

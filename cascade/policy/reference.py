@@ -14,6 +14,7 @@ from cascade.policy.model import (
     Engine,
     Escalation,
     GpuPrice,
+    Learning,
     Policy,
     Probe,
     PromptSettings,
@@ -42,6 +43,7 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("scorer", ScorerSettings),
     ("verifier", VerifierSettings),
     ("budgets", Budgets),
+    ("learning", Learning),
     ("probes[]", Probe),
 ]
 

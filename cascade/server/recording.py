@@ -90,4 +90,15 @@ def request_record(
         key_id=key_id,
         trimmed_messages=decision.trimmed_messages,
         trimmed_tokens=decision.trimmed_tokens,
+        features=None if decision.features is None else features_text(decision.features),
+        feature_version=decision.feature_version,
+        decided_tier=decision.decided_tier,
+        propensity=decision.propensity,
+        explored=decision.explored,
     )
+
+
+def features_text(row: tuple[float, ...]) -> str:
+    """The scorer's numbers as the ledger keeps them: a JSON array, each float32 value in the
+    nine significant digits that read back to the same float32."""
+    return "[" + ",".join(format(v, ".9g") for v in row) + "]"

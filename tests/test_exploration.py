@@ -1,0 +1,126 @@
+"""Exploration and what the ledger keeps for replay: features, the decided tier, propensities."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from cascade.core.capacity import StaticCapacity
+from cascade.core.planner import Planner
+from cascade.core.probes import run_probes
+from cascade.errors import PolicyError
+from cascade.model.features import FEATURE_NAMES, PROMPT_FEATURES_VERSION, prompt_features
+from cascade.model.scorer import OnnxScorer
+from cascade.policy import parse_policy
+from cascade.server.recording import features_text, request_record
+from tests.conftest import TWO_TIERS
+
+
+class FixedScorer:
+    def __init__(self, confidence: float) -> None:
+        self.confidence = confidence
+
+    def score(self, text: str) -> float:
+        return self.confidence
+
+    def score_batch(self, texts: Sequence[str]) -> list[float]:
+        return [self.confidence for _ in texts]
+
+
+def _policy(explore: float, extra: str = "") -> str:
+    return TWO_TIERS + f"learning:\n  explore: {explore}\n" + extra
+
+
+def test_a_share_of_requests_sent_up_tries_the_cheapest_tier_first() -> None:
+    """With explore 0.2, about a fifth of the requests the thresholds send to the API go to the
+    cheap tier instead; each decision says what the thresholds chose and how likely its own
+    tier was."""
+    policy = parse_policy(_policy(0.2))
+    planner = Planner(policy, FixedScorer(0.1), rng=random.Random(7))
+    decisions = [planner.plan("Prove the Riemann hypothesis.") for _ in range(2000)]
+    tiers = Counter(d.tier for d in decisions)
+    assert 0.17 < tiers["small"] / 2000 < 0.23
+    for d in decisions:
+        assert d.decided_tier == "big"
+        if d.tier == "small":
+            assert d.explored
+            assert d.propensity == pytest.approx(0.2)
+            assert d.reason.startswith("explored: sent to small")
+            assert d.confidence == 0.1  # the score is kept, not the forced one
+        else:
+            assert not d.explored
+            assert d.propensity == pytest.approx(0.8)
+
+
+def test_requests_already_on_the_cheapest_tier_are_certain() -> None:
+    """A request the thresholds keep on the cheapest tier has propensity 1 and never moves."""
+    planner = Planner(parse_policy(_policy(0.5)), FixedScorer(0.95), rng=random.Random(1))
+    decisions = [planner.plan("What is 7 times 8?") for _ in range(200)]
+    assert {(d.tier, d.propensity, d.explored) for d in decisions} == {("small", 1.0, False)}
+
+
+def test_a_full_cheap_tier_is_not_explored() -> None:
+    """Exploration never queues a request on a saturated tier: the thresholds' choice stands,
+    certain."""
+    policy = parse_policy(_policy(0.5))
+    full = StaticCapacity({"small": 2})  # small's max_concurrency is 2
+    planner = Planner(policy, FixedScorer(0.1), capacity=full, rng=random.Random(3))
+    decisions = [planner.plan("Prove it.") for _ in range(100)]
+    assert {(d.tier, d.propensity) for d in decisions} == {("big", 1.0)}
+
+
+def test_without_exploration_every_decision_is_certain() -> None:
+    planner = Planner(parse_policy(TWO_TIERS), FixedScorer(0.1))
+    decision = planner.plan("Prove it.")
+    assert (decision.tier, decision.decided_tier, decision.propensity) == ("big", "big", 1.0)
+
+
+def test_probes_see_the_thresholds_not_exploration() -> None:
+    """Probes check the thresholds: a policy exploring half its traffic still passes them."""
+    probes = "probes:\n  - name: hard\n    prompt: Prove it.\n    expect: big\n"
+    planner = Planner(parse_policy(_policy(0.5, probes)), FixedScorer(0.1), rng=random.Random(0))
+    for _ in range(20):
+        assert all(result.passed for result in run_probes(planner))
+
+
+def test_the_shipped_scorer_gives_the_numbers_it_scored() -> None:
+    """The default model reads prompt features: the decision carries them, with their version,
+    and the ledger's text reads back to the same float32 values."""
+    planner = Planner(parse_policy(TWO_TIERS), OnnxScorer("prompt-features-v2"))
+    text = "Janet's ducks lay 16 eggs per day. How many does she sell?"
+    decision = planner.plan(text)
+    assert decision.feature_version == PROMPT_FEATURES_VERSION
+    assert decision.features is not None
+    assert len(decision.features) == len(FEATURE_NAMES)
+    stored = json.loads(features_text(decision.features))
+    expected = np.asarray(prompt_features(text), dtype=np.float32)
+    assert np.array_equal(np.asarray(stored, dtype=np.float32), expected)
+    record = request_record(
+        request_id="r1",
+        decision=decision,
+        attempts=(),
+        final_tier=None,
+        http_status=502,
+        latency_ms=1.0,
+        tenant=None,
+        stream=False,
+    )
+    assert record.features == features_text(decision.features)
+    assert (record.decided_tier, record.propensity) == (decision.tier, 1.0)
+
+
+def test_a_policy_can_keep_no_features() -> None:
+    policy = parse_policy(_policy(0.0, "  record_features: false\n"))
+    decision = Planner(policy, OnnxScorer("prompt-features-v2")).plan("Hello there")
+    assert decision.features is None
+    assert decision.feature_version is None
+
+
+def test_explore_above_half_is_refused() -> None:
+    with pytest.raises(PolicyError, match=r"learning\.explore: .*less than or equal to 0\.5"):
+        parse_policy(_policy(0.8))
