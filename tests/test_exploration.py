@@ -50,11 +50,48 @@ def test_a_share_of_requests_sent_up_tries_the_cheapest_tier_first() -> None:
         if d.tier == "small":
             assert d.explored
             assert d.propensity == pytest.approx(0.2)
-            assert d.reason.startswith("explored: sent to small")
+            assert d.reason.startswith("explored: sent to small with probability 0.2")
             assert d.confidence == 0.1  # the score is kept, not the forced one
         else:
             assert not d.explored
             assert d.propensity == pytest.approx(0.8)
+
+
+THREE_TIERS = TWO_TIERS.replace(
+    "  - name: big",
+    """  - name: medium
+    model: distill-7b
+    kind: self_hosted
+    endpoint: http://127.0.0.1:8002/v1
+    price: {gpu_usd_per_hour: 2.0, tokens_per_second: 500}
+    threshold: 0.4
+  - name: big""",
+)
+
+
+def test_exploration_down_draws_among_the_cheaper_tiers_and_up_among_the_stronger() -> None:
+    """On three tiers, a request decided for the middle one explores down to small with
+    ``explore`` and up to big with ``explore_up``; each choice's propensity is its probability,
+    and over many draws the tiers' shares match them."""
+    text = THREE_TIERS + "learning:\n  explore: 0.2\n  explore_up: 0.1\n"
+    planner = Planner(parse_policy(text), FixedScorer(0.5), rng=random.Random(11))
+    decisions = [planner.plan("Summarize this.") for _ in range(3000)]
+    shares = Counter(d.tier for d in decisions)
+    assert 0.18 < shares["small"] / 3000 < 0.22
+    assert 0.08 < shares["big"] / 3000 < 0.12
+    expected = {"small": 0.2, "medium": 0.7, "big": 0.1}
+    for d in decisions:
+        assert d.decided_tier == "medium"
+        assert d.propensity == pytest.approx(expected[d.tier])
+        assert d.explored == (d.tier != "medium")
+    # a request decided for the cheapest tier can only explore up
+    low = Planner(parse_policy(text), FixedScorer(0.95), rng=random.Random(2))
+    drawn = [low.plan("Hi") for _ in range(300)]
+    assert all(d.propensity == pytest.approx(0.9) for d in drawn if not d.explored)
+    moved = [d for d in drawn if d.explored]
+    assert moved
+    assert {d.tier for d in moved} == {"medium", "big"}  # 0.05 each
+    assert all(d.propensity == pytest.approx(0.05) for d in moved)
 
 
 def test_requests_already_on_the_cheapest_tier_are_certain() -> None:
@@ -119,6 +156,11 @@ def test_a_policy_can_keep_no_features() -> None:
     decision = Planner(policy, OnnxScorer("prompt-features-v2")).plan("Hello there")
     assert decision.features is None
     assert decision.feature_version is None
+
+
+def test_exploring_more_than_half_the_traffic_in_all_is_refused() -> None:
+    with pytest.raises(PolicyError, match=r"explore \+ explore_up is 0\.6"):
+        parse_policy(TWO_TIERS + "learning:\n  explore: 0.3\n  explore_up: 0.3\n")
 
 
 def test_explore_above_half_is_refused() -> None:

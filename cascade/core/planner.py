@@ -159,9 +159,7 @@ class Planner:
                 prompt,
                 self._rng.random(),
                 capacity=view,
-                workload=workload,
                 max_tokens=max_tokens,
-                only_tiers=only_tiers,
             )
         decision = self._with_features(decision, prompt.scoring_text)
         if trimmed is None:
