@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from cascade.ledger.off_policy import Z_95, Interval, OffPolicyEstimator, estimate_json
+from cascade.ledger.off_policy import (
+    Z_95,
+    ExplorationReach,
+    Interval,
+    OffPolicyEstimator,
+    estimate_json,
+)
 
 # Four requests logged on small/big with exploration 0.2
 # (first tier, propensity, decided tier, cost, useful tokens, escalated, good):
@@ -28,7 +34,7 @@ def _fed(candidate: str, **limits: float) -> OffPolicyEstimator:
             propensity=p,
             candidate_tier=candidate,
             decided_tier=decided,
-            explore_tier="small",
+            explorable=candidate == "small",  # exploration only ever went down to small
             cost_usd=cost,
             useful_tokens=useful,
             escalated=escalated,
@@ -103,7 +109,7 @@ def test_the_logged_policy_itself_is_measured_exactly() -> None:
             propensity=np.ones(len(tiers[part])),
             candidate_tier=tiers[part],
             decided_tier=tiers[part],
-            explore_tier=[None] * len(tiers[part]),
+            explorable=np.zeros(len(tiers[part]), dtype=bool),
             cost_usd=rng.random(len(tiers[part])),
             useful_tokens=rng.integers(0, 50, len(tiers[part])),
             escalated=rng.random(len(tiers[part])) < 0.1,
@@ -136,7 +142,7 @@ def test_the_interval_covers_the_truth_of_a_cheaper_policy() -> None:
         propensity=propensity,
         candidate_tier=["small"] * n,
         decided_tier=decided,
-        explore_tier=["small"] * n,
+        explorable=np.ones(n, dtype=bool),
         cost_usd=cost,
         useful_tokens=np.full(n, 10.0),
         escalated=escalated,
@@ -170,7 +176,7 @@ def test_a_propensity_outside_0_1_is_refused() -> None:
             propensity=[0.0],
             candidate_tier=["small"],
             decided_tier=["small"],
-            explore_tier=[None],
+            explorable=[False],
             cost_usd=[1.0],
             useful_tokens=[1.0],
             escalated=[False],
@@ -187,3 +193,16 @@ def test_json_carries_the_verdict() -> None:
     assert refused["candidate"] is None
     assert refused["unsupported_share"] == 0.25
     assert len(refused["reasons"]) == 2
+
+
+def test_exploration_reach_is_read_from_the_explored_rows() -> None:
+    """A tier counts as reachable for a workload and decided tier only once an explored request
+    of that kind went there."""
+    reach = ExplorationReach(
+        [("chat", "big", "small"), ("chat", "big", "small"), ("chat", "small", None)]
+    )
+    assert reach.reaches("chat", "big", "small")
+    assert not reach.reaches("chat", "small", "big")  # never explored up
+    assert not reach.reaches("batch", "big", "small")  # another workload
+    mask = reach.mask(["chat", "chat", "batch"], ["big", "small", "big"], ["small", "big", "small"])
+    assert mask.tolist() == [True, False, False]

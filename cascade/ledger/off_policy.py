@@ -17,9 +17,11 @@ An estimate is only as good as the traffic behind it, so the result says when it
 
 - **support**: a row whose candidate tier the logging policy could never have chosen for it
   (neither its thresholds' tier, ``decided_tier``, nor, where exploration was possible --
-  propensity below 1 -- the cheaper tier exploration sends it to) holds no outcome the estimate
-  could use; above ``max_unsupported`` of the rows (5%) the estimate would be biased by what it
-  cannot see;
+  propensity below 1 -- a tier exploration could send it to) holds no outcome the estimate could
+  use; above ``max_unsupported`` of the rows (5%) the estimate would be biased by what it cannot
+  see. Which tiers exploration reaches is not on the row (it depends on the logging policy's
+  shares and on which tiers had room): :class:`ExplorationReach` reads it from the log itself,
+  as the tiers explored requests of the same workload and decided tier were sent to;
 - **effective sample size** ``(Σw)² / Σw²``: how many equally weighted requests the estimate is
   worth; below ``min_ess`` (30) the interval itself is not to be trusted.
 
@@ -29,7 +31,7 @@ Either way the candidate's figures are None and ``reasons`` says why, in words.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "ExplorationReach",
     "Figures",
     "Interval",
     "OffPolicyEstimate",
@@ -195,9 +198,9 @@ class OffPolicyEstimator:
 
     Feed rows one at a time (:meth:`add`) or as arrays (:meth:`add_chunk`): per row, the tier
     it was logged on first, that choice's propensity, the candidate's tier, the logging
-    thresholds' ``decided_tier`` and the tier exploration sends the row to (``explore_tier``:
-    the logged first tier when it was explored, else the cheapest tier its workload allows;
-    read only when the propensity is below 1), and its outcome.
+    thresholds' ``decided_tier``, whether exploration could have sent the row to the candidate's
+    tier (``explorable``, read only where the propensity is below 1; see
+    :class:`ExplorationReach`), and its outcome.
     """
 
     def __init__(
@@ -214,7 +217,7 @@ class OffPolicyEstimator:
         propensity: float,
         candidate_tier: str,
         decided_tier: str | None,
-        explore_tier: str | None,
+        explorable: bool,
         cost_usd: float,
         useful_tokens: float,
         escalated: bool,
@@ -226,7 +229,7 @@ class OffPolicyEstimator:
             propensity=[propensity],
             candidate_tier=[candidate_tier],
             decided_tier=[decided_tier],
-            explore_tier=[explore_tier],
+            explorable=[explorable],
             cost_usd=[cost_usd],
             useful_tokens=[useful_tokens],
             escalated=[escalated],
@@ -240,7 +243,7 @@ class OffPolicyEstimator:
         propensity: Sequence[float] | npt.NDArray[Any],
         candidate_tier: Sequence[str | None] | npt.NDArray[Any],
         decided_tier: Sequence[str | None] | npt.NDArray[Any],
-        explore_tier: Sequence[str | None] | npt.NDArray[Any],
+        explorable: Sequence[bool] | npt.NDArray[Any],
         cost_usd: Sequence[float] | npt.NDArray[Any],
         useful_tokens: Sequence[float] | npt.NDArray[Any],
         escalated: Sequence[bool] | npt.NDArray[Any],
@@ -259,7 +262,7 @@ class OffPolicyEstimator:
         supported = (
             matched
             | (_names(decided_tier) == wanted)
-            | ((p < 1) & (_names(explore_tier) == wanted))
+            | ((p < 1) & np.asarray(explorable, dtype=bool))
         )
         outcomes = (
             np.asarray(cost_usd, dtype=np.float64),
@@ -308,6 +311,37 @@ class OffPolicyEstimator:
             candidate=None if reasons else self.candidate.figures(),
             reasons=tuple(reasons),
         )
+
+
+class ExplorationReach:
+    """Which tiers the logging policy's exploration sent requests to, read from the log itself:
+    per workload and decided tier, the first tiers of the explored requests.
+
+    A request that could have been explored (propensity below 1) could have gone to any of them;
+    a tier exploration never reached for its kind is taken as out of reach (which errs towards
+    calling a row unsupported, never towards trusting it).
+    """
+
+    def __init__(self, explored: Iterable[tuple[str, str | None, str | None]] = ()) -> None:
+        """``explored``: ``(workload, decided_tier, first_tier)`` of explored requests (repeats
+        are fine: a ``GROUP BY`` of them is enough)."""
+        self._seen = {(w, d, t) for w, d, t in explored if d is not None and t is not None}
+
+    def reaches(self, workload: str, decided_tier: str | None, tier: str) -> bool:
+        """True when exploration sent some request of this workload and decided tier to
+        ``tier``."""
+        return (workload, decided_tier, tier) in self._seen
+
+    def mask(
+        self,
+        workload: Sequence[str],
+        decided_tier: Sequence[str | None],
+        tier: Sequence[str | None],
+    ) -> npt.NDArray[np.bool_]:
+        """:meth:`reaches` for rows given column by column."""
+        seen = self._seen
+        rows = zip(workload, decided_tier, tier, strict=True)
+        return np.fromiter((row in seen for row in rows), dtype=bool, count=len(workload))
 
 
 def _names(values: Sequence[str | None] | npt.NDArray[Any]) -> npt.NDArray[np.object_]:
