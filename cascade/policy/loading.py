@@ -26,13 +26,54 @@ Loc = tuple[str | int, ...]
 def load_policy(name_or_path: str | Path) -> Policy:
     """Load and validate a policy file (or a shipped policy by name, e.g. ``default``)."""
     path = policy_path(name_or_path)
+    text = _read(path)
+    policy = parse_policy(text, source=str(path))
+    if policy.learning.canary is not None:
+        policy.learning.canary._candidate = _load_candidate(path, policy, text)
+    return policy
+
+
+def _read(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(
             [PolicyProblem(str(path), None, "", f"cannot read the file: {exc}")]
         ) from exc
-    return parse_policy(text, source=str(path))
+
+
+def candidate_path(path: Path, canary_file: str) -> Path:
+    """Where a canary's candidate file is: ``canary_file`` relative to the live policy's file."""
+    return path.parent / canary_file
+
+
+def _load_candidate(path: Path, live: Policy, text: str) -> Policy:
+    """The candidate of ``live``'s ``learning.canary``, loaded and checked against ``live``."""
+    assert live.learning.canary is not None
+    found = candidate_path(path, live.learning.canary.policy)
+    lines: dict[Loc, int] = {}
+    if (root := yaml.compose(text, Loader=yaml.SafeLoader)) is not None:  # parsed already
+        _index_lines(root, (), lines, [], str(path))
+    loc: Loc = ("learning", "canary", "policy")
+
+    def refused(message: str, *more: PolicyProblem) -> PolicyError:
+        here = PolicyProblem(str(path), _line(loc, lines), _dotted(loc), message)
+        return PolicyError([here, *more])
+
+    if not found.is_file():
+        raise refused(f"the candidate {found} is not a file")
+    try:  # not load_policy: a candidate's own canary is refused below, never followed
+        candidate = parse_policy(_read(found), source=str(found))
+    except PolicyError as exc:
+        raise refused(f"the candidate {found} does not load (below)", *exc.problems) from None
+    if candidate.name != live.name:
+        raise refused(
+            f"the candidate {found} names policy {candidate.name!r}; a canary must have the live "
+            f"policy's name {live.name!r} (its requests are recorded under that name)"
+        )
+    if candidate.learning.canary is not None:
+        raise refused(f"the candidate {found} has a canary of its own; a candidate may not")
+    return candidate
 
 
 def parse_policy(text: str, *, source: str = "<policy>") -> Policy:

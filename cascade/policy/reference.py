@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from cascade.policy.learning import Canary
 from cascade.policy.model import (
     Budgets,
     Engine,
@@ -44,6 +45,7 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("verifier", VerifierSettings),
     ("budgets", Budgets),
     ("learning", Learning),
+    ("learning.canary", Canary),
     ("probes[]", Probe),
 ]
 
