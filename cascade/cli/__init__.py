@@ -20,6 +20,7 @@ from cascade.cli import (
     model,
     plan,
     policy,
+    replay,
     report,
     route,
     serve,
@@ -73,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cascade {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (demo, route, policy, model, verify, serve, simulate, db, keys, report, plan):
+    groups = (demo, route, policy, model, verify, serve, simulate, db, keys, report, plan, replay)
+    for group in groups:
         group.register(commands)
     return parser
 

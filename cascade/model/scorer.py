@@ -97,13 +97,36 @@ class OnnxScorer:
         """P(the weak tier suffices) for each prompt, in order; one onnxruntime call."""
         if not texts:
             return []
-        batch = self._inputs(texts)
+        column: list[float] = self._run(self._inputs(texts)).tolist()
+        return column
+
+    def score_rows(self, rows: np.ndarray) -> np.ndarray:
+        """P(the weak tier suffices) for rows of numbers already made (a float model's input,
+        such as the ledger's ``features`` read back for replay), as float64; one onnxruntime
+        call. A text model has no such input: :class:`~cascade.errors.ScorerError`."""
+        spec = self.manifest.input
+        if spec.dtype != "float":
+            raise ScorerError(
+                f"model {self.manifest.name!r} reads text, not rows of numbers: it cannot score "
+                "stored features"
+            )
+        width = spec.shape[-1]
+        if rows.ndim != 2 or (width is not None and rows.shape[1] != width):
+            raise ScorerError(
+                f"model {self.manifest.name!r} reads rows of {width} numbers, got an array of "
+                f"shape {rows.shape}"
+            )
+        if not len(rows):
+            return np.zeros(0)
+        return self._run(np.ascontiguousarray(rows, dtype=np.float32))
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         spec_in, spec_out = self.manifest.input, self.manifest.output
         try:
             (probabilities,) = self._session.run([spec_out.name], {spec_in.name: batch})
         except Exception as exc:  # onnxruntime's own error types are not importable API
             raise ScorerError(f"model {self.manifest.name!r} failed to score: {exc}") from exc
-        column: list[float] = probabilities[:, spec_out.column].astype(float).tolist()
+        column: np.ndarray = probabilities[:, spec_out.column].astype(np.float64)
         return column
 
     def _keep(self, texts: Sequence[str], rows: np.ndarray) -> None:
