@@ -46,11 +46,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "train",
         help="train a router model folder from labeled traffic",
         description="Fit the prompt-features confidence model (or adapt --base to your rows), "
-        "export it to ONNX, check parity, measure it and write DIR/model.onnx + manifest.json.",
+        "export it to ONNX, check parity, measure it and write DIR/model.onnx + manifest.json. "
+        "Rows from `cascade export` carry the scorer's features instead of a prompt: they are "
+        "used when their feature_version is the one the model reads (refused otherwise). A row "
+        "with a propensity counts 1/propensity (importance weighting, so explored requests "
+        "stand for the choices they were drawn against; weights scaled to a mean of 1).",
     )
-    train.add_argument(
-        "--data", nargs="+", type=Path, required=True, metavar="FILE", help="labeled-traffic JSONL"
-    )
+    train.add_argument("--data", nargs="+", type=Path, required=True, metavar="FILE",
+                       help="labeled-traffic JSONL (prompts, or scorer features)")  # fmt: skip
     train.add_argument(
         "--dev", nargs="*", type=Path, default=[], metavar="FILE", help="measured only"
     )
@@ -73,9 +76,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="seed of the fit (default: %(default)s; same seed, "
         "same data, same toolchain: the same bytes)",
     )
-    train.add_argument(
-        "--base", metavar="MODEL", help="adapt this model (name or folder) to --data"
-    )
+    train.add_argument("--base", metavar="MODEL", help="adapt this model (name or folder) to "
+                       "--data, e.g. prompt-features-v2 to `cascade export` rows")  # fmt: skip
     train.add_argument("--json", action="store_true", help="print the metrics as JSON")
     train.set_defaults(command=_train)
 
@@ -154,7 +156,7 @@ def _train(ns: argparse.Namespace) -> int:
 
     holdout = ns.holdout_tasks
     if holdout is None:
-        tasks = {e.task for e in load_labeled(ns.data)}
+        tasks = {e.task for e in load_labeled(ns.data, stored_features=True)}
         holdout = DEFAULT_HOLDOUT_TASKS if set(DEFAULT_HOLDOUT_TASKS) <= tasks else []
         if not holdout:
             print(

@@ -90,8 +90,10 @@ def fit_confidence(
     *,
     alpha: float = ALPHA,
     base: LinearConfidence | None = None,
+    row_weights: np.ndarray | None = None,
 ) -> LinearConfidence:
-    """Fit the model (or, with ``base``, a correction of it) on rows with known outcomes."""
+    """Fit the model (or, with ``base``, a correction of it) on rows with known outcomes;
+    ``row_weights``: how much each row counts (importance weights; None: each row once)."""
     from sklearn.linear_model import LogisticRegression, Ridge  # noqa: PLC0415 - train-only
     from sklearn.preprocessing import StandardScaler  # noqa: PLC0415 - train-only
 
@@ -102,11 +104,12 @@ def fit_confidence(
     scaler = StandardScaler().fit(inputs)
     if base is not None:  # the base logit enters scaled up, so its coefficient is barely shrunk
         scaler.mean_[0], scaler.scale_[0] = 0.0, 1.0 / _BASE_SCALE
-    ridge = Ridge(alpha=alpha).fit(
-        scaler.transform(inputs), outcomes.weak_score - outcomes.strong_score
-    )
+    gain = outcomes.weak_score - outcomes.strong_score
+    ridge = Ridge(alpha=alpha).fit(scaler.transform(inputs), gain, sample_weight=row_weights)
     raw = ridge.predict(scaler.transform(inputs)).reshape(-1, 1)
-    platt = LogisticRegression(C=1e6, max_iter=1000).fit(raw, labels.astype(np.int64))
+    platt = LogisticRegression(C=1e6, max_iter=1000).fit(
+        raw, labels.astype(np.int64), sample_weight=row_weights
+    )
     a, b = float(platt.coef_[0, 0]), float(platt.intercept_[0])
     scaled = ridge.coef_ / scaler.scale_
     weights = a * scaled
@@ -137,8 +140,10 @@ def anchor_confidence(
     anchors: Anchors,
     *,
     alpha: float = ANCHOR_ALPHA,
+    traffic_weights: np.ndarray | None = None,
 ) -> LinearConfidence:
-    """``model`` corrected on the anchored columns by authored rows, traffic weighing in too.
+    """``model`` corrected on the anchored columns by authored rows, traffic weighing in too
+    (each traffic row once, or by ``traffic_weights``).
 
     ``features`` and ``outcomes`` are the traffic ``model`` was fitted on. A logistic
     regression on the label (the weak tier suffices) over traffic and authored rows, with
@@ -150,7 +155,8 @@ def anchor_confidence(
     both = np.vstack([features, anchors.features])
     offset = model.logit(both)
     labels = np.concatenate([outcomes.weak_suffices, anchors.outcomes.weak_suffices]) * 1.0
-    row_weights = np.concatenate([np.ones(len(features)), anchors.weights])
+    traffic = np.ones(len(features)) if traffic_weights is None else traffic_weights
+    row_weights = np.concatenate([traffic, anchors.weights])
     scaler = StandardScaler().fit(both[:, _ANCHORED], sample_weight=row_weights)
     columns = np.column_stack([np.ones(len(both)), scaler.transform(both[:, _ANCHORED])])
     penalty = np.full(columns.shape[1], alpha)

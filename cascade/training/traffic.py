@@ -10,6 +10,12 @@ the smallest one should not be trusted with; see :mod:`cascade.training.obvious`
 train`` fits such rows only into the columns traffic barely exercises
 (:data:`~cascade.model.features.ANCHORED_FEATURES`), each counting ``anchor_weight`` traffic
 rows, and leaves them out of the calibration table and the metrics.
+
+Rows ``cascade export`` writes from the ledger carry no prompt (the ledger never keeps one) but
+the numbers the scorer saw: ``features`` (a list of numbers) with their ``feature_version``.
+``cascade train`` reads such rows (``stored_features=True``) and fits on the numbers as they
+are; every other reader needs the prompt. An optional ``propensity`` (in (0, 1]) is the
+probability that the logged routing choice was made: training weighs the row by its inverse.
 """
 
 from __future__ import annotations
@@ -38,6 +44,12 @@ class LabeledExample:
     weak_cost_usd: float
     strong_cost_usd: float
     anchor_weight: float | None = None
+    features: tuple[float, ...] | None = None
+    """The scorer's numbers for the prompt, from the ledger (then ``prompt`` is empty)."""
+    feature_version: str | None = None
+    """The version of the function that made ``features``."""
+    propensity: float | None = None
+    """The probability the logged routing choice had (None: not logged; weight 1)."""
 
     @property
     def weak_suffices(self) -> bool:
@@ -45,10 +57,12 @@ class LabeledExample:
         return self.weak_score >= self.strong_score
 
 
-def load_labeled(paths: Sequence[Path]) -> list[LabeledExample]:
+def load_labeled(paths: Sequence[Path], *, stored_features: bool = False) -> list[LabeledExample]:
     """Read labeled-traffic JSONL files in order; blank lines are skipped.
 
-    Raises :class:`LabeledDataError` naming ``file:line`` and the field for any invalid row.
+    ``stored_features``: a row may have ``features`` (and ``feature_version``) instead of a
+    prompt. Raises :class:`LabeledDataError` naming ``file:line`` and the field for any invalid
+    row.
     """
     examples: list[LabeledExample] = []
     for path in paths:
@@ -60,13 +74,13 @@ def load_labeled(paths: Sequence[Path]) -> list[LabeledExample]:
             raise LabeledDataError(f"{path}: cannot read labeled traffic: {exc}") from exc
         for number, line in enumerate(lines, start=1):
             if line.strip():
-                examples.append(_parse_row(line, f"{path}:{number}"))
+                examples.append(_parse_row(line, f"{path}:{number}", stored_features))
     if not examples:
         raise LabeledDataError(f"no labeled rows in {', '.join(map(str, paths)) or '(no files)'}")
     return examples
 
 
-def _parse_row(line: str, where: str) -> LabeledExample:
+def _parse_row(line: str, where: str, stored_features: bool) -> LabeledExample:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -87,13 +101,41 @@ def _parse_row(line: str, where: str) -> LabeledExample:
             )
         return float(value) if kind is float else value
 
+    features = _features(row, where) if row.get("prompt") is None else None
+    if features is not None and not stored_features:
+        raise LabeledDataError(
+            f"{where}: field 'prompt': missing; this row has only the scorer's features (as "
+            "`cascade export` writes them: the ledger keeps no prompts), which only `cascade "
+            "train` reads; join prompts with `cascade export --prompts`"
+        )
     return LabeledExample(
         id=field("id", str),
         task=field("task", str),
-        prompt=field("prompt", str),
+        prompt="" if features is not None else field("prompt", str),
         weak_score=field("weak_score", float, 0.0, 1.0),
         strong_score=field("strong_score", float, 0.0, 1.0),
         weak_cost_usd=field("weak_cost_usd", float, 0.0),
         strong_cost_usd=field("strong_cost_usd", float, 0.0),
         anchor_weight=field("anchor_weight", float, 1e-9) if "anchor_weight" in row else None,
+        features=features,
+        feature_version=field("feature_version", str) if features is not None else None,
+        propensity=field("propensity", float, 1e-9, 1.0)
+        if row.get("propensity") is not None
+        else None,
     )
+
+
+def _features(row: dict[str, Any], where: str) -> tuple[float, ...] | None:
+    """A row's ``features``: a non-empty list of finite numbers, or None when it has none."""
+    value = row.get("features")
+    if value is None:
+        return None
+    numbers = isinstance(value, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    )
+    if not numbers or not value:
+        raise LabeledDataError(
+            f"{where}: field 'features': expected a non-empty list of finite numbers, got "
+            f"{json.dumps(value)[:60]}"
+        )
+    return tuple(float(v) for v in value)

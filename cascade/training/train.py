@@ -5,7 +5,13 @@
 :mod:`cascade.training.feature_model` on the rows outside the held-out tasks, checks that the ONNX
 export agrees with scikit-learn on messy text, measures AUROC and APGR on the held-out tasks and on
 the dev files, and writes ``model.onnx`` and ``manifest.json``. ``--base MODEL`` adapts an existing
-model to the given rows instead (:func:`adapt`). Rows with ``anchor_weight`` (authored obvious
+model to the given rows instead (:func:`adapt`). Rows exported from the ledger bring the
+scorer's numbers instead of a prompt (``features``): they are used as they are when their
+``feature_version`` is the one the model reads (the base model's manifest, and this code's
+:data:`~cascade.model.features.PROMPT_FEATURES_VERSION`), and refused otherwise. A row with a
+``propensity`` counts 1 / propensity (importance weighting: an explored request stands for the
+others its choice was drawn against), the weights scaled to a mean of 1 over the fitted rows.
+Rows with ``anchor_weight`` (authored obvious
 prompts, :mod:`cascade.training.obvious`) correct the result on the columns traffic barely
 exercises. Training is deterministic: the same files and seed give a byte-identical
 ``model.onnx``.
@@ -25,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cascade.errors import TrainingError
-from cascade.model.features import FEATURE_NAMES, PROMPT_FEATURES_VERSION
+from cascade.model.features import FEATURE_NAMES, PROMPT_FEATURES_VERSION, prompt_features
 from cascade.model.manifest import (
     FEATURES_PREPROCESSING,
     FORMAT_VERSION,
@@ -61,6 +67,8 @@ __all__ = [
     "PARITY_TEXTS",
     "Adaptation",
     "adapt",
+    "example_features",
+    "importance_weights",
     "train_model",
 ]
 
@@ -113,13 +121,19 @@ class Adaptation:
 
 
 def adapt(
-    base: LinearConfidence, features: np.ndarray, outcomes: Outcomes, *, seed: int = 0
+    base: LinearConfidence,
+    features: np.ndarray,
+    outcomes: Outcomes,
+    *,
+    seed: int = 0,
+    weights: np.ndarray | None = None,
 ) -> tuple[LinearConfidence, Adaptation]:
     """Fit a correction of ``base`` on a team's rows, as strong as cross-validation supports.
 
     Each of :data:`ADAPT_ALPHAS` and "no correction" is scored by the mean APGR over
     ``_FOLDS`` row folds of the given data (fit on four, measure on the fifth); the best is
     refitted on all rows. With few or noisy rows this keeps the base model unchanged.
+    ``weights`` weigh the fits (not the folds' APGR, which counts each held-out row once).
     """
     folds = np.random.default_rng(seed).permutation(len(features)) % _FOLDS
     scores: dict[str, list[float]] = {"base": [], **{f"{a:g}": [] for a in ADAPT_ALPHAS}}
@@ -130,7 +144,13 @@ def adapt(
             continue
         scores["base"].append(report(base.confidence(features[test]), held).apgr)
         for alpha in ADAPT_ALPHAS:
-            model = fit_confidence(features[fit], _subset(outcomes, fit), alpha=alpha, base=base)
+            model = fit_confidence(
+                features[fit],
+                _subset(outcomes, fit),
+                alpha=alpha,
+                base=base,
+                row_weights=None if weights is None else weights[fit],
+            )
             scores[f"{alpha:g}"].append(report(model.confidence(features[test]), held).apgr)
     means = {k: round(float(np.mean(v)), 4) for k, v in scores.items() if v}
     if not means:
@@ -139,7 +159,8 @@ def adapt(
     if best == "base":
         return base, Adaptation(None, means)
     alpha = float(best)
-    return fit_confidence(features, outcomes, alpha=alpha, base=base), Adaptation(alpha, means)
+    model = fit_confidence(features, outcomes, alpha=alpha, base=base, row_weights=weights)
+    return model, Adaptation(alpha, means)
 
 
 def train_model(
@@ -162,36 +183,42 @@ def train_model(
     calibration table and the metrics leave them out.
     Raises :class:`TrainingError` if a held-out task is absent or ONNX and scikit-learn disagree.
     """
-    examples, authored = _split_authored(load_labeled(data))
-    dev = load_labeled(dev_data) if dev_data else []
+    examples, authored = _split_authored(load_labeled(data, stored_features=True))
+    dev = load_labeled(dev_data, stored_features=True) if dev_data else []
+    base_model, version = (None, PROMPT_FEATURES_VERSION) if base is None else _load_base(base)
     held_out = set(holdout_tasks)
     if missing := sorted(held_out - {e.task for e in examples}):
         raise TrainingError(
             f"holdout tasks not in the data: {', '.join(missing)}; name tasks the data has "
             "(its 'task' field), or none (--holdout-tasks with no value) to skip the holdout"
         )
-    features = feature_matrix([e.prompt for e in examples])
+    features = example_features(examples, version, base)
     outcomes = Outcomes.from_examples(examples)
     is_held = np.array([e.task in held_out for e in examples])
     fit_rows = _subset(outcomes, ~is_held)
+    weights = importance_weights(examples, ~is_held)
     adaptation = None
-    if base is None:
-        model = fit_confidence(features[~is_held], fit_rows, alpha=ALPHA)
+    if base_model is None:
+        model = fit_confidence(features[~is_held], fit_rows, alpha=ALPHA, row_weights=weights)
     else:
-        model, adaptation = adapt(_load_base(base), features[~is_held], fit_rows, seed=seed)
+        model, adaptation = adapt(
+            base_model, features[~is_held], fit_rows, seed=seed, weights=weights
+        )
     if authored:
         anchors = Anchors(
             feature_matrix([e.prompt for e in authored]),
             Outcomes.from_examples(authored),
             np.array([e.anchor_weight for e in authored], dtype=np.float64),
         )
-        model = anchor_confidence(model, features[~is_held], fit_rows, anchors)
+        model = anchor_confidence(
+            model, features[~is_held], fit_rows, anchors, traffic_weights=weights
+        )
     onnx_bytes = export_onnx(model)
     parity_texts = [
         *PARITY_TEXTS,
         *(e.prompt for e in authored[:100]),
-        *(e.prompt for e in examples[:200]),
-        *(e.prompt for e in dev[:200]),
+        *(e.prompt for e in examples[:200] if e.features is None),
+        *(e.prompt for e in dev[:200] if e.features is None),
     ]
     parity_features = feature_matrix(parity_texts)
     expected = (
@@ -208,7 +235,7 @@ def train_model(
     confidence = onnx_confidence(onnx_bytes, features)
     labels = outcomes.weak_suffices
     dev_outcomes = Outcomes.from_examples(dev) if dev else None
-    dev_confidence = onnx_confidence(onnx_bytes, feature_matrix([e.prompt for e in dev]))
+    dev_confidence = onnx_confidence(onnx_bytes, example_features(dev, version, base))
     manifest = Manifest(
         name=name,
         format_version=FORMAT_VERSION,
@@ -264,7 +291,47 @@ def _split_authored(
     return traffic, [e for e in rows if e.anchor_weight is not None]
 
 
-def _load_base(base: str | Path) -> LinearConfidence:
+def example_features(
+    examples: Sequence[LabeledExample], version: str, base: str | Path | None = None
+) -> np.ndarray:
+    """One feature row per example: its stored ``features`` (when of ``version``, the one the
+    model reads) or :func:`prompt_features` of its prompt. TrainingError names the first row
+    whose stored numbers are of another version or length."""
+    matrix = np.zeros((len(examples), len(FEATURE_NAMES)), dtype=np.float64)
+    reads = f"--base {base} reads" if base is not None else "cascade train fits"
+    for i, example in enumerate(examples):
+        if example.features is None:
+            matrix[i] = prompt_features(example.prompt)
+            continue
+        if example.feature_version != version or version != PROMPT_FEATURES_VERSION:
+            raise TrainingError(
+                f"row {example.id!r}: its features are of version {example.feature_version!r}; "
+                f"{reads} {version!r} (its manifest's feature_version) and this code computes "
+                f"{PROMPT_FEATURES_VERSION!r}: export traffic routed by a model of that feature "
+                "version, or join the prompts (cascade export --prompts) so they are computed "
+                "again"
+            )
+        if len(example.features) != len(FEATURE_NAMES):
+            raise TrainingError(
+                f"row {example.id!r}: {len(example.features)} features; version {version!r} "
+                f"has {len(FEATURE_NAMES)}"
+            )
+        matrix[i] = example.features
+    return matrix
+
+
+def importance_weights(examples: Sequence[LabeledExample], rows: np.ndarray) -> np.ndarray | None:
+    """1 / propensity for each of ``rows`` (1 without one), scaled to a mean of 1; None when no
+    row has a propensity (every row counts once, as without weights)."""
+    chosen = [e for e, keep in zip(examples, rows, strict=True) if keep]
+    if not any(e.propensity is not None for e in chosen):
+        return None
+    weights = np.array([1.0 / (e.propensity or 1.0) for e in chosen], dtype=np.float64)
+    return np.asarray(weights / weights.mean())
+
+
+def _load_base(base: str | Path) -> tuple[LinearConfidence, str]:
+    """The base model's weights, and the feature version its manifest says it reads."""
     directory = model_dir(base)
     manifest = load_manifest(directory)
     if manifest.input.preprocessing != FEATURES_PREPROCESSING:
@@ -272,7 +339,7 @@ def _load_base(base: str | Path) -> LinearConfidence:
             f"--base {base}: its input is {manifest.input.preprocessing}; only models on "
             f"{FEATURES_PREPROCESSING} can be adapted"
         )
-    return read_onnx((directory / manifest.file).read_bytes())
+    return read_onnx((directory / manifest.file).read_bytes()), manifest.feature_version
 
 
 def _subset(outcomes: Outcomes, rows: np.ndarray) -> Outcomes:
