@@ -1,4 +1,5 @@
-"""``cascade policy check|schema|reference``: validate policies and document their fields."""
+"""``cascade policy check|schema|reference|diff``: validate policies, document their fields, and
+say what a change to one does (field by field, and replayed on the ledger's traffic)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     reference.add_argument("--out", type=Path, help="write it to this file instead of stdout")
     reference.set_defaults(command=_policy_reference)
+    diff = policy_commands.add_parser(
+        "diff",
+        help="what changes from OLD to NEW, field by field, and (--url) its replayed effect",
+        description="Print every field that differs between two policies (thresholds, tiers, "
+        "models, workloads, learning, other; tiers matched by name). With --url, replay NEW "
+        "on the requests the ledger logged under OLD's name (cascade replay) and print its "
+        "estimated cost, cost per useful token, escalation and good-answer rates beside what "
+        "those requests measured; exit 1 when the data cannot support the estimate.",
+    )
+    diff.add_argument("old", type=Path, metavar="OLD", help="the policy in force (file or name)")
+    diff.add_argument("new", type=Path, metavar="NEW", help="the candidate (file or name)")
+    diff.add_argument("--url", help="the ledger to replay NEW on (default: no replay)")
+    diff.add_argument(
+        "--since", default="7d", help="with --url: the window replayed, as cascade replay's"
+    )
+    diff.add_argument("--tenant", help="with --url: only this tenant's requests")
+    diff.add_argument("--json", action="store_true", help="print JSON")
+    diff.set_defaults(command=_policy_diff)
 
 
 def describe_problems(path: object, error: PolicyError) -> str:
@@ -108,6 +127,41 @@ def _policy_reference(ns: argparse.Namespace) -> int:
     from cascade.policy.reference import render_reference
 
     return _emit(render_reference(), ns.out)
+
+
+def _policy_diff(ns: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from cascade.policy import load_policy
+    from cascade.policy.diff import diff_policies, format_diff
+
+    old, new = load_policy(ns.old), load_policy(ns.new)
+    changes = diff_policies(old, new)
+    replayed = None
+    if ns.url is not None:
+        from cascade.cli.replay import _since  # the window as cascade replay reads it
+        from cascade.ledger.replay import replay_policy
+
+        since = _since(ns.since)
+        replayed = replay_policy(ns.url, new, since=since, tenant=ns.tenant, logged_policy=old.name)
+    if ns.json:
+        from cascade.cli.replay import replay_json
+
+        data = {
+            "old": {"source": old.source, "name": old.name, "version": old.fingerprint},
+            "new": {"source": new.source, "name": new.name, "version": new.fingerprint},
+            "changes": [asdict(change) for change in changes],
+            "replay": None if replayed is None else replay_json(replayed),
+        }
+        print(json.dumps(data, indent=2))
+    else:
+        print("\n".join(format_diff(old, new, changes)))
+        if replayed is not None:
+            from cascade.cli.replay import format_replay
+
+            print(f"\nreplayed: NEW on the requests logged under policy {old.name!r}")
+            print(format_replay(replayed))
+    return 1 if replayed is not None and not replayed.estimate.supported else 0
 
 
 def _emit(text: str, out: Path | None) -> int:
