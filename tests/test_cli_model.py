@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cascade.cli import main
+from cascade.model.features import prompt_features
 from cascade.model.manifest import load_manifest
 from cascade.policy import parse_policy
 from cascade.resources import policy_path
@@ -132,3 +133,32 @@ def test_train_on_your_own_data_says_what_it_chose(
     )
     assert "cross-validation" in captured.out
     load_manifest(out)
+
+
+def _as_ledger_rows(labeled: Path, version: str) -> list[dict[str, object]]:
+    """The labeled rows as ``cascade export`` writes them: the scorer's numbers, no prompt."""
+    rows = [json.loads(line) for line in labeled.read_text("utf-8").split("\n") if line]
+    for row in rows:
+        row["features"] = list(prompt_features(row.pop("prompt")))
+        row["feature_version"] = version
+    return rows
+
+
+def test_calibrate_reads_the_ledgers_feature_rows(
+    labeled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows exported from the ledger carry numbers, not prompts: calibrating on them gives the
+    threshold calibrating on the prompts gives; rows of another feature version are refused."""
+    args = ["calibrate", "--max-strong-share", "0.3", "--model", "prompt-features-v2"]
+    assert main([*args, "--data", str(labeled)]) == 0
+    from_prompts = capsys.readouterr().out.split()[1]
+    exported = _write_jsonl(
+        tmp_path / "export.jsonl", _as_ledger_rows(labeled, "prompt-features-v2")
+    )
+    assert main([*args, "--data", str(exported)]) == 0
+    assert capsys.readouterr().out.split()[1] == from_prompts
+    older = _write_jsonl(tmp_path / "v0.jsonl", _as_ledger_rows(labeled, "prompt-features-v0"))
+    assert main([*args, "--data", str(older)]) == 2
+    err = capsys.readouterr().err
+    assert "its features are of version 'prompt-features-v0'" in err
+    assert "reads 'prompt-features-v2'" in err

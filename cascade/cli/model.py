@@ -225,12 +225,29 @@ def _labeled_confidence(data: Sequence[Path], model: str) -> tuple[Any, Any]:
     """(confidence array, Outcomes) of a model on labeled-traffic files."""
     import numpy as np
 
+    from cascade.errors import LabeledDataError
     from cascade.model.scorer import OnnxScorer
     from cascade.training.evaluation import Outcomes
     from cascade.training.traffic import load_labeled
 
-    examples = load_labeled(data)
+    examples = load_labeled(data, stored_features=True)
     scorer = OnnxScorer(model, device="cpu")
+    stored = [e for e in examples if e.features is not None]
+    if stored and len(stored) < len(examples):
+        raise LabeledDataError(
+            f"{', '.join(map(str, data))}: {len(stored)} rows carry the scorer's features and "
+            f"{len(examples) - len(stored)} a prompt; calibrate on one kind at a time"
+        )
+    if stored:  # rows of `cascade export`: the ledger's numbers, scored as they are
+        version = scorer.feature_version
+        wrong = next((e for e in stored if e.feature_version != version), None)
+        if wrong is not None:
+            raise LabeledDataError(
+                f"row {wrong.id!r}: its features are of version {wrong.feature_version!r}; model "
+                f"{model!r} reads {version!r}: calibrate a model of the rows' version"
+            )
+        rows = np.array([e.features for e in stored], dtype=np.float32)
+        return scorer.score_rows(rows), Outcomes.from_examples(examples)
     prompts = [e.prompt for e in examples]
     scores = [
         s
