@@ -13,9 +13,10 @@ rows, and leaves them out of the calibration table and the metrics.
 
 Rows ``cascade export`` writes from the ledger carry no prompt (the ledger never keeps one) but
 the numbers the scorer saw: ``features`` (a list of numbers) with their ``feature_version``.
-``cascade train`` reads such rows (``stored_features=True``) and fits on the numbers as they
-are; every other reader needs the prompt. An optional ``propensity`` (in (0, 1]) is the
-probability that the logged routing choice was made: training weighs the row by its inverse.
+``cascade train``, ``eval`` and ``calibrate`` read such rows (``stored_features=True``) and use
+the numbers as they are; readers that need the text (the verifier's data) refuse them. An
+optional ``propensity`` (in (0, 1]) is the probability that the logged routing choice was made:
+training weighs the row by its inverse.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ def _parse_row(line: str, where: str, stored_features: bool) -> LabeledExample:
     if features is not None and not stored_features:
         raise LabeledDataError(
             f"{where}: field 'prompt': missing; this row has only the scorer's features (as "
-            "`cascade export` writes them: the ledger keeps no prompts), which only `cascade "
-            "train` reads; join prompts with `cascade export --prompts`"
+            "`cascade export` writes them: the ledger keeps no prompts), and this reader needs "
+            "the prompt's text; join prompts with `cascade export --prompts`"
         )
     return LabeledExample(
         id=field("id", str),
