@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cascade.cli import main
 from cascade.core.decision import by_confidence
+from cascade.errors import LedgerError
 from cascade.ledger import AttemptRecord, Ledger, LedgerEntry, RequestRecord, create_engine
 from cascade.ledger.migrate import upgrade_database
 from cascade.ledger.off_policy import Z_95
@@ -114,7 +113,7 @@ def _features(prompt: str) -> tuple[float, ...]:
     return tuple(float(v) for v in np.asarray(prompt_features(prompt), dtype=np.float32))
 
 
-def _patterned(explore: bool = True) -> list[LedgerEntry]:
+def patterned_entries(explore: bool = True) -> list[LedgerEntry]:
     """The patterns, plus requests replay must count and leave out, or never see."""
     entries = [
         _entry(n, PATTERNS[n % len(PATTERNS)], explore=explore)
@@ -160,7 +159,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def _ledger(url: str, entries: list[LedgerEntry]) -> str:
+def write_ledger(url: str, entries: list[LedgerEntry]) -> str:
     asyncio.run(_store(url, entries))
     return url
 
@@ -172,7 +171,7 @@ def _week() -> datetime:
 def test_all_small_is_estimated_from_the_explored_requests(database: str) -> None:
     """Sending everything to small counts the requests logged there, the explored one five
     times (1 / 0.2), on SQLite and Postgres alike; the rest are counted as left out."""
-    url = _ledger(database, _patterned())
+    url = write_ledger(database, patterned_entries())
     result = replay_policy(url, parse_policy(ALL_SMALL), since=_week(), tenant="acme")
     assert (result.requests, result.replayed) == (103, 100)
     assert result.left_out == {
@@ -225,7 +224,7 @@ def _as_logged(policy_text: str, count: int = 120) -> list[LedgerEntry]:
 def test_the_logged_policy_replayed_is_its_measured_figures(database: str) -> None:
     """The logged policy as its own candidate decides every request as it was decided, and its
     estimate is the measured figures exactly, with the sample's interval around them."""
-    url = _ledger(database, _as_logged(TWO_TIERS))
+    url = write_ledger(database, _as_logged(TWO_TIERS))
     result = replay_policy(url, parse_policy(TWO_TIERS))
     assert result.changed == 0
     assert result.tiers == result.logged_tiers
@@ -242,7 +241,7 @@ def test_the_logged_policy_replayed_is_its_measured_figures(database: str) -> No
 def test_a_cheaper_candidate_without_exploration_is_not_supported(database: str) -> None:
     """Logged without exploration, the traffic shows nothing of small on the requests sent to
     big: replay says it cannot estimate, and why, instead of giving a number."""
-    url = _ledger(database, _patterned(explore=False))
+    url = write_ledger(database, patterned_entries(explore=False))
     result = replay_policy(url, parse_policy(ALL_SMALL), since=_week(), tenant="acme")
     est = result.estimate
     assert (est.rows, est.unsupported) == (100, 60)
@@ -273,118 +272,11 @@ def test_choose_tiers_is_by_confidence_for_every_workload() -> None:
     assert chosen[-1] is None
 
 
-def _cli(*args: str) -> int:
-    return main(["replay", *args])
-
-
-@pytest.fixture
-def sqlite_ledger(tmp_path: Path) -> str:
-    """The patterned requests in an SQLite ledger."""
+def test_features_that_do_not_fit_the_model_are_refused(tmp_path: Path) -> None:
+    """Rows claiming the model's feature version with another number of values: an error that
+    says so, not a model fed garbage."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     upgrade_database(url)
-    return _ledger(url, _patterned())
-
-
-def _policy(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "candidate.yaml"
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
-def test_cli_prints_the_table(
-    sqlite_ledger: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The table: logged against the candidate's estimate with its interval, the exact tier
-    mix, what was left out, support and the effective sample size; exit 0."""
-    candidate = _policy(tmp_path, ALL_SMALL)
-    assert _cli("--policy", candidate, "--url", sqlite_ledger, "--tenant", "acme") == 0
-    out = capsys.readouterr().out
-    assert "on requests routed by team-a, since " in out
-    assert ": 100 of 103 replayed" in out
-    assert "left out          1  features of another version (prompt-features-v1)" in out
-    assert "tier mix (exact)     small 100.0%" in out
-    assert "logged tier mix      small 60.0%  big 40.0%" in out
-    assert "decisions changed    60.00% of requests" in out
-    assert "mean cost per request     $0.0068" in out
-    assert "$0.00257143 [$0.00" in out
-    assert "escalation rate           20.00%                14.29% [" in out
-    assert "good answers              80.00%                100.00% [100.00%, 100.00%]" in out
-    assert "support              0 of 100 requests (0.00%)" in out
-    assert "effective sample     36.3, of the 60 requests" in out
-    assert "note: capacity is ignored" in out
-
-
-def test_cli_json(sqlite_ledger: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """--json: the same figures for machines, intervals as {value, low, high}."""
-    candidate = _policy(tmp_path, ALL_SMALL)
-    args = ("--policy", candidate, "--url", sqlite_ledger, "--since", "all", "--json")
-    assert _cli(*args) == 0
-    data = json.loads(capsys.readouterr().out)
-    assert data["since"] is None
-    assert data["requests"] == 106  # every tenant's, and the old request
-    assert data["tiers"] == {"small": 102}
-    assert data["estimate"]["supported"] is True
-    escalation = data["estimate"]["candidate"]["escalation_rate"]["value"]
-    assert escalation == pytest.approx(20 / 142)  # two more small requests, weight 1 each
-    assert data["notes"][0].startswith("capacity is ignored")
-
-
-def test_cli_unsupported_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A candidate the logged traffic cannot support: no number, the reason, exit status 1."""
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    upgrade_database(url)
-    _ledger(url, _patterned(explore=False))
-    args = ("--policy", _policy(tmp_path, ALL_SMALL), "--url", url, "--tenant", "acme")
-    assert _cli(*args) == 1
-    out = capsys.readouterr().out
-    assert "cannot estimate:\n  - 60 of 100 requests (60.0%, more than 5%)" in out
-    assert "mean cost per request     $0.0068" in out
-    assert "$0.00257143" not in out
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("--policy", "nowhere.yaml"), "nowhere.yaml"),
-        (("--policy", "{text}"), "reads text, and the ledger keeps no prompts"),
-        (("--policy", "{small}", "--logged", "nobody"), "no requests routed by policy 'nobody'"),
-        (("--policy", "{small}", "--since", "yesterday"), "--since 'yesterday': expected"),
-        (
-            ("--policy", "{small}", "--since", "2999-01-01T00:00:00"),
-            "no requests routed by policy 'team-a' since 2999-01-01T00:00:00+00:00",
-        ),
-    ],
-)
-def test_cli_bad_input_says_what_and_exits_2(
-    sqlite_ledger: str,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    args: tuple[str, ...],
-    message: str,
-) -> None:
-    """An unknown policy file, a text-model candidate, a window without requests or a bad
-    --since: one line saying what is wrong, exit status 2."""
-    paths = {"text": _policy(tmp_path, TEXT_MODEL), "small": str(tmp_path / "small.yaml")}
-    Path(paths["small"]).write_text(ALL_SMALL, encoding="utf-8")
-    filled = [a.format(**paths) for a in args]
-    assert _cli(*filled, "--url", sqlite_ledger) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("cascade: error: ")
-    assert message in err
-
-
-def test_cli_names_the_policies_and_versions_it_found(
-    sqlite_ledger: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """No requests under the candidate's name: the names the ledger holds; none of a feature
-    version: the versions it holds."""
-    renamed = _policy(tmp_path, ALL_SMALL.replace("name: team-a", "name: team-b"))
-    assert _cli("--policy", renamed, "--url", sqlite_ledger, "--since", "all") == 2
-    assert "it holds requests of: other (1), team-a (106)" in capsys.readouterr().err
-    candidate = _policy(tmp_path, ALL_SMALL)
-    assert _cli("--policy", candidate, "--url", sqlite_ledger, "--tenant", "initech") == 2
-    err = capsys.readouterr().err
-    assert "none of the 1 requests of policy 'team-a' since" in err
-    assert "of tenant 'initech' can be replayed with the candidate's model" in err
-    assert "which reads features 'prompt-features-v2'" in err
-    assert "the requests' features are prompt-features-v1 (1)" in err
+    write_ledger(url, [_entry(0, PATTERNS[0], features="[0.5,1,2]")])
+    with pytest.raises(LedgerError, match=r"not rows of 28 numbers .* but of 3"):
+        replay_policy(url, parse_policy(TWO_TIERS))

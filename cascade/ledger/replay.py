@@ -17,6 +17,7 @@ candidate lacks are counted, never silently dropped.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,9 +113,16 @@ def replay_policy(
         counted = await survey(engine, window)
         if not counted.decided.get(version):
             raise LedgerError(await _nothing_to_replay(engine, window, counted, version))
-        replay = _Replay(candidate, model, ExplorationReach(counted.explored))
-        async for chunk in stream_rows(engine, window, version, width=width, chunk_rows=chunk_rows):
-            replay.add(chunk)
+        replay = _Replay(candidate, model, ExplorationReach(counted.explored), width)
+        # Each chunk is parsed, scored and counted on a worker thread while the event loop
+        # fetches the next one: the database and the driver work meanwhile (one chunk ahead).
+        working: asyncio.Future[None] | None = None
+        async for chunk in stream_rows(engine, window, version, chunk_rows=chunk_rows):
+            if working is not None:
+                await working
+            working = asyncio.ensure_future(asyncio.to_thread(replay.add, chunk))
+        if working is not None:
+            await working
         return replay.result(counted, window, version)
 
     return run_with_engine(url, run, existing=True)
@@ -123,8 +131,10 @@ def replay_policy(
 class _Replay:
     """The running state of one replay: the estimator and the exact counts."""
 
-    def __init__(self, candidate: Policy, scorer: OnnxScorer, reach: ExplorationReach) -> None:
-        self.candidate, self.scorer, self.reach = candidate, scorer, reach
+    def __init__(
+        self, candidate: Policy, scorer: OnnxScorer, reach: ExplorationReach, width: int
+    ) -> None:
+        self.candidate, self.scorer, self.reach, self.width = candidate, scorer, reach, width
         self.estimator = OffPolicyEstimator()
         self.tiers: Counter[str] = Counter()
         self.logged: Counter[str] = Counter()
@@ -132,7 +142,7 @@ class _Replay:
         self.changed = 0
 
     def add(self, chunk: ReplayChunk) -> None:
-        confidence = self.scorer.score_rows(chunk.features)
+        confidence = self.scorer.score_rows(chunk.features(self.width))
         tiers = choose_tiers(self.candidate, chunk.workload, confidence)
         keep = np.asarray([t is not None for t in tiers], dtype=bool)
         if not keep.all():

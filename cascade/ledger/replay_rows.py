@@ -13,7 +13,7 @@ Money arrives as a float: replay estimates, it does not bill.
 
 from __future__ import annotations
 
-import warnings
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -86,8 +86,10 @@ class Survey:
 class ReplayChunk:
     """A chunk of logged requests, column by column."""
 
-    features: npt.NDArray[np.float32]
-    """The scorer's numbers, one row per request."""
+    feature_texts: tuple[str, ...]
+    """The scorer's numbers as the ledger keeps them (JSON), one per request: parsed by
+    :meth:`features`, which a caller may run off the event loop."""
+    feature_version: str
     workload: list[str]
     first_tier: list[str]
     decided_tier: list[str | None]
@@ -101,6 +103,11 @@ class ReplayChunk:
 
     def __len__(self) -> int:
         return len(self.workload)
+
+    def features(self, width: int) -> npt.NDArray[np.float32]:
+        """The scorer's numbers as a float32 matrix, ``width`` to a row
+        (:func:`parse_features`)."""
+        return parse_features(self.feature_texts, self.feature_version, width)
 
 
 async def survey(engine: AsyncEngine, window: ReplayWindow) -> Survey:
@@ -141,11 +148,10 @@ async def stream_rows(
     window: ReplayWindow,
     feature_version: str,
     *,
-    width: int,
     chunk_rows: int = CHUNK_ROWS,
 ) -> AsyncIterator[ReplayChunk]:
     """The window's requests of ``feature_version`` decided by score, ``chunk_rows`` at a time
-    through a server-side cursor; ``width``: the numbers each row must have."""
+    through a server-side cursor."""
     escalated = exists().where(
         Attempt.request_id == Request.request_id, Attempt.role == "escalation"
     )
@@ -169,15 +175,16 @@ async def stream_rows(
     async with engine.connect() as conn:
         result = await conn.stream(query, execution_options={"yield_per": chunk_rows})
         async for rows in result.partitions():
-            yield _chunk(rows, feature_version, width)
+            yield _chunk(rows, feature_version)
 
 
-def _chunk(rows: Any, feature_version: str, width: int) -> ReplayChunk:
+def _chunk(rows: Any, feature_version: str) -> ReplayChunk:
     features, workload, first, decided, propensity, cost, useful, escalated, good = zip(
         *rows, strict=True
     )
     return ReplayChunk(
-        features=parse_features(features, feature_version, width),
+        feature_texts=features,
+        feature_version=feature_version,
         workload=list(workload),
         first_tier=list(first),
         decided_tier=list(decided),
@@ -193,13 +200,12 @@ def parse_features(
     texts: tuple[str, ...] | list[str], feature_version: str, width: int
 ) -> npt.NDArray[np.float32]:
     """The ledger's JSON arrays of numbers as one float32 matrix (``len(texts)`` x ``width``):
-    read as float64, as written (nine significant digits), so each comes back exactly."""
-    inner = ",".join(text.strip()[1:-1] for text in texts)
+    read as float64, as written (nine significant digits), so each comes back exactly. One
+    ``json.loads`` of the chunk's numbers run together: the fastest parse measured here."""
     try:
-        with warnings.catch_warnings():  # older numpy warns where newer raises
-            warnings.simplefilter("error", DeprecationWarning)
-            values = np.fromstring(inner, dtype=np.float64, sep=",") if inner else np.zeros(0)
-    except (ValueError, DeprecationWarning):
+        flat = json.loads("[" + ",".join(text.strip()[1:-1] for text in texts) + "]")
+        values = np.fromiter(flat, dtype=np.float64, count=len(flat))
+    except (ValueError, TypeError):  # not JSON, or not numbers
         values = np.zeros(0)
     if values.size != len(texts) * width:
         widths = sorted({text.count(",") + 1 for text in texts})
