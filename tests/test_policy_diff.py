@@ -16,7 +16,7 @@ from cascade.ledger.migrate import upgrade_database
 from cascade.ledger.replay import replay_policy
 from cascade.policy import parse_policy
 from tests.conftest import TWO_TIERS
-from tests.test_replay import ALL_SMALL, LOGGED, _patterned, _store
+from tests.test_replay import ALL_SMALL, LOGGED, _store, patterned_entries
 
 MEDIUM = """\
   - name: medium
@@ -91,7 +91,7 @@ def test_with_a_ledger_the_change_is_replayed(
     logged under OLD's name: the same figures replay_policy gives, in text and in JSON."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     upgrade_database(url)
-    asyncio.run(_store(url, _patterned()))
+    asyncio.run(_store(url, patterned_entries()))
     old, new = write_policy(LOGGED, "old.yaml"), write_policy(ALL_SMALL, "new.yaml")
     args = ["policy", "diff", str(old), str(new), "--url", url, "--tenant", "acme"]
     assert main([*args, "--json"]) == 0
