@@ -126,6 +126,35 @@ class Planner:
             prompt, confidence, workload, max_tokens, capacity, only_tiers=only_tiers
         )
 
+    def prepare(self, messages: Messages, tools: Tools = None) -> PreparedPrompt:
+        """The prompt as this policy prepares it (stable prefix first, volatile lines placed),
+        before it is scored and decided."""
+        return self._prepare(messages, tools)
+
+    def thresholds(
+        self,
+        prompt: PreparedPrompt,
+        confidence: float,
+        *,
+        workload: str | None = None,
+        max_tokens: int | None = None,
+        capacity: CapacityView | None = None,
+        only_tiers: Collection[str] | None = None,
+    ) -> Decision:
+        """The tier this policy's thresholds choose for a prepared, scored prompt, for a policy
+        that decides without acting (a shadow): never explored, no scorer numbers kept, the
+        workload's history cap applied but not reported."""
+        prompt, _ = self._trim(prompt, workload)
+        return decide(
+            self.policy,
+            confidence,
+            prompt,
+            capacity=self.capacity if capacity is None else capacity,
+            workload=workload,
+            max_tokens=max_tokens,
+            only_tiers=only_tiers,
+        )
+
     def _prepare(self, messages: Messages, tools: Tools) -> PreparedPrompt:
         placement = self.policy.prompt.volatile
         return prepare_prompt(as_messages(messages), tools, volatile=placement)

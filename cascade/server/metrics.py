@@ -33,6 +33,8 @@ class Metrics(Collector):
         """Tier calls by (tier, role, outcome)."""
         self.cost: defaultdict[tuple[str, str], float] = defaultdict(float)
         """US dollars spent by (policy, tier)."""
+        self.shadows: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        """Shadow decisions by (policy, shadow version, result: agreed, differed, failed)."""
         self._decision_buckets = [0] * (len(DECISION_BUCKETS) + 1)  # the last one: above all
         self._decision_sum = 0.0
         self.registry = CollectorRegistry()
@@ -44,6 +46,11 @@ class Metrics(Collector):
         for attempt in attempts:
             self.attempts[attempt.tier, attempt.role, attempt.outcome] += 1
             self.cost[policy, attempt.tier] += float(attempt.cost_usd)
+
+    def shadow(self, policy: str, version: str, result: str) -> None:
+        """Count one shadow policy's decision: ``agreed`` with the live tier, ``differed`` or
+        ``failed`` (logged; the request went on without it)."""
+        self.shadows[policy, version, result] += 1
 
     def observe_decision(self, seconds: float) -> None:
         """Add one decision time to the histogram."""
@@ -80,7 +87,14 @@ class Metrics(Collector):
             buckets=buckets,
             sum_value=self._decision_sum,
         )
-        yield from (requests, cost, attempts, decision)
+        shadows = CounterMetricFamily(
+            "cascade_shadow_decisions",
+            "Shadow policies' decisions by whether they agreed with the live tier, or failed",
+            labels=["policy", "shadow_version", "result"],
+        )
+        for labels, count in sorted(self.shadows.items()):
+            shadows.add_metric(labels, count)
+        yield from (requests, cost, attempts, decision, shadows)
 
 
 def ledger_series(stats: WriterStats) -> str:

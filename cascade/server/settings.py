@@ -14,6 +14,9 @@ class ServerSettings:
 
     policies: tuple[str | Path, ...] = ("default",)
     """Policy files or shipped policy names; the first is used for the model name ``cascade``."""
+    shadows: tuple[str | Path, ...] = ()
+    """Shadow policy files (``--shadow``): each decides beside the live policy of its name,
+    recorded in the ledger and never acted on (:mod:`cascade.server.shadow`)."""
     max_body_bytes: int = 4 * 1024 * 1024
     """Larger request bodies are refused with 413."""
     api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
