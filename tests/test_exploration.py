@@ -111,6 +111,15 @@ def test_a_full_cheap_tier_is_not_explored() -> None:
     assert {(d.tier, d.propensity) for d in decisions} == {("big", 1.0)}
 
 
+def test_a_spilled_request_records_the_tier_its_thresholds_chose() -> None:
+    """The ledger's decided tier is the thresholds' choice, before the spill moved it."""
+    full = StaticCapacity({"small": 2})
+    planner = Planner(parse_policy(_policy(0.2)), FixedScorer(0.95), capacity=full)
+    decision = planner.plan("What is 7 times 8?")
+    assert (decision.tier, decision.spilled_from) == ("big", "small")
+    assert (decision.decided_tier, decision.propensity, decision.explored) == ("small", 1.0, False)
+
+
 def test_without_exploration_every_decision_is_certain() -> None:
     planner = Planner(parse_policy(TWO_TIERS), FixedScorer(0.1))
     decision = planner.plan("Prove it.")

@@ -43,7 +43,9 @@ def explore(
 ) -> Decision:
     """``decision`` with exploration applied: ``draw`` is uniform in [0, 1) (the module docstring
     has the rule); ``prompt`` and ``max_tokens`` are those ``decision`` was made with."""
-    kept = replace(decision, decided_tier=decision.tier, propensity=1.0)
+    # the thresholds' tier, before any spill (a spilled request took the tier it spilled to)
+    decided = decision.spilled_from or decision.tier
+    kept = replace(decision, decided_tier=decided, propensity=1.0)
     down, up = policy.learning.explore, policy.learning.explore_up
     if (down <= 0.0 and up <= 0.0) or decision.spilled_from is not None or decision.queued:
         return kept
