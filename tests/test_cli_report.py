@@ -133,4 +133,4 @@ def test_export_writes_labels_and_warns_without_prompts(
     prompts_by_id = {row["id"]: row["prompt"] for row in rows}
     assert prompts_by_id == {"r1": "What is 7 times 8?", "r2": None, "r4": None, "r5": None}
     assert "wrote 4 labeled rows of 6 requests" in captured.out
-    assert "3 of 4 rows have no prompt" in captured.err
+    assert "3 of 4 rows have neither a prompt" in captured.err

@@ -12,11 +12,13 @@ ledger's full-batch) cost per million tokens and per useful token. Batch API job
 status and deadline (met or missed), their cost against running them at once on the last tier,
 and each fleet's utilization with and without them.
 
-``cascade export`` writes the ledger's traffic as labeled-traffic JSONL
-(``cascade.training.traffic``).
+``cascade export [--labels]`` writes the ledger's traffic as labeled-traffic JSONL
+(``cascade.training.traffic``), each row with the numbers the scorer saw (``features``, with
+their ``feature_version``), the routing choice's ``propensity`` and whether it was ``explored``:
+``cascade train --base MODEL`` adapts a model of the same feature version on them.
 The ledger never stores prompts, so rows get their prompt only from ``--prompts FILE.jsonl``
-(``{"request_id": ..., "prompt": ...}`` per line, logged by the application); rows without one are
-written with ``"prompt": null`` and cannot be trained on until joined with their prompts.
+(``{"request_id": ..., "prompt": ...}`` per line, logged by the application); rows with neither
+a prompt nor features (a text model routed them) cannot be trained on until joined with prompts.
 """
 
 from __future__ import annotations
@@ -69,11 +71,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     export = commands.add_parser(
         "export",
         help="write the ledger's traffic as labeled-traffic JSONL for `cascade train`",
-        description="Label the ledger's requests (escalated: weak 0 strong 1; useless below the "
-        "last tier: weak 0 strong 1; answered by the first tier: 1 1) and write them as JSONL. "
-        "The ledger stores no prompts: join them with --prompts, else rows carry prompt null.",
+        description="Label the ledger's requests (escalated by a check or the verify step: "
+        "weak 0 strong 1; useless below the last tier: weak 0 strong 1; answered by the first "
+        "tier: 1 1) and write them as JSONL, each with the scorer's features and feature "
+        "version, the choice's propensity and whether it was explored, and the label's source. "
+        "The ledger stores no prompts: `cascade train --base` trains on the features; join "
+        "prompts with --prompts for anything else.",
     )
     export.add_argument("--url", help=_URL_HELP)
+    export.add_argument(
+        "--labels",
+        action="store_true",
+        help="write labels (what export writes; accepted so the command says what it makes)",
+    )
     export.add_argument("--since", default="all", help=_SINCE_HELP)
     export.add_argument(
         "--policy",
@@ -98,11 +108,15 @@ def _report(ns: argparse.Namespace) -> int:
 
     from cascade.ledger.batch_facts import read_batches
     from cascade.ledger.budget_report import budgets_json, build_budgets, format_budgets
+    from cascade.ledger.canary_report import build_canary_report
     from cascade.ledger.deferred_report import build_deferred_report
     from cascade.ledger.fleet_report import build_fleet_report
+    from cascade.ledger.learning_facts import read_arms
     from cascade.ledger.queries import read_budgets, read_requests
     from cascade.ledger.report_text import format_report
     from cascade.ledger.reports import build_report, parse_since, report_json
+    from cascade.ledger.shadow_facts import read_shadows
+    from cascade.ledger.shadow_report import build_shadow_report
     from cascade.policy import load_policy
 
     now = datetime.now(UTC)
@@ -131,6 +145,10 @@ def _report(ns: argparse.Namespace) -> int:
         rates=by_tier,
         fleet=fleet,
         deferred=deferred,
+        shadow=build_shadow_report(
+            facts, read_shadows(ns.url, since), tier_order=[t.name for t in tiers]
+        ),
+        canary=build_canary_report(facts, read_arms(ns.url, since)),
     )
     budgets = build_budgets(read_budgets(ns.url, now), facts, frontier_rates=rates, now=now)
     if ns.html is not None:
@@ -151,6 +169,7 @@ def _report(ns: argparse.Namespace) -> int:
 def _export(ns: argparse.Namespace) -> int:
     from cascade.errors import LabeledDataError
     from cascade.ledger.labeled_traffic import label_requests, prompts_by_id
+    from cascade.ledger.learning_facts import read_learning
     from cascade.ledger.queries import read_requests
     from cascade.ledger.reports import parse_since
 
@@ -164,17 +183,21 @@ def _export(ns: argparse.Namespace) -> int:
         except (OSError, UnicodeError, json.JSONDecodeError, AttributeError) as exc:
             raise LabeledDataError(f"{ns.prompts}: cannot read prompts: {exc}") from exc
     facts = read_requests(ns.url, since)
-    rows = label_requests(facts, last_tier=frontier, frontier_rates=rates, prompts=prompts)
+    learning = read_learning(ns.url, since)
+    rows = label_requests(
+        facts, last_tier=frontier, frontier_rates=rates, prompts=prompts, learning=learning
+    )
     with ns.out.open("w", encoding="utf-8") as out:
         for row in rows:
             out.write(json.dumps(row) + "\n")
     print(f"wrote {len(rows)} labeled rows of {len(facts)} requests to {ns.out}")
-    missing = sum(1 for row in rows if row["prompt"] is None)
+    missing = sum(1 for row in rows if row["prompt"] is None and row["features"] is None)
     if missing:
         print(
-            f"cascade: warning: {missing} of {len(rows)} rows have no prompt (the ledger never "
-            "stores prompts); `cascade train` cannot use them until they are joined with "
-            "prompts: pass --prompts FILE.jsonl with {request_id, prompt} per line",
+            f"cascade: warning: {missing} of {len(rows)} rows have neither a prompt (the ledger "
+            "never stores prompts) nor the scorer's features (a text model, or a policy with "
+            "learning.record_features off); `cascade train` cannot use them until they are "
+            "joined with prompts: pass --prompts FILE.jsonl with {request_id, prompt} per line",
             file=sys.stderr,
         )
     return 0

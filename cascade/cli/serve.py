@@ -39,6 +39,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="append",
         help="policy file or shipped name (repeatable; default: default)",
     )
+    serve.add_argument(
+        "--shadow",
+        action="append",
+        metavar="FILE",
+        help="a candidate policy that decides every request the live policy of its name routes, "
+        "recorded in the ledger beside the live decision and never acted on; compare the two "
+        "with cascade report (repeatable: at most one per live policy)",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument(
@@ -154,8 +162,10 @@ def _serve(ns: argparse.Namespace) -> int:
     drain = DrainTimes(delay_s=ns.drain_delay, timeout_s=ns.drain_timeout)  # checked first
     _check_batch_options(ns)
     policies = tuple(ns.policy or ["default"])
-    if not check_policies(policies):  # located errors, not a lifespan traceback
+    shadows = tuple(ns.shadow or [])
+    if not check_policies(policies + shadows):  # located errors, not a lifespan traceback
         return 1
+    _check_shadows(policies, shadows)
     keys: frozenset[str] = frozenset()
     if ns.api_key_env:
         # Taken out of the environment: worker processes (and anything that dumps its
@@ -172,6 +182,7 @@ def _serve(ns: argparse.Namespace) -> int:
         ledger_url = database_url(ns.database_url).render_as_string(hide_password=False)
     settings = ServerSettings(
         policies=policies,
+        shadows=shadows,
         max_body_bytes=ns.max_body_bytes,
         api_keys=keys,
         virtual_keys=not ns.no_keys,
@@ -231,6 +242,19 @@ def _serve_workers(settings: ServerSettings, ns: argparse.Namespace, drain: Drai
         workers=ns.workers,
         drain=drain,
     )
+
+
+def _check_shadows(policies: tuple[str, ...], shadows: tuple[str, ...]) -> None:
+    """Refuse a shadow whose name no served policy has, or a second shadow of one policy."""
+    from pathlib import Path
+
+    from cascade.policy import load_policy
+    from cascade.resources import policy_path
+    from cascade.server.shadow import check_shadow_names
+
+    live = {load_policy(policy_path(name)).name for name in policies}
+    loaded = [(Path(name), load_policy(policy_path(name))) for name in shadows]
+    check_shadow_names(loaded, live)
 
 
 def _check_batch_options(ns: argparse.Namespace) -> None:

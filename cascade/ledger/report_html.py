@@ -21,9 +21,11 @@ from typing import Any
 
 from cascade.ledger.budget_report import BudgetReport, BudgetRow
 from cascade.ledger.cache_report import cache_html
+from cascade.ledger.canary_report import canary_html
 from cascade.ledger.deferred_report import deferred_html
 from cascade.ledger.fleet_views import fleet_html
 from cascade.ledger.reports import GroupStats, Report
+from cascade.ledger.shadow_report import shadow_html
 
 _STYLE = """
 * { box-sizing: border-box; }
@@ -124,6 +126,10 @@ def render_html(report: Report, budgets: BudgetReport | None = None) -> str:
         sections.append(fleet_html(report.fleet))
     if report.deferred is not None:
         sections.append(deferred_html(report.deferred))
+    if report.shadow is not None:
+        sections.append(shadow_html(report.shadow))
+    if report.canary:
+        sections.append(canary_html(report.canary))
     if report.has_tenants:
         sections.append("<h2>By tenant</h2>" + _table(report.tenants, report))
     if budgets is not None and budgets.keys:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 from cascade.ledger.cache_report import format_cache
+from cascade.ledger.canary_report import format_canary
 from cascade.ledger.deferred_report import format_deferred
 from cascade.ledger.fleet_views import format_fleet
 from cascade.ledger.reports import GroupStats, Report
+from cascade.ledger.shadow_report import format_shadow
 
 
 def format_report(report: Report) -> str:
@@ -32,6 +34,11 @@ def format_report(report: Report) -> str:
     deferred = format_deferred(report.deferred) if report.deferred is not None else []
     if deferred:
         lines += ["", *deferred]
+    shadow = format_shadow(report.shadow) if report.shadow is not None else []
+    if shadow:
+        lines += ["", *shadow]
+    if report.canary:
+        lines += ["", *format_canary(report.canary)]
     return "\n".join(lines)
 
 

@@ -22,7 +22,12 @@ Pure Python over the :class:`~cascade.ledger.queries.RequestFacts` that
 - self-hosted fleets: each one's bill over the window against what it served, utilization and
   effective against nominal cost (:mod:`cascade.ledger.fleet_report`);
 - deferred work: the Batch API's jobs and their deadlines, their cost against running them at
-  once, the fleets with and without them (:mod:`cascade.ledger.deferred_report`).
+  once, the fleets with and without them (:mod:`cascade.ledger.deferred_report`);
+- shadow policies: agreement with the live tier, the two tier mixes and the live-to-shadow
+  matrix, the shadow's outcome where it agreed and its off-policy estimate
+  (:mod:`cascade.ledger.shadow_report`);
+- canaries: each policy's canary arm against its control arm, with confidence intervals
+  (:mod:`cascade.ledger.canary_report`).
 
 The report is printed by :mod:`cascade.ledger.report_text` and drawn by
 :mod:`cascade.ledger.report_html`.
@@ -41,9 +46,11 @@ from typing import Any, Literal
 from cascade.core.pricing import Rates
 from cascade.errors import LedgerError
 from cascade.ledger.cache_report import CacheReport, build_cache_report, cache_json
+from cascade.ledger.canary_report import CanaryComparison, canary_json
 from cascade.ledger.deferred_report import DeferredReport, deferred_json
 from cascade.ledger.fleet_report import FleetReport, fleet_json
 from cascade.ledger.queries import RequestFacts
+from cascade.ledger.shadow_report import ShadowReport, shadow_json
 
 GroupBy = Literal["tier", "tenant", "key", "policy", "day"]
 GROUP_BYS: tuple[GroupBy, ...] = ("tier", "tenant", "key", "policy", "day")
@@ -124,6 +131,10 @@ class Report:
     deferred: DeferredReport | None = None
     """The Batch API's jobs, their cost and the fleet with and without them (None: not
     computed)."""
+    shadow: ShadowReport | None = None
+    """Live against shadow policies' decisions (None: not computed)."""
+    canary: tuple[CanaryComparison, ...] = ()
+    """Each policy's canary arm against its control arm (empty: no canary in the window)."""
 
     @property
     def has_tenants(self) -> bool:
@@ -153,6 +164,8 @@ def build_report(
     rates: Mapping[str, Rates | None] | None = None,
     fleet: FleetReport | None = None,
     deferred: DeferredReport | None = None,
+    shadow: ShadowReport | None = None,
+    canary: tuple[CanaryComparison, ...] = (),
 ) -> Report:
     """Group the requests by ``by`` and compute every group's numbers and the total; with
     ``rates`` (by tier name), the caching section too; ``fleet`` and ``deferred`` are carried
@@ -180,6 +193,8 @@ def build_report(
         caching=build_cache_report(facts, rates or {}),
         fleet=fleet,
         deferred=deferred,
+        shadow=shadow,
+        canary=canary,
     )
 
 
@@ -301,6 +316,8 @@ def report_json(report: Report) -> dict[str, Any]:
         "caching": cache_json(report.caching) if report.caching is not None else None,
         "fleet": fleet_json(report.fleet) if report.fleet is not None else None,
         "deferred": deferred_json(report.deferred) if report.deferred is not None else None,
+        "shadow": shadow_json(report.shadow) if report.shadow is not None else None,
+        "canary": canary_json(report.canary),
     }
 
 

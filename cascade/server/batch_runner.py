@@ -46,13 +46,14 @@ from cascade.errors import InvalidRequestError, RoutingError
 from cascade.ledger import LedgerEntry, create_engine
 from cascade.ledger.batch_results import now
 from cascade.ledger.batches import BatchStore, Claimed
-from cascade.policy.model import Tier
+from cascade.policy.model import Policy, Tier
 from cascade.run.attempts import Attempt, UpstreamError
 from cascade.server.batch_schedule import BATCH_WORKLOAD, batch_tiers, rooms, waiting
 from cascade.server.metrics import Metrics
 from cascade.server.openai_format import BadRequestError, error_body
 from cascade.server.proxy import Proxy
 from cascade.server.recording import attempt_records, request_record
+from cascade.server.shadow import ShadowDecision
 
 log = structlog.get_logger("cascade.batches")
 
@@ -214,11 +215,12 @@ class BatchRunner:
         started = time.perf_counter()
         attempts: list[Attempt] = []
         decision: Decision | None = None
+        shadow: ShadowDecision | None = None
         final_tier: str | None = None
         try:
             chat = parse_chat_request(orjson.dumps(claimed.body))
             router, pinned = self.proxy.resolve(chat.model)
-            workload = BATCH_WORKLOAD if BATCH_WORKLOAD in router.policy.workloads else None
+            workload = batch_workload(router.policy)
             left = claimed.expires_at - now()
             only = claimed.only_tiers
             if left > self.margin:
@@ -232,6 +234,16 @@ class BatchRunner:
                     return
                 self._yielding.add(claimed.id)
             decision = await router.plan(chat, workload=workload, tier=pinned, only_tiers=only)
+            if self.proxy.shadows and pinned is None:  # decided beside it, never acted on
+                shadow = await self.proxy.shadows.decide(
+                    router.policy,
+                    chat,
+                    decision,
+                    workload=batch_workload,
+                    only_tiers=only,
+                    counter=self.metrics,
+                    request_id=claimed.id,
+                )
             if left <= self.margin:
                 note = (
                     f"; deferred: deadline in {left.total_seconds():.0f} s (within "
@@ -271,6 +283,7 @@ class BatchRunner:
                 tenant=claimed.tenant,
                 stream=False,
                 key_id=claimed.key_id,
+                shadow=shadow,
             )
             entry = LedgerEntry(record, attempt_records(attempts))
         stored = await self.store.complete(
@@ -279,6 +292,12 @@ class BatchRunner:
         if stored and decision is not None:
             last = final_tier or (attempts[-1].tier if attempts else decision.tier)
             self.metrics.record(decision.policy, last, "ok" if status == 200 else "error", attempts)
+
+
+def batch_workload(policy: Policy) -> str | None:
+    """The workload a batch request is planned as under ``policy``: its ``batch`` workload when
+    it has one, else its default."""
+    return BATCH_WORKLOAD if BATCH_WORKLOAD in policy.workloads else None
 
 
 @asynccontextmanager

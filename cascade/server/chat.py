@@ -59,6 +59,7 @@ from cascade.server.quota import Allowance, plan_within_budget, spent
 from cascade.server.ratelimit import admit
 from cascade.server.recording import attempt_records, request_record
 from cascade.server.replies import JSONReply, StreamReply, error_reply
+from cascade.server.shadow import ShadowDecision
 
 log = structlog.get_logger("cascade.proxy")
 
@@ -115,6 +116,10 @@ class _Exchange:
     """What the request may spend (its budget's reservation, settled in :meth:`finish`)."""
     rate_headers: dict[str, str] = field(default_factory=dict)
     """The key's ``x-ratelimit-*`` headers, for every answer."""
+    arm: str | None = None
+    """The policy's canary arm the request took (None: its policy runs no canary)."""
+    shadow: ShadowDecision | None = None
+    """What the live policy's shadow decided for the request (recorded, never acted on)."""
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -149,6 +154,8 @@ class _Exchange:
                     tenant=self.caller.tenant,
                     stream=chat.stream,
                     key_id=self.caller.key_id,
+                    arm=self.arm,
+                    shadow=self.shadow,
                 ),
                 attempt_records(attempts),
             )
@@ -168,6 +175,8 @@ class _Exchange:
             **decision.trimmed_fields(),
             **log_fields,
         }
+        if self.arm is not None:
+            fields["arm"] = self.arm
         if self.caller.key_id is not None:  # the key's public id, never the key
             fields |= {"tenant": self.caller.tenant, "key_id": self.caller.key_id}
         if self.proxy.routers[decision.policy].policy.prompt.log_prompts:
@@ -194,6 +203,7 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> Reply:
         limit = proxy.settings.max_body_bytes
         chat = parse_chat_request(await read_body(receive, headers.get("content-length"), limit))
         router, pinned = proxy.resolve(chat.model)
+        router, exchange.arm = proxy.arm(router, pinned, request_id, caller.tenant)
         workload = headers.get("x-cascade-workload")
         _permit(caller, router, pinned, chat.model, workload)
         exchange.rate_headers = await admit(proxy.rate_limits, caller, chat, router, workload)
@@ -204,6 +214,16 @@ async def _handle(scope: Scope, receive: Receive, request_id: str) -> Reply:
         metrics.observe_decision(time.perf_counter() - exchange.started)
         attempts: list[Attempt] = []
         try:
+            if proxy.shadows and pinned is None:  # decided beside the live policy, not acted on
+                exchange.shadow = await proxy.shadows.decide(
+                    router.policy,
+                    chat,
+                    decision,
+                    workload=workload,
+                    only_tiers=exchange.allowance.only_tiers,
+                    counter=metrics,
+                    request_id=request_id,
+                )
             with CancelOnDisconnect(receive):  # nobody waits for the answer: stop the tier call
                 if chat.stream and router.policy.escalation.streaming == "passthrough":
                     run = await router.stream(chat, decision, attempts=attempts)

@@ -20,14 +20,16 @@ from cascade.ledger import AttemptRecord, LedgerService, RequestRecord, open_led
 from cascade.ledger.store import ANY_TENANT, Owner
 from cascade.model.batching import LoopBatcher, MicroBatcher
 from cascade.model.scorer import OnnxScorer, Scorer
-from cascade.policy.loading import load_policy
+from cascade.policy.loading import candidate_path, load_policy
 from cascade.policy.model import Policy, Tier
 from cascade.resources import policy_path
 from cascade.run.router import Router
 from cascade.server.budget import BudgetBook, open_budgets
+from cascade.server.canary import Arm, CanaryArm
 from cascade.server.openai_format import BadRequestError
 from cascade.server.ratelimit import RateLimiter, open_rate_limits
 from cascade.server.settings import ServerSettings
+from cascade.server.shadow import Shadows
 from cascade.tiers.base import TierClient
 from cascade.tiers.engine_scraper import EngineScraper
 from cascade.tiers.engines import EngineLoads
@@ -41,6 +43,8 @@ log = structlog.get_logger("cascade.proxy")
 
 FileStamp = tuple[int, int]
 """A policy file's inode and modification time (ns): either changes when the file is replaced."""
+Stamps = tuple[FileStamp, FileStamp | None]
+"""A policy file's stamp, and its canary candidate's (None: no canary, or no such file)."""
 
 
 def _stamp(path: Path) -> FileStamp:
@@ -49,17 +53,31 @@ def _stamp(path: Path) -> FileStamp:
     return (status.st_ino, status.st_mtime_ns)
 
 
+def _stamps(path: Path, policy: Policy) -> Stamps:
+    """The stamps of a policy's file and of the candidate its canary names (OSError: the policy
+    file cannot be read; a candidate that cannot be read stamps None, and so does none)."""
+    canary = policy.learning.canary
+    if canary is None:
+        return (_stamp(path), None)
+    try:
+        return (_stamp(path), _stamp(candidate_path(path, canary.policy)))
+    except FileNotFoundError:
+        return (_stamp(path), None)
+
+
 class Proxy:
     """Routers by policy name, plus everything they share; built in the app's lifespan."""
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.routers: dict[str, Router] = {}
+        self.canaries: dict[str, CanaryArm] = {}
+        """Each policy's canary, where its ``learning.canary`` names one."""
         self.default = ""
         self.engines = EngineLoads()
         """What the self-hosted tiers' engines say of their load (read in the background)."""
         self.capacity = InFlightCounter(self.engines)
-        self._files: dict[str, tuple[Path, FileStamp]] = {}
+        self._files: dict[str, tuple[Path, Stamps]] = {}
         self._scorers: dict[tuple[str, str], Scorer] = {}
         self._batchers: dict[tuple[str, str], LoopBatcher | MicroBatcher] = {}
         self._clients: dict[str, TierClient] = {}
@@ -72,6 +90,8 @@ class Proxy:
         """This worker's share of the keys' rate limits (with a ledger and virtual keys)."""
         self._reloader: asyncio.Task[None] | None = None
         self._scraper: EngineScraper | None = None
+        self.shadows = Shadows(self._scorer, self._batcher, self.capacity)
+        """Candidate policies deciding beside the live ones, never acted on (``--shadow``)."""
 
     async def start(self) -> None:
         """Load every policy and open the shared connection pool (fails fast on a bad policy)."""
@@ -85,9 +105,11 @@ class Proxy:
             policy = load_policy(path)
             if policy.name in self.routers:
                 raise CascadeError(f"{path}: a policy named {policy.name!r} is already loaded")
-            self._files[policy.name] = (path, _stamp(path))
+            self._files[policy.name] = (path, _stamps(path, policy))
             self.routers[policy.name] = await self._router(policy)
+            await self._set_canary(policy)
             self.default = self.default or policy.name
+        await self.shadows.load(self.settings.shadows, self.routers)
         scraper = EngineScraper(self.engines)
         self._stack.push_async_callback(scraper.aclose)
         scraper.retarget(self._tiers())
@@ -175,20 +197,36 @@ class Proxy:
             names += [t.model for t in router.policy.tiers if t.model not in names]
         return names
 
+    def arm(
+        self, router: Router, pinned: str | None, request_id: str, tenant: str | None
+    ) -> tuple[Router, Arm | None]:
+        """The router a request runs under and its canary arm: the live policy's router and
+        None where the policy has no canary or the request pins a tier; else the arm's router."""
+        canary = self.canaries.get(router.policy.name)
+        if canary is None or pinned is not None:
+            return router, None
+        arm = canary.arm(request_id, tenant)
+        return (canary.router if arm == "canary" else router), arm
+
     async def reload(self) -> None:
-        """Re-read changed policy files; an invalid file is refused and the old policy stays."""
+        """Re-read changed policy files (and canary candidates); an invalid file is refused and
+        the old policy, and its canary, stay."""
         for name, (path, seen) in list(self._files.items()):
             try:
-                stamp = _stamp(path)
+                stamps = _stamps(path, self.routers[name].policy)
             except OSError as exc:
                 log.warning("policy.reload_failed", policy=name, file=str(path), error=str(exc))
                 continue
-            if stamp == seen:
+            if stamps == seen:
                 continue
-            self._files[name] = (path, stamp)
+            self._files[name] = (path, stamps)
             try:
                 policy = load_policy(path)
                 planner = Planner(policy, self._scorer(policy), self.capacity)
+                canary = policy.learning.canary
+                trial = None  # the candidate's planner: its models load, or the file is refused
+                if canary is not None:
+                    trial = Planner(canary.candidate, self._scorer(canary.candidate), self.capacity)
             except CascadeError as exc:
                 log.error("policy.reload_refused", policy=name, file=str(path), error=str(exc))
                 continue
@@ -202,14 +240,43 @@ class Proxy:
                 continue
             self.routers[name].planner = planner
             self.routers[name].batcher = await self._batcher(policy)
+            await self._set_canary(policy, trial)
+            self._files[name] = (path, _stamps(path, policy))  # the candidate may be another file
             log.info("policy.reloaded", policy=name, version=policy.fingerprint)
             if self._scraper is not None:  # read the engines the policies now name
                 self._scraper.retarget(self._tiers())
+
+    async def _set_canary(self, policy: Policy, planner: Planner | None = None) -> None:
+        """Run ``policy``'s canary (a router for its candidate, planned by ``planner`` when
+        given), or none when it has none."""
+        canary = policy.learning.canary
+        if canary is None:
+            if self.canaries.pop(policy.name, None) is not None:
+                log.info("policy.canary_ended", policy=policy.name)
+            return
+        candidate = canary.candidate
+        running = self.canaries.get(policy.name)
+        if running is None:
+            router = await self._router(candidate)
+        else:  # keep its tier health; route with the candidate as loaded now
+            router = running.router
+            router.planner = planner or Planner(candidate, self._scorer(candidate), self.capacity)
+            router.batcher = await self._batcher(candidate)
+        self.canaries[policy.name] = CanaryArm(router, canary.share, canary.by)
+        log.info(
+            "policy.canary",
+            policy=policy.name,
+            candidate=canary.policy,
+            version=candidate.fingerprint,
+            share=canary.share,
+            by=canary.by,
+        )
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reload_interval_s)
             await self.reload()
+            await self.shadows.reload(self.routers)
 
     async def _router(self, policy: Policy) -> Router:
         if any(t.kind == "api" for t in policy.tiers) and "api" not in self._clients:
@@ -268,7 +335,8 @@ class Proxy:
         return self._batchers[key]
 
     def _tiers(self) -> list[Tier]:
-        return [tier for router in self.routers.values() for tier in router.policy.tiers]
+        routers = [*self.routers.values(), *(c.router for c in self.canaries.values())]
+        return [tier for router in routers for tier in router.policy.tiers]
 
     def in_flight(self) -> Mapping[str, int]:
         """Calls in flight per tier."""

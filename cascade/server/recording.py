@@ -12,6 +12,7 @@ from decimal import Decimal
 from cascade.core.decision import Decision
 from cascade.ledger import AttemptRecord, RequestRecord
 from cascade.run.attempts import Attempt
+from cascade.server.shadow import ShadowDecision
 
 
 def attempt_records(attempts: Sequence[Attempt]) -> tuple[AttemptRecord, ...]:
@@ -49,8 +50,12 @@ def request_record(
     tenant: str | None,
     stream: bool,
     key_id: str | None = None,
+    arm: str | None = None,
+    shadow: ShadowDecision | None = None,
 ) -> RequestRecord:
-    """The request's row: totals over every attempt; useful tokens from the delivered answer."""
+    """The request's row: totals over every attempt; useful tokens from the delivered answer;
+    ``arm``: the canary arm the request took, when its policy runs a canary;
+    ``shadow``: what a shadow policy decided for it, beside the live decision."""
     delivered = attempts[-1] if attempts and attempts[-1].outcome == "ok" else None
     if http_status == 200 and delivered is None and attempts:
         delivered = attempts[-1]  # out of attempts: the last rejected answer was delivered
@@ -95,6 +100,11 @@ def request_record(
         decided_tier=decision.decided_tier,
         propensity=decision.propensity,
         explored=decision.explored,
+        arm=arm,
+        shadow_policy=None if shadow is None else shadow.policy,
+        shadow_policy_version=None if shadow is None else shadow.policy_version,
+        shadow_tier=None if shadow is None else shadow.tier,
+        shadow_confidence=None if shadow is None else shadow.confidence,
     )
 
 
