@@ -175,3 +175,22 @@ def test_exploring_more_than_half_the_traffic_in_all_is_refused() -> None:
 def test_explore_above_half_is_refused() -> None:
     with pytest.raises(PolicyError, match=r"learning\.explore: .*less than or equal to 0\.5"):
         parse_policy(_policy(0.8))
+
+
+def test_a_seeded_planner_draws_by_prompt_whatever_the_order() -> None:
+    """With ``explore_seed`` the draw is a function of the seed and the prompt: the same
+    prompts explore the same way in any order, and about the configured share of them do."""
+    policy = parse_policy(_policy(0.3))
+    prompts = [f"Question number {n}: prove it." for n in range(400)]
+
+    def explored(order: list[str]) -> set[str]:
+        planner = Planner(policy, FixedScorer(0.1), explore_seed=5)
+        return {p for p in order if planner.plan(p).explored}
+
+    forward = explored(prompts)
+    assert forward == explored(prompts[::-1])
+    assert 0.25 < len(forward) / len(prompts) < 0.35
+    other = {
+        p for p in prompts if Planner(policy, FixedScorer(0.1), explore_seed=6).plan(p).explored
+    }
+    assert other != forward

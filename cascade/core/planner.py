@@ -6,6 +6,7 @@ point that keeps one planner per policy and scorer model, built on first use.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import threading
@@ -59,9 +60,12 @@ class Planner:
         scorer: Scorer | None = None,
         capacity: CapacityView | None = None,
         verifier: Verifier | None = None,
+        *,
         rng: random.Random | None = None,
+        explore_seed: int | None = None,
     ) -> None:
         self._rng = rng if rng is not None else random.Random()
+        self._explore_seed = explore_seed
         if not isinstance(policy, Policy):
             policy = load_policy(_policy_file(policy))
         self.policy = policy
@@ -186,7 +190,7 @@ class Planner:
                 self.policy,
                 decision,
                 prompt,
-                self._rng.random(),
+                self._draw(prompt.scoring_text),
                 capacity=view,
                 max_tokens=max_tokens,
             )
@@ -198,6 +202,14 @@ class Planner:
             trimmed_messages=trimmed.trimmed_messages,
             trimmed_tokens=trimmed.trimmed_tokens,
         )
+
+    def _draw(self, text: str) -> float:
+        """Exploration's draw, uniform in [0, 1): random, or with ``explore_seed`` a function of
+        the seed and the prompt (an experiment that repeats exactly, in any arrival order)."""
+        if self._explore_seed is None:
+            return self._rng.random()
+        digest = hashlib.sha256(f"{self._explore_seed}\0{text}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
 
     def _with_features(self, decision: Decision, text: str) -> Decision:
         """The decision with the numbers the scorer saw, when the policy keeps them and the

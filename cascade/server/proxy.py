@@ -70,6 +70,7 @@ class Proxy:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        self._seed = settings.explore_seed
         self.routers: dict[str, Router] = {}
         self.canaries: dict[str, CanaryArm] = {}
         """Each policy's canary, where its ``learning.canary`` names one."""
@@ -222,11 +223,18 @@ class Proxy:
             self._files[name] = (path, stamps)
             try:
                 policy = load_policy(path)
-                planner = Planner(policy, self._scorer(policy), self.capacity)
+                planner = Planner(
+                    policy, self._scorer(policy), self.capacity, explore_seed=self._seed
+                )
                 canary = policy.learning.canary
                 trial = None  # the candidate's planner: its models load, or the file is refused
                 if canary is not None:
-                    trial = Planner(canary.candidate, self._scorer(canary.candidate), self.capacity)
+                    trial = Planner(
+                        canary.candidate,
+                        self._scorer(canary.candidate),
+                        self.capacity,
+                        explore_seed=self._seed,
+                    )
             except CascadeError as exc:
                 log.error("policy.reload_refused", policy=name, file=str(path), error=str(exc))
                 continue
@@ -260,7 +268,9 @@ class Proxy:
             router = await self._router(candidate)
         else:  # keep its tier health; route with the candidate as loaded now
             router = running.router
-            router.planner = planner or Planner(candidate, self._scorer(candidate), self.capacity)
+            router.planner = planner or Planner(
+                candidate, self._scorer(candidate), self.capacity, explore_seed=self._seed
+            )
             router.batcher = await self._batcher(candidate)
         self.canaries[policy.name] = CanaryArm(router, canary.share, canary.by)
         log.info(
@@ -286,7 +296,7 @@ class Proxy:
             self._clients["api"] = self._api
         for tier, variable in self._missing_keys(policy):
             log.warning("tier.key_missing", policy=policy.name, tier=tier, variable=variable)
-        planner = Planner(policy, self._scorer(policy), self.capacity)
+        planner = Planner(policy, self._scorer(policy), self.capacity, explore_seed=self._seed)
         return Router(
             planner,
             self._clients,

@@ -31,6 +31,9 @@ class ServerSettings:
     """The HMAC key of the virtual keys' hashes (``$CASCADE_KEY_PEPPER``); never in a repr."""
     reload_interval_s: float = 1.0
     """How often policy files are checked for changes (0 disables reloading)."""
+    explore_seed: int | None = None
+    """Exploration's draws (``learning.explore``) as a function of this seed and each prompt,
+    so an experiment repeats exactly whatever the order requests arrive in; None: random."""
     database_url: str | None = None
     """The ledger's database (``sqlite:///cascade.db``, ``postgresql://…``); None: no ledger."""
     spool_path: str = "cascade-ledger.spool"
