@@ -194,3 +194,15 @@ def test_a_seeded_planner_draws_by_prompt_whatever_the_order() -> None:
         p for p in prompts if Planner(policy, FixedScorer(0.1), explore_seed=6).plan(p).explored
     }
     assert other != forward
+
+
+def test_the_scorer_keeps_no_long_prompt_but_still_gives_its_numbers() -> None:
+    """A huge prompt is featurized again rather than kept in the scorer's cache (a client's
+    megabyte prompts must not stay in memory), and its numbers are the same either way."""
+    scorer = OnnxScorer("prompt-features-v2")
+    long_text = "Summarize the following log. " + "error at line 42; " * 20_000
+    scorer.score_batch([long_text, "What is 7 times 8?"])
+    assert long_text not in scorer._rows
+    assert "What is 7 times 8?" in scorer._rows
+    expected = tuple(float(v) for v in np.asarray(prompt_features(long_text), dtype=np.float32))
+    assert scorer.features(long_text) == expected

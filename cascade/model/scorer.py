@@ -29,8 +29,11 @@ __all__ = [
 ]
 
 
-_KEEP_ROWS = 1024
+_KEEP_ROWS = 512
 """Rows :class:`OnnxScorer` remembers after scoring, so the planner reads them without work."""
+_KEEP_CHARS = 8192
+"""Longer texts are not remembered (featurized again when asked): the cache holds the texts as
+keys, and a client's megabyte prompts must not stay in memory after their requests."""
 
 
 class Scorer(Protocol):
@@ -131,7 +134,11 @@ class OnnxScorer:
 
     def _keep(self, texts: Sequence[str], rows: np.ndarray) -> None:
         """Remember the last rows scored, for :meth:`features` (oldest dropped first)."""
-        kept = {text: tuple(row.tolist()) for text, row in zip(texts, rows, strict=True)}
+        kept = {
+            text: tuple(row.tolist())
+            for text, row in zip(texts, rows, strict=True)
+            if len(text) <= _KEEP_CHARS
+        }
         with self._rows_lock:
             self._rows.update(kept)
             while len(self._rows) > _KEEP_ROWS:
