@@ -34,7 +34,6 @@ simulated milliseconds, ``(latency - time to first token) / (tokens - 1)`` from 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
@@ -50,9 +49,9 @@ from typing import Any
 
 import httpx
 import yaml
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from benchmarks.processes import started
+from benchmarks.sequence_log import SequenceLog, SequenceTiming
 from benchmarks.support_workload import handbook
 from cascade.ledger.queries import read_requests
 from cascade.policy import load_policy
@@ -162,18 +161,6 @@ class Sent:
     """Wall seconds from sending to the whole answer."""
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class SequenceTiming:
-    """One sequence a simulated replica finished."""
-
-    at: float
-    """Wall seconds from the day's start when it finished."""
-    tpot_ms: float
-    """Time per output token after the first (simulated ms)."""
-    busy_s: float
-    """Simulated seconds it held a slot of the batch (joined to finished)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Replay:
     """What one replay of the day measured, and where its ledger and policy are."""
@@ -187,46 +174,6 @@ class Replay:
     late_s: float = 0.0
     """How far behind the schedule requests reached the proxy at most (the ledger's arrivals
     against the schedule, both in order): a host that falls behind reshapes the day."""
-
-
-class _SequenceLog:
-    """Wraps a simulated replica's app: notes each finished completion's time per token."""
-
-    def __init__(self, app: ASGIApp, started: list[float]) -> None:
-        self.app = app
-        self.started = started  # the day's start (perf_counter), set when sending begins
-        self.records: list[SequenceTiming] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
-            await self.app(scope, receive, send)
-            return
-        headers: dict[str, str] = {}
-        body = bytearray()
-
-        async def noting(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers.update((k.decode(), v.decode()) for k, v in message["headers"])
-            elif message["type"] == "http.response.body":
-                body.extend(message.get("body", b""))
-            await send(message)
-
-        await self.app(scope, receive, noting)
-        self._note(headers, bytes(body))
-
-    def _note(self, headers: dict[str, str], body: bytes) -> None:
-        if "x-simulated-latency-ms" not in headers:
-            return  # refused, or streamed (the replay does not stream)
-        tokens = json.loads(body)["usage"]["completion_tokens"]
-        if tokens < 2:
-            return
-        latency, ttft, queued = (
-            float(headers[f"x-simulated-{name}-ms"]) for name in ("latency", "ttft", "queue")
-        )
-        at = time.perf_counter() - self.started[0]
-        self.records.append(
-            SequenceTiming(at, (latency - ttft) / (tokens - 1), (latency - queued) / 1e3)
-        )
 
 
 def policy_text(urls: dict[str, list[str]], fleet: Fleet, *, target_ms: float | None) -> str:
@@ -273,7 +220,7 @@ def replay_day(
     os.environ.setdefault(_KEY_ENV, "plan-check-key-not-secret")
     labels = LabelTable.load()
     started = [time.perf_counter()]
-    logs: dict[str, list[_SequenceLog]] = {name: [] for name in SELF_HOSTED}
+    logs: dict[str, list[SequenceLog]] = {name: [] for name in SELF_HOSTED}
     with ExitStack() as stack:
 
         def start(profile: str, scale: float, batch: int | None = None) -> str:
@@ -281,7 +228,7 @@ def replay_day(
             app = create_tier(settings, labels=labels)
             if profile == "frontier":
                 return stack.enter_context(serve_in_thread(app, name="simulated-frontier"))
-            log = _SequenceLog(app, started)
+            log = SequenceLog(app, started)
             logs[_tier_of(profile)].append(log)
             return stack.enter_context(serve_in_thread(log, name=f"simulated-{profile}"))
 
