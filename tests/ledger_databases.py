@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cascade.ledger import AttemptRecord, LedgerEntry, RequestRecord, create_engine
+from cascade.ledger import AttemptRecord, Ledger, LedgerEntry, RequestRecord, create_engine
 from cascade.ledger.migrate import upgrade
 
 POSTGRES_ENV = "CASCADE_TEST_POSTGRES_URL"
@@ -76,6 +76,23 @@ def migrate(database: LedgerDatabase) -> None:
             await engine.dispose()
 
     asyncio.run(run())
+
+
+def sqlite_ledger(tmp_path: Path, entries: Sequence[LedgerEntry]) -> str:
+    """A migrated SQLite ledger in ``tmp_path`` holding ``entries``, written by the real store;
+    its URL."""
+
+    async def fill(url: str) -> None:
+        ledger = Ledger(create_engine(url))
+        try:
+            await ledger.insert(list(entries))
+        finally:
+            await ledger.aclose()
+
+    with open_database("sqlite", tmp_path) as db:
+        migrate(db)
+        asyncio.run(fill(db.url))
+        return db.url
 
 
 async def _execute(url: str, statement: str) -> None:

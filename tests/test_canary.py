@@ -22,12 +22,12 @@ from sqlalchemy import select
 
 from cascade.cli import report as report_cli
 from cascade.errors import PolicyError
-from cascade.ledger import AttemptRecord, Ledger, LedgerEntry, RequestRecord, create_engine
+from cascade.ledger import AttemptRecord, LedgerEntry, RequestRecord, create_engine
 from cascade.ledger.models import Request
 from cascade.policy import load_policy
 from cascade.server.app import create_app
 from cascade.server.settings import ServerSettings
-from tests.ledger_databases import migrate, open_database
+from tests.ledger_databases import sqlite_ledger
 from tests.servers import serving, wait_until
 from tests.upstreams import ScriptedTier
 
@@ -234,17 +234,7 @@ def _hand_made_ledger(tmp_path: Path) -> str:
         _entry("old", "control", cost="9", useful=1, latency=1.0, escalated=False, days_ago=3),
     ]  # fmt: skip
 
-    async def fill(url: str) -> None:
-        ledger = Ledger(create_engine(url))
-        try:
-            await ledger.insert(entries)
-        finally:
-            await ledger.aclose()
-
-    with open_database("sqlite", tmp_path) as db:
-        migrate(db)
-        asyncio.run(fill(db.url))
-        return db.url
+    return sqlite_ledger(tmp_path, entries)
 
 
 def _report(url: str, policy: Path, *args: str) -> None:

@@ -3,7 +3,6 @@ features and propensities, and ``cascade train --base`` adapts the shipped model
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from decimal import Decimal
@@ -14,7 +13,7 @@ import pytest
 
 from cascade.cli import main
 from cascade.errors import LabeledDataError
-from cascade.ledger import AttemptRecord, Ledger, LedgerEntry, RequestRecord, create_engine
+from cascade.ledger import AttemptRecord, LedgerEntry, RequestRecord
 from cascade.model.features import PROMPT_FEATURES_VERSION, prompt_features
 from cascade.model.manifest import load_manifest
 from cascade.model.scorer import OnnxScorer
@@ -22,7 +21,7 @@ from cascade.server.app import create_app
 from cascade.server.recording import features_text
 from cascade.server.settings import ServerSettings
 from cascade.training.traffic import load_labeled
-from tests.ledger_databases import migrate, open_database
+from tests.ledger_databases import sqlite_ledger
 from tests.servers import serving
 from tests.test_training import _synthetic_rows
 from tests.test_verify_step import AnsweringTier
@@ -157,17 +156,7 @@ def _ledger_of_rows(tmp_path: Path, count: int) -> str:
         )
         entries.append(LedgerEntry(request, tuple(attempts)))
 
-    async def fill(url: str) -> None:
-        ledger = Ledger(create_engine(url))
-        try:
-            await ledger.insert(entries)
-        finally:
-            await ledger.aclose()
-
-    with open_database("sqlite", tmp_path) as db:
-        migrate(db)
-        asyncio.run(fill(db.url))
-        return db.url
+    return sqlite_ledger(tmp_path, entries)
 
 
 def row_cost(micro: int) -> Decimal:
